@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from bayesfluo.physics.air import air_to_vacuum, vacuum_to_air
+from bayesfluo.physics.solar import (
+    earth_sun_distance_factor,
+    load_tsis,
+    solar_irradiance,
+    solar_range_air_nm,
+)
+
+
+@pytest.mark.parametrize("air, vac", [
+    (656.281, 656.4614),   # H-alpha (NIST ASD)
+    (588.9950, 589.1583),  # Na D2 (NIST ASD)
+    (777.194, 777.4083),   # O I triplet line (NIST ASD)
+])
+def test_air_vacuum_against_tabulated_lines(air, vac):
+    assert vacuum_to_air(vac) == pytest.approx(air, abs=2e-3)
+    assert air_to_vacuum(air) == pytest.approx(vac, abs=2e-3)
+
+
+def test_air_vacuum_round_trip_and_size_at_760():
+    wl = np.linspace(650, 800, 101)
+    np.testing.assert_allclose(vacuum_to_air(air_to_vacuum(wl)), wl, atol=1e-9)
+    assert 0.205 < 760.0 - vacuum_to_air(760.0) < 0.215  # the 0.21 nm of the data README
+
+
+def test_tsis_file_and_units():
+    wl, irr = load_tsis()
+    assert wl.size == 180001 and wl[0] == pytest.approx(640.0) and wl[-1] == pytest.approx(820.0)
+    grid = np.arange(750.0, 756.0, 0.005)
+    e0 = solar_irradiance(grid)
+    # continuum near 755 nm is about 1.25-1.30 W m-2 nm-1 (TSIS-1); we return mW
+    assert 1150 < np.median(e0) < 1400
+
+
+def test_solar_resampling_preserves_the_integral():
+    grid = np.arange(700.0, 760.0, 0.01)
+    e0 = solar_irradiance(grid) / 1e3
+    wl, irr = load_tsis()
+    air = vacuum_to_air(wl)
+    lo, hi = grid[0] - 0.005, grid[-1] + 0.005
+    m = (air >= lo) & (air <= hi)
+    ref = np.trapezoid(irr[m], air[m])
+    assert np.sum(e0) * 0.01 == pytest.approx(ref, rel=2e-4)
+
+
+def test_earth_sun_distance_extremes():
+    f = earth_sun_distance_factor(np.arange(1, 366))
+    # perihelion early January (0.9833 AU), aphelion early July (1.0167 AU)
+    assert f.max() == pytest.approx(1 / 0.98329**2, abs=2e-3)
+    assert f.min() == pytest.approx(1 / 1.01671**2, abs=2e-3)
+    assert np.argmax(f) < 10 and 175 < np.argmin(f) < 195
+
+
+def test_grid_outside_the_solar_data_is_an_error():
+    lo, hi = solar_range_air_nm()
+    with pytest.raises(ValueError, match="outside the shipped solar spectrum"):
+        solar_irradiance(np.arange(600.0, 700.0, 0.01))
+    with pytest.raises(ValueError, match="uniformly spaced"):
+        solar_irradiance(np.array([700.0, 700.1, 700.5]))
