@@ -173,3 +173,24 @@ def test_standard_pressure_is_differentiable():
     g = jax.grad(standard_pressure_hpa)(300.0)
     # hydrostatic: dp/dz = -p g / (R T) = about -0.12 hPa per m near the ground
     assert -0.125 < float(g) < -0.11
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: {**p, "atm": p["atm"]._replace(aot550=float("nan"))}, "atm.aot550 contains NaN"),
+    (lambda p: {**p, "reflectance_coeffs": p["reflectance_coeffs"].at[2].set(jnp.nan)},
+     "reflectance_coeffs contains NaN"),
+    (lambda p: {**p, "sif": p["sif"]._replace(amplitude_far_red=-1.0)},
+     "amplitude_far_red must be >= 0"),
+    (lambda p: {**p, "atm": p["atm"]._replace(surface_pressure_hpa=-5.0)},
+     "surface_pressure_hpa must be in"),
+    (lambda p: {**p, "geom": p["geom"]._replace(sza_deg=95.0)}, "sza_deg must be in"),
+    (lambda p: {**p, "geom": p["geom"]._replace(sensor_altitude_m=0.0)}, "below the ground"),
+    (lambda p: {**p, "sens": p["sens"]._replace(fwhm_scale=2.0)}, "fwhm_scale must be in"),
+])
+def test_check_inputs_names_the_problem(model_o2a, change, message):
+    from bayesfluo.physics.forward import check_inputs
+    coef, sif, atm, geom, sens = _pixel(model_o2a)
+    good = {"reflectance_coeffs": coef, "sif": sif, "atm": atm, "geom": geom, "sens": sens}
+    check_inputs(**good)  # no complaint about a valid pixel
+    with pytest.raises(ValueError, match=message):
+        check_inputs(**change(good))

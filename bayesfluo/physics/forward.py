@@ -46,7 +46,7 @@ __all__ = ["Geometry", "ForwardModel", "BandOperator", "build_forward_model", "f
            "windows", "response",
            "radiance_fine", "radiance_exact", "irradiance_exact", "band_operator",
            "radiance_from_operator", "radiance", "standard_pressure_hpa",
-           "default_atmosphere"]
+           "default_atmosphere", "check_inputs"]
 
 MAX_SHIFT_FWHM = 0.5  # largest spectral shift the response windows allow, in units of FWHM
 MAX_FWHM_SCALE = 1.3
@@ -290,3 +290,52 @@ def radiance(model: ForwardModel, reflectance_coeffs, sif: SifParams, atm: Atmos
     """
     return radiance_from_operator(model, band_operator(model, atm, geom, sens),
                                   reflectance_coeffs, sif)
+
+
+def check_inputs(reflectance_coeffs=None, sif: SifParams | None = None,
+                 atm: AtmosphereParams | None = None, geom: Geometry | None = None,
+                 sens: SensorParams | None = None) -> None:
+    """Check forward-model inputs outside of ``jit``; raise ValueError naming the problem.
+
+    The jitted functions cannot raise on values; call this on user input before them.
+    Checks finiteness of every parameter and the physical ranges: non-negative SIF
+    amplitudes and positive widths, surface pressure in (0, 1100] hPa, AOT >= 0, diffuse
+    path factor >= 1, zenith angles in [0, 90) degrees, sensor not below the ground, and
+    spectral shift and FWHM scale inside the range the response windows allow.
+    """
+    groups = {"reflectance_coeffs": reflectance_coeffs, "sif": sif, "atm": atm, "geom": geom,
+              "sens": sens}
+    for gname, group in groups.items():
+        if group is None:
+            continue
+        items = group._asdict().items() if hasattr(group, "_asdict") else [(gname, group)]
+        for name, value in items:
+            v = np.asarray(value, dtype=np.float64)
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"{gname}.{name} contains NaN or infinite values"
+                                 if name != gname else f"{gname} contains NaN or infinite values")
+
+    def need(ok, message):
+        if not np.all(ok):
+            raise ValueError(message)
+
+    if sif is not None:
+        need(np.asarray(sif.amplitude_red) >= 0, "sif.amplitude_red must be >= 0")
+        need(np.asarray(sif.amplitude_far_red) >= 0, "sif.amplitude_far_red must be >= 0")
+        need(np.asarray(sif.sigma_red) > 0, "sif.sigma_red must be > 0")
+        need(np.asarray(sif.sigma_far_red) > 0, "sif.sigma_far_red must be > 0")
+    if atm is not None:
+        p = np.asarray(atm.surface_pressure_hpa)
+        need((p > 0) & (p <= 1100), "atm.surface_pressure_hpa must be in (0, 1100] hPa")
+        need(np.asarray(atm.aot550) >= 0, "atm.aot550 must be >= 0")
+        need(np.asarray(atm.diffuse_path) >= 1, "atm.diffuse_path must be >= 1")
+    if geom is not None:
+        for name in ("sza_deg", "vza_deg"):
+            a = np.asarray(getattr(geom, name))
+            need((a >= 0) & (a < 90), f"geom.{name} must be in [0, 90) degrees")
+        need(np.asarray(geom.sensor_altitude_m) >= np.asarray(geom.surface_altitude_m),
+             "geom.sensor_altitude_m is below the ground (surface_altitude_m)")
+    if sens is not None:
+        scale = np.asarray(sens.fwhm_scale)
+        need((scale >= 1 / MAX_FWHM_SCALE) & (scale <= MAX_FWHM_SCALE),
+             f"sens.fwhm_scale must be in [{1 / MAX_FWHM_SCALE:.3f}, {MAX_FWHM_SCALE}]")
