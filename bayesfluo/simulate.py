@@ -39,7 +39,7 @@ from bayesfluo.physics.forward import (
     ForwardModel,
     Geometry,
     build_forward_model,
-    fine_terms,
+    radiance_fine,
     response,
     standard_pressure_hpa,
     windows,
@@ -239,16 +239,9 @@ def _simulate_block(model: ForwardModel, refl_fine, sif_fine, atm: AtmospherePar
     w = response(model, sens)
 
     def one(r, f, a, g):
-        ft = fine_terms(model, a, g)
-        denom = 1.0 - ft.transfer.rho_dd * r
-        lfine = ft.path + (ft.reflected * r + ft.emitted * f) / denom
-        out = [_sensor.band_integrate(w, windows(model, lfine))]
-        if want_irradiance:
-            tf = ft.transfer
-            e = (model.solar * g.sun_distance_factor * jnp.cos(jnp.deg2rad(g.sza_deg))
-                 * (tf.t_ss + tf.t_sd) / denom)
-            out.append(_sensor.band_integrate(w, windows(model, e)))
-        return out
+        out = radiance_fine(model, r, f, a, g, with_irradiance=want_irradiance)
+        return [_sensor.band_integrate(w, windows(model, s)) for s in
+                (out if want_irradiance else (out,))]
 
     return jax.vmap(one)(refl_fine, sif_fine, atm, geom)
 

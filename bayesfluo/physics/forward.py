@@ -51,8 +51,8 @@ __all__ = ["Geometry", "ForwardModel", "BandOperator", "build_forward_model", "f
 MAX_SHIFT_FWHM = 0.5  # largest spectral shift the response windows allow, in units of FWHM
 MAX_FWHM_SCALE = 1.3
 NOMINAL_SENSOR = SensorParams(0.0, 1.0)  # largest FWHM scale factor the response windows allow
-_Z_GRID = np.linspace(-500.0, 86000.0, 17301)
-_LNP_GRID = np.log(us1976(_Z_GRID)[1] / 100.0)
+_Z_GRID = np.linspace(-500.0, 86000.0, 17301).astype(np.float32)
+_LNP_GRID = np.log(us1976(_Z_GRID.astype(np.float64))[1] / 100.0).astype(np.float32)
 
 
 class Geometry(NamedTuple):
@@ -201,11 +201,22 @@ def fine_terms(model: ForwardModel, atm: AtmosphereParams, geom: Geometry) -> Fi
 
 
 def radiance_fine(model: ForwardModel, reflectance_fine, sif_fine, atm: AtmosphereParams,
-                  geom: Geometry):
-    """At-sensor radiance on the fine grid (mW m-2 sr-1 nm-1) from fine-grid R and F."""
+                  geom: Geometry, with_irradiance: bool = False):
+    """At-sensor radiance on the fine grid (mW m-2 sr-1 nm-1) from fine-grid R and F.
+
+    With ``with_irradiance`` also the downwelling irradiance at the surface
+    (mW m-2 nm-1), ``E0 cos(sza) (t_ss + t_sd) / (1 - rho_dd R)``, as a top-of-canopy
+    spectrometer measures it: returns ``(radiance, irradiance)``.
+    """
     ft = fine_terms(model, atm, geom)
     denom = 1.0 - ft.transfer.rho_dd * reflectance_fine
-    return ft.path + (ft.reflected * reflectance_fine + ft.emitted * sif_fine) / denom
+    rad = ft.path + (ft.reflected * reflectance_fine + ft.emitted * sif_fine) / denom
+    if not with_irradiance:
+        return rad
+    tf = ft.transfer
+    irr = (model.solar * geom.sun_distance_factor * jnp.cos(jnp.deg2rad(geom.sza_deg))
+           * (tf.t_ss + tf.t_sd) / denom)
+    return rad, irr
 
 
 def radiance_exact(model: ForwardModel, reflectance_fine, sif_fine, atm: AtmosphereParams,
@@ -218,11 +229,9 @@ def radiance_exact(model: ForwardModel, reflectance_fine, sif_fine, atm: Atmosph
 def irradiance_exact(model: ForwardModel, reflectance_fine, atm: AtmosphereParams,
                      geom: Geometry, sens: SensorParams = NOMINAL_SENSOR):
     """Band downwelling irradiance at the surface (mW m-2 nm-1), as a top-of-canopy
-    spectrometer measures it: ``E0 cos(sza) (t_ss + t_sd) / (1 - rho_dd R)``."""
-    ft = fine_terms(model, atm, geom)
-    tf = ft.transfer
-    e = (model.solar * geom.sun_distance_factor * jnp.cos(jnp.deg2rad(geom.sza_deg))
-         * (tf.t_ss + tf.t_sd) / (1.0 - tf.rho_dd * reflectance_fine))
+    spectrometer measures it (see :func:`radiance_fine`)."""
+    _, e = radiance_fine(model, reflectance_fine, jnp.zeros_like(reflectance_fine), atm, geom,
+                         with_irradiance=True)
     return sensor.band_integrate(response(model, sens), windows(model, e))
 
 
