@@ -1,0 +1,149 @@
+"""Fisher information and the Cramer-Rao bound of F760 from the forward model itself.
+
+For one pixel with latent vector theta and band radiance ``L(theta)`` observed with
+independent Gaussian noise of variance ``v_k = a L_k + b``, the Fisher information is
+``I = J^T diag(1/v) J`` with ``J = dL/dtheta`` (the dependence of ``v`` on theta is
+neglected, as in SCIENCE.md section 5). No unbiased estimator of F760 from that pixel has
+a smaller standard deviation than ``sqrt((I^-1)_FF)``. The bound is computed in float64
+from the model's own Jacobian (``jax.jacfwd``), for any subset of free latents; the others
+are held at their values (known).
+
+Latent names (shared with the probabilistic model):
+
+=====================  =======================================================
+``reflectance``        all B-spline coefficients of the reflectance
+``sif_far_red``        amplitude of the far-red SIF peak (F760 is proportional)
+``sif_red``            amplitude of the red SIF peak
+``surface_pressure``   hPa; sets the O2 column (one scale on the O2 optical depth)
+``aot550``             aerosol optical thickness at 550 nm
+``angstrom``           Angstrom exponent
+``diffuse_path``       O2 path factor of diffuse light
+``spectral_shift``     nm
+``fwhm_scale``         response width factor
+=====================  =======================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bayesfluo.instruments import get_instrument
+from bayesfluo.physics.atmosphere import AtmosphereParams
+from bayesfluo.physics.forward import (
+    ForwardModel,
+    Geometry,
+    build_forward_model,
+    radiance,
+    standard_pressure_hpa,
+)
+from bayesfluo.physics.sensor import SensorParams
+from bayesfluo.physics.surface import SifParams, sif_spectrum
+
+__all__ = ["LATENTS", "fisher_information", "cramer_rao_f760"]
+
+LATENTS = ("reflectance", "sif_far_red", "sif_red", "surface_pressure", "aot550", "angstrom",
+           "diffuse_path", "spectral_shift", "fwhm_scale")
+
+_ATMOSPHERE = ("surface_pressure", "aot550", "angstrom", "diffuse_path")
+
+
+def _unpack(model: ForwardModel, theta, base: dict):
+    k = model.n_basis
+    vals = dict(base)
+    vals["reflectance"] = theta[:k]
+    for i, name in enumerate(LATENTS[1:]):
+        vals[name] = theta[k + i]
+    sif = SifParams(vals["sif_red"], vals["sif_far_red"])
+    atm = AtmosphereParams(vals["surface_pressure"], vals["aot550"], vals["angstrom"],
+                           vals["diffuse_path"])
+    sens = SensorParams(vals["spectral_shift"], vals["fwhm_scale"])
+    return vals["reflectance"], sif, atm, sens
+
+
+def fisher_information(model: ForwardModel, theta: np.ndarray, geom: Geometry,
+                       noise_a: float, noise_b: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fisher information (n_theta, n_theta) of one pixel and its band radiance.
+
+    ``theta`` is ``[reflectance coefficients (K), sif_far_red, sif_red, surface_pressure,
+    aot550, angstrom, diffuse_path, spectral_shift, fwhm_scale]``.
+    """
+    with jax.enable_x64(True):
+        th = jnp.asarray(theta, dtype=jnp.float64)
+        g64 = Geometry(*(jnp.asarray(x, jnp.float64) for x in geom))
+
+        def fwd(t):
+            coef, sif, atm, sens = _unpack(model, t, {})
+            return radiance(model, coef, sif, atm, g64, sens)
+
+        jac = np.asarray(jax.jacfwd(fwd)(th), dtype=np.float64)
+        lrad = np.asarray(fwd(th), dtype=np.float64)
+    var = noise_a * np.maximum(lrad, 0.0) + noise_b
+    return jac.T @ (jac / var[:, None]), lrad
+
+
+def cramer_rao_f760(instrument: str = "hyplant-fluo-o2a", *, altitude_m: float | None = None,
+                    sza_deg: float = 30.0, snr: float | None = None, f760: float = 1.5,
+                    reflectance: float = 0.4, read_noise_fraction: float = 0.0,
+                    surface_altitude_m: float = 0.0, aot550: float = 0.1,
+                    cases: dict[str, Sequence[str]] | None = None,
+                    model: ForwardModel | None = None) -> dict[str, float]:
+    """Smallest possible standard deviation of F760 (mW m-2 sr-1 nm-1) from one pixel.
+
+    Defaults are the nominal conditions of SCIENCE.md section 5: F760 = 1.5, flat
+    reflectance 0.4, sun zenith 30 deg, nadir view, noise variance proportional to signal
+    with the instrument's signal-to-noise ratio at the continuum radiance of this pixel.
+
+    Parameters
+    ----------
+    cases : dict, optional
+        Name -> free latents (see module docstring). Default: ``"atmosphere known"``
+        (reflectance, far-red SIF, spectral shift) and ``"atmosphere free"`` (those plus
+        surface pressure, the O2 scale) and ``"atmosphere and aerosol free"`` (plus AOT and
+        the diffuse-path factor).
+
+    Returns
+    -------
+    dict
+        Case name -> bound on the standard deviation of F760.
+    """
+    inst = get_instrument(instrument)
+    model = model or build_forward_model(inst)
+    alt = inst.altitude_m if altitude_m is None else altitude_m
+    snr = inst.snr if snr is None else snr
+    cases = cases or {
+        "atmosphere known": ("reflectance", "sif_far_red", "spectral_shift"),
+        "atmosphere free": ("reflectance", "sif_far_red", "spectral_shift", "surface_pressure"),
+        "atmosphere and aerosol free": ("reflectance", "sif_far_red", "spectral_shift",
+                                        "surface_pressure", "aot550", "diffuse_path"),
+    }
+    shape760 = float(sif_spectrum(760.0, SifParams(0.0, 1.0)))
+    k = model.n_basis
+    p_s = float(standard_pressure_hpa(surface_altitude_m))
+    theta = np.concatenate([np.full(k, reflectance),
+                            [f760 / shape760, 0.0, p_s, aot550, 1.3, 1.5, 0.0, 1.0]])
+    geom = Geometry(sza_deg, 0.0, 0.0, surface_altitude_m, surface_altitude_m + alt)
+    # noise: variance a L + b, SNR `snr` at the continuum radiance of this pixel
+    _, lrad = fisher_information(model, theta, geom, 1.0, 0.0)
+    cont = float(np.quantile(lrad, 0.9))
+    var_c = (cont / snr) ** 2
+    a = (1.0 - read_noise_fraction) * var_c / cont
+    b = read_noise_fraction * var_c
+    info, _ = fisher_information(model, theta, geom, a, b)
+    index = {"reflectance": list(range(k))}
+    index.update({name: [k + i] for i, name in enumerate(LATENTS[1:])})
+    out = {}
+    for case, free in cases.items():
+        unknown = [n for n in free if n not in index]
+        if unknown:
+            raise ValueError(f"unknown latent(s) {unknown}; known: {', '.join(LATENTS)}")
+        if "sif_far_red" not in free:
+            raise ValueError("the far-red SIF amplitude must be free to bound F760")
+        ii = [j for n in free for j in index[n]]
+        cov = np.linalg.inv(info[np.ix_(ii, ii)])
+        pos = ii.index(k)
+        out[case] = float(np.sqrt(cov[pos, pos]) * shape760)
+    return out
