@@ -1,0 +1,211 @@
+"""The probabilistic model: priors on surface, atmosphere and sensor, and the likelihood.
+
+One call of :func:`sif_model` describes one *patch*: ``P`` neighbouring pixels that share
+an atmosphere and a sensor state, observed through the instrument's noise. Latents:
+
+per pixel (plate ``pixel``)
+    ``reflectance_z`` (K): non-centred B-spline coefficients of the reflectance,
+    ``coeffs = sigmoid(mu + L z)`` with ``L`` the Cholesky factor of a squared-exponential
+    covariance over the knot positions (length ``reflectance_length_nm``). The sigmoid
+    keeps every coefficient, hence (convex hull of B-splines) the reflectance, in [0, 1];
+    the correlation keeps it smooth.
+    ``sif_far_red`` (and ``sif_red`` where the window has the O2-B band): SIF peak
+    amplitude, ``scale(NDVI) * HalfNormal(1)``. The scale falls from ``sif_scale`` to
+    ``sif_scale_bare`` where NDVI is low, the Bayesian form of the SFMNN constraint "no
+    SIF where there is no vegetation".
+
+per patch
+    ``surface_pressure`` (hPa): ``p0 + pressure_sd * z``, p0 the standard pressure at the
+    surface altitude; ``aot550``: log-normal around ``aot550_prior``; ``diffuse_path``:
+    ``1 + lognormal``.
+
+per patch (or scene) sensor
+    ``spectral_shift`` (nm): ``shift_sd * z``; ``fwhm_scale``: ``1 + fwhm_sd * z``.
+
+Which atmospheric and sensor latents are free is the configuration
+(:class:`ModelConfig`); fixed ones take the value given in ``fixed``. Every sampled site
+is standard normal or half normal before scaling (order one, for NUTS).
+
+Likelihood: ``radiance ~ Normal(L(theta), sqrt(a L + b))`` per band, masked by the pixel
+mask; ``L`` is :func:`bayesfluo.physics.radiance_from_operator` through one
+:func:`bayesfluo.physics.band_operator` per patch (the patch's mean geometry).
+
+Deterministic sites: ``f760``, ``f687`` (B band windows), ``sif_peak``, ``reflectance760``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from bayesfluo.physics.atmosphere import AtmosphereParams
+from bayesfluo.physics.forward import (
+    ForwardModel,
+    Geometry,
+    band_operator,
+    radiance_from_operator,
+    standard_pressure_hpa,
+)
+from bayesfluo.physics.sensor import SensorParams
+from bayesfluo.physics.surface import SifParams, bspline_basis, sif_spectrum
+
+__all__ = ["ModelConfig", "sif_model", "sif_scale", "patch_geometry", "prior_pressure",
+           "ATMOSPHERE_LATENTS", "SENSOR_LATENTS"]
+
+ATMOSPHERE_LATENTS = ("surface_pressure", "aot550", "diffuse_path")
+SENSOR_LATENTS = ("spectral_shift", "fwhm_scale")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Priors and the choice of free latents (defaults suit HyPlant FLUO).
+
+    Attributes
+    ----------
+    free : tuple of str
+        Atmospheric and sensor latents that are sampled; the others are fixed to ``fixed``.
+    fixed : dict
+        Values of the fixed latents (``angstrom`` is always fixed).
+    reflectance_mean, reflectance_logit_sd, reflectance_length_nm : float
+        Prior of the reflectance: logit-normal around the mean, smooth over the length.
+    sif_scale, sif_scale_bare : float
+        Half-normal scale of F760 (mW m-2 sr-1 nm-1) for vegetation and for bare ground.
+    ndvi_vegetated, ndvi_width : float
+        NDVI where the scale is half way between, and the width of the transition.
+    sif_red_ratio : float
+        Scale of the red-peak amplitude relative to the far-red one.
+    pressure_sd, aot550_prior, aot550_log_sd, diffuse_path_prior, diffuse_path_log_sd,
+    shift_sd, fwhm_sd : float
+        Atmospheric and sensor priors (hPa, 1, 1, 1, 1, nm, 1).
+    """
+
+    free: tuple[str, ...] = ("surface_pressure", "aot550", "spectral_shift")
+    fixed: dict = field(default_factory=lambda: {"aot550": 0.12, "diffuse_path": 1.5,
+                                                 "angstrom": 1.3, "spectral_shift": 0.0,
+                                                 "fwhm_scale": 1.0})
+    reflectance_mean: float = 0.3
+    reflectance_logit_sd: float = 1.5
+    reflectance_length_nm: float = 20.0
+    sif_scale: float = 2.0
+    sif_scale_bare: float = 0.05
+    ndvi_vegetated: float = 0.35
+    ndvi_width: float = 0.05
+    sif_red_ratio: float = 0.5
+    pressure_sd: float = 5.0
+    aot550_prior: float = 0.12
+    aot550_log_sd: float = 0.4
+    diffuse_path_prior: float = 0.5
+    diffuse_path_log_sd: float = 0.3
+    shift_sd: float = 0.05
+    fwhm_sd: float = 0.03
+
+    def __post_init__(self):
+        known = set(ATMOSPHERE_LATENTS) | set(SENSOR_LATENTS)
+        bad = [n for n in self.free if n not in known]
+        if bad:
+            raise ValueError(f"unknown free latent(s) {bad}; choose from {sorted(known)}")
+
+    def replace(self, **changes) -> ModelConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _reflectance_prior(fm: ForwardModel, cfg: ModelConfig):
+    knots = np.asarray(fm.knots_nm, dtype=np.float64)
+    k = fm.n_basis
+    # Greville abscissae: where each cubic B-spline coefficient "lives"
+    centres = np.array([knots[i + 1:i + 4].mean() for i in range(k)])
+    d = centres[:, None] - centres[None, :]
+    cov = cfg.reflectance_logit_sd**2 * np.exp(-0.5 * (d / cfg.reflectance_length_nm) ** 2)
+    chol = np.linalg.cholesky(cov + 1e-6 * np.eye(k))
+    mu = np.log(cfg.reflectance_mean / (1 - cfg.reflectance_mean))
+    return jnp.asarray(mu, jnp.float32), jnp.asarray(chol, jnp.float32)
+
+
+def sif_scale(ndvi, cfg: ModelConfig):
+    """Half-normal scale of F760 given NDVI (mW m-2 sr-1 nm-1)."""
+    veg = jax.nn.sigmoid((ndvi - cfg.ndvi_vegetated) / cfg.ndvi_width)
+    return cfg.sif_scale_bare + (cfg.sif_scale - cfg.sif_scale_bare) * veg
+
+
+def _latent(name, cfg: ModelConfig, transform):
+    if name in cfg.free:
+        z = numpyro.sample(f"{name}_z", dist.Normal(0.0, 1.0))
+        return numpyro.deterministic(name, transform(z))
+    return jnp.asarray(cfg.fixed[name], jnp.float32)
+
+
+def sif_model(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool = False):
+    """NumPyro program of one patch (see the module docstring).
+
+    Parameters
+    ----------
+    fm : ForwardModel
+    cfg : ModelConfig
+    data : dict
+        ``radiance`` (P, B) or None (prior predictive: ``n_pixel`` must then be given),
+        ``mask`` (P,), ``ndvi`` (P,), ``geometry`` (Geometry of scalars), ``noise_a``,
+        ``noise_b``, ``surface_pressure0`` (hPa, the prior mean).
+    has_red : bool
+        Whether the window has the O2-B band (a red SIF peak is then sampled).
+    """
+    ndvi = data["ndvi"]
+    n_pix = ndvi.shape[0]
+    geom = data["geometry"]
+    p0 = data["surface_pressure0"]
+    psurf = _latent("surface_pressure", cfg, lambda z: p0 + cfg.pressure_sd * z)
+    aot = _latent("aot550", cfg, lambda z: cfg.aot550_prior * jnp.exp(cfg.aot550_log_sd * z))
+    dpath = _latent("diffuse_path", cfg, lambda z: 1.0 + cfg.diffuse_path_prior
+                    * jnp.exp(cfg.diffuse_path_log_sd * z))
+    shift = _latent("spectral_shift", cfg, lambda z: cfg.shift_sd * z)
+    fscale = _latent("fwhm_scale", cfg, lambda z: 1.0 + cfg.fwhm_sd * z)
+    atm = AtmosphereParams(psurf, aot, jnp.asarray(cfg.fixed["angstrom"], jnp.float32), dpath)
+    op = band_operator(fm, atm, geom, SensorParams(shift, fscale))
+
+    mu, chol = _reflectance_prior(fm, cfg)
+    shape760 = sif_spectrum(760.0, SifParams(0.0, 1.0))
+    with numpyro.plate("pixel", n_pix):
+        z = numpyro.sample("reflectance_z", dist.Normal(0.0, 1.0).expand([fm.n_basis])
+                           .to_event(1))
+        coeffs = numpyro.deterministic("reflectance_coeffs", jax.nn.sigmoid(mu + z @ chol.T))
+        scale = sif_scale(ndvi, cfg) / shape760
+        far = numpyro.sample("sif_far_red_raw", dist.HalfNormal(1.0))
+        amp_far = numpyro.deterministic("sif_far_red", scale * far)
+        if has_red:
+            red = numpyro.sample("sif_red_raw", dist.HalfNormal(1.0))
+            amp_red = numpyro.deterministic("sif_red", cfg.sif_red_ratio * scale * red)
+        else:
+            amp_red = jnp.zeros_like(amp_far)
+        sif = SifParams(amp_red, amp_far)
+        numpyro.deterministic("f760", sif_spectrum(760.0, sif))
+        if has_red:
+            numpyro.deterministic("f687", sif_spectrum(687.0, sif))
+        numpyro.deterministic("sif_peak", sif_spectrum(sif.centre_far_red, sif))
+        b760 = jnp.asarray(bspline_basis(np.array([760.0]),
+                                         np.asarray(fm.knots_nm, np.float64))[0], jnp.float32)
+        numpyro.deterministic("reflectance760", coeffs @ b760)
+        pred = jax.vmap(lambda c, a, f: radiance_from_operator(fm, op, c, SifParams(a, f)))(
+            coeffs, amp_red, amp_far)
+        sd = jnp.sqrt(data["noise_a"] * jnp.maximum(pred, 0.0) + data["noise_b"])
+        obs = data.get("radiance")
+        numpyro.sample("radiance", dist.Normal(pred, sd).to_event(1).mask(
+            data["mask"] > 0), obs=obs)
+
+
+def patch_geometry(sza, vza, raa, surface_altitude, sensor_altitude, sun_distance=1.0
+                   ) -> Geometry:
+    """The mean geometry of a patch as a :class:`Geometry` of float32 scalars."""
+    m = lambda v: jnp.asarray(np.mean(np.asarray(v, dtype=np.float64)), jnp.float32)  # noqa
+    return Geometry(m(sza), m(vza), m(raa), m(surface_altitude), m(sensor_altitude),
+                    m(sun_distance))
+
+
+def prior_pressure(surface_altitude_m) -> jnp.ndarray:
+    """Prior mean of the surface pressure: the standard atmosphere at that altitude (hPa)."""
+    return standard_pressure_hpa(jnp.asarray(np.mean(surface_altitude_m), jnp.float32))

@@ -1,0 +1,80 @@
+"""The NumPyro model: its priors mean what they say and its likelihood is the forward model
+with the instrument's noise."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpyro.infer import Predictive
+from numpyro.infer.util import log_density
+from scipy import stats
+
+from bayesfluo.instruments import get_instrument
+from bayesfluo.model import ModelConfig, patch_geometry, prior_pressure, sif_model
+from bayesfluo.physics import AtmosphereParams, SensorParams, SifParams, radiance
+
+
+def _data(n, ndvi=None):
+    a, b = get_instrument("hyplant-fluo-o2a").noise_coefficients()
+    return dict(ndvi=jnp.linspace(0.0, 0.8, n) if ndvi is None else ndvi, mask=jnp.ones(n),
+                geometry=patch_geometry(30.0, 5.0, 30.0, 100.0, 700.0), noise_a=a, noise_b=b,
+                surface_pressure0=prior_pressure(100.0), radiance=None)
+
+
+def test_prior_draws_are_physical(model_o2a):
+    n = 200
+    ndvi = jnp.concatenate([jnp.zeros(n // 2), jnp.full(n // 2, 0.8)])
+    draws = Predictive(sif_model, num_samples=20)(jax.random.PRNGKey(0), model_o2a,
+                                                   ModelConfig(), _data(n, ndvi))
+    coeffs = np.asarray(draws["reflectance_coeffs"])
+    assert coeffs.min() >= 0 and coeffs.max() <= 1  # hence R in [0, 1]
+    f760 = np.asarray(draws["f760"])
+    assert f760.min() >= 0
+    bare, veg = f760[:, : n // 2], f760[:, n // 2:]
+    # half-normal scales 0.05 (bare) and ~2 (vegetated): mean = scale * sqrt(2/pi)
+    assert bare.mean() == pytest.approx(0.05 * np.sqrt(2 / np.pi), rel=0.15)
+    assert veg.mean() == pytest.approx(2.0 * np.sqrt(2 / np.pi), rel=0.15)
+    rad = np.asarray(draws["radiance"])
+    assert np.all(np.isfinite(rad)) and rad.shape == (20, n, model_o2a.n_bands)
+
+
+def test_likelihood_is_forward_model_with_instrument_noise(model_o2a):
+    m = model_o2a
+    cfg = ModelConfig()
+    data = _data(3)
+    truth = Predictive(sif_model, num_samples=1)(jax.random.PRNGKey(3), m, cfg, data)
+    truth = {k: v[0] for k, v in truth.items()}
+    data["radiance"] = truth["radiance"]
+    latents = {k: v for k, v in truth.items() if k.endswith("_z") or k.endswith("_raw")}
+    lp_model, _ = log_density(sif_model, (m, cfg, data), {}, latents)
+    # independent evaluation: priors + Gaussian likelihood of the forward model
+    atm = AtmosphereParams(truth["surface_pressure"], truth["aot550"], 1.3, 1.5)
+    sens = SensorParams(truth["spectral_shift"], 1.0)
+    pred = jax.vmap(lambda c, f: radiance(m, c, SifParams(0.0, f), atm, data["geometry"],
+                                          sens))(truth["reflectance_coeffs"],
+                                                 truth["sif_far_red"])
+    sd = np.sqrt(data["noise_a"] * np.asarray(pred) + data["noise_b"])
+    lp = stats.norm.logpdf(np.asarray(data["radiance"]), np.asarray(pred), sd).sum()
+    lp += stats.norm.logpdf(np.asarray(latents["reflectance_z"])).sum()
+    lp += stats.halfnorm.logpdf(np.asarray(latents["sif_far_red_raw"])).sum()
+    for name in ("surface_pressure_z", "aot550_z", "spectral_shift_z"):
+        lp += stats.norm.logpdf(float(latents[name]))
+    assert float(lp_model) == pytest.approx(lp, rel=1e-4)
+
+
+def test_masked_pixels_do_not_count(model_o2a):
+    m = model_o2a
+    cfg = ModelConfig()
+    data = _data(2)
+    truth = Predictive(sif_model, num_samples=1)(jax.random.PRNGKey(4), m, cfg, data)
+    latents = {k: v[0] for k, v in truth.items() if k.endswith("_z") or k.endswith("_raw")}
+    data["radiance"] = truth["radiance"][0]
+    lp_all, _ = log_density(sif_model, (m, cfg, data), {}, latents)
+    bad = dict(data, radiance=data["radiance"].at[1].set(1e6), mask=jnp.array([1.0, 0.0]))
+    lp_masked, _ = log_density(sif_model, (m, cfg, bad), {}, latents)
+    assert np.isfinite(float(lp_masked)) and float(lp_masked) > float(lp_all)
+
+
+def test_config_names_unknown_latents():
+    with pytest.raises(ValueError, match="unknown free latent"):
+        ModelConfig(free=("surface_pressure", "humidity"))
