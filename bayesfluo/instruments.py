@@ -49,6 +49,12 @@ class Instrument:
         Cubic B-spline functions for the reflectance over the window.
     smile_shift_nm, smile_fwhm : float
         Typical edge-of-swath spectral shift (nm) and relative FWHM change of the smile.
+    fine_step_nm : float
+        Step of the fine grid on which radiance is computed before band integration, nm
+        (0.0025 resolves the O2 lines to 7e-4 in band transmittance; see
+        ``benchmarks/o2_sampling.py``).
+    description : str
+        One line for people.
     """
 
     name: str

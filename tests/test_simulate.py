@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from bayesfluo.simulate import simulate_scene, surface_reflectance
+from bayesfluo.simulate import simulate_scene
 
 
 @pytest.fixture(scope="module")
@@ -156,4 +156,3 @@ def test_bad_simulation_arguments(model_o2a, kwargs, message):
 def test_generated_reflectance_is_physical(scene):
     r = scene.true_reflectance.values
     assert r.min() >= 0 and r.max() <= 1
-    assert surface_reflectance is not None

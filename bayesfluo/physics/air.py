@@ -12,8 +12,6 @@ is 0.209 nm. Valid from about 200 nm to 2 um. Functions accept NumPy or JAX arra
 
 from __future__ import annotations
 
-import numpy as np
-
 __all__ = ["refractive_index_air", "vacuum_to_air", "air_to_vacuum"]
 
 
@@ -38,8 +36,3 @@ def air_to_vacuum(wavelength_air_nm):
         lam = wavelength_air_nm * refractive_index_air(lam)
     return lam
 
-
-def _check_range(wavelength_nm) -> None:
-    w = np.asarray(wavelength_nm)
-    if w.size and (np.nanmin(w) < 200.0 or np.nanmax(w) > 2000.0):
-        raise ValueError("air/vacuum conversion is valid for 200-2000 nm only")

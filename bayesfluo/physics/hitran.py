@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["LineList", "parse_hitran", "load_o2_lines", "ISOTOPOLOGUE_MASS_AMU"]
+__all__ = ["LineList", "parse_hitran", "read_hitran", "load_o2_lines", "ISOTOPOLOGUE_MASS_AMU"]
 
 # field name -> (start, end) character columns (0-based, end exclusive)
 _FIELDS = {

@@ -95,7 +95,7 @@ def layer_properties(levels_hpa: np.ndarray = PRESSURE_LEVELS_HPA):
 
 
 def _line_strengths(lines: LineList, t: float) -> np.ndarray:
-    t0 = K.LOSCHMIDT_T_REF
+    t0 = K.T_REF_HITRAN
     ratio_q = t0 / t
     boltz = np.exp(-K.C2 * lines.elower / t) / np.exp(-K.C2 * lines.elower / t0)
     stim = (1 - np.exp(-K.C2 * lines.wavenumber / t)) / (1 - np.exp(-K.C2 * lines.wavenumber / t0))
@@ -105,7 +105,7 @@ def _line_strengths(lines: LineList, t: float) -> np.ndarray:
 def _line_widths(lines: LineList, p_hpa: float, t: float):
     p_atm = p_hpa / K.P_REF_HPA
     p_self = K.O2_VMR * p_atm
-    gamma = (K.LOSCHMIDT_T_REF / t) ** lines.n_air * (
+    gamma = (K.T_REF_HITRAN / t) ** lines.n_air * (
         lines.gamma_air * (p_atm - p_self) + lines.gamma_self * p_self)
     mass = np.array([ISOTOPOLOGUE_MASS_AMU.get(int(i), K.O2_MASS_AMU)
                      for i in lines.isotopologue]) * K.AMU

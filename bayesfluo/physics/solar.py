@@ -37,6 +37,7 @@ def load_tsis() -> tuple[np.ndarray, np.ndarray]:
     if rows and not rows[0][0].isdigit():  # header line with the column names
         rows = rows[1:]
     data = np.loadtxt(rows, delimiter=",", dtype=np.float64)
+    data.flags.writeable = False  # cached and shared: nobody may change it
     return data[:, 0], data[:, 1]
 
 
