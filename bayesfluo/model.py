@@ -31,21 +31,34 @@ mask; ``L`` is :func:`bayesfluo.physics.radiance_from_operator` through one
 :func:`bayesfluo.physics.band_operator` per patch (the patch's mean geometry).
 
 Deterministic sites: ``f760``, ``f687`` (B band windows), ``sif_peak``, ``reflectance760``.
+
+For samplers: SIF amplitudes live in a softplus coordinate (:class:`SoftplusHalfNormal`),
+and ``data["operator_expansion"]`` (:func:`operator_expansion`) may replace the exact
+band operator by its second-order expansion in the shared latents.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import (
+    AffineTransform,
+    ComposeTransform,
+    SoftplusTransform,
+    biject_to,
+)
 
 from bayesfluo.physics.atmosphere import AtmosphereParams
 from bayesfluo.physics.forward import (
+    BandOperator,
     ForwardModel,
     Geometry,
     band_operator,
@@ -55,8 +68,9 @@ from bayesfluo.physics.forward import (
 from bayesfluo.physics.sensor import SensorParams
 from bayesfluo.physics.surface import SifParams, bspline_basis, sif_spectrum
 
-__all__ = ["ModelConfig", "sif_model", "sif_scale", "patch_geometry", "prior_pressure",
-           "ATMOSPHERE_LATENTS", "SENSOR_LATENTS"]
+__all__ = ["ModelConfig", "sif_model", "shared_parameters", "OperatorExpansion",
+           "operator_expansion", "expand_operator", "SoftplusHalfNormal", "sif_scale",
+           "patch_geometry", "prior_pressure", "ATMOSPHERE_LATENTS", "SENSOR_LATENTS"]
 
 ATMOSPHERE_LATENTS = ("surface_pressure", "aot550", "diffuse_path")
 SENSOR_LATENTS = ("spectral_shift", "fwhm_scale")
@@ -116,6 +130,34 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+SIF_KNEE = 0.1
+"""Scale (in units of the half-normal) below which the unconstrained coordinate of a SIF
+amplitude turns from linear to logarithmic (see :class:`SoftplusHalfNormal`)."""
+
+
+class _KneePositive(constraints._SoftplusPositive):
+    """Positive reals, mapped to the real line by ``x = knee * softplus(v / knee)``."""
+
+
+@biject_to.register(_KneePositive)
+def _knee_transform(constraint):
+    return ComposeTransform([AffineTransform(0.0, 1.0 / SIF_KNEE), SoftplusTransform(),
+                             AffineTransform(0.0, SIF_KNEE)])
+
+
+class SoftplusHalfNormal(dist.HalfNormal):
+    """Half-normal whose unconstrained coordinate is ``v`` with
+    ``x = knee * softplus(v / knee)``: the identity above the knee, logarithmic below.
+
+    NUTS samples SIF amplitudes in this coordinate. With the usual logarithm the
+    likelihood's curvature grows as ``x**2``: a pixel whose posterior spans 0.1 to 1
+    varies its curvature a hundredfold, and NUTS's step size must suit the worst of it.
+    Here the curvature is constant above the knee and bounded below it.
+    """
+
+    support = _KneePositive()
+
+
 def _reflectance_prior(fm: ForwardModel, cfg: ModelConfig):
     knots = np.asarray(fm.knots_nm, dtype=np.float64)
     k = fm.n_basis
@@ -134,11 +176,62 @@ def sif_scale(ndvi, cfg: ModelConfig):
     return cfg.sif_scale_bare + (cfg.sif_scale - cfg.sif_scale_bare) * veg
 
 
-def _latent(name, cfg: ModelConfig, transform):
-    if name in cfg.free:
-        z = numpyro.sample(f"{name}_z", dist.Normal(0.0, 1.0))
-        return numpyro.deterministic(name, transform(z))
-    return jnp.asarray(cfg.fixed[name], jnp.float32)
+def shared_parameters(cfg: ModelConfig, data: dict, z: dict
+                      ) -> tuple[AtmosphereParams, SensorParams, dict]:
+    """Atmosphere and sensor of a patch from the standard-normal coordinates ``z`` of its
+    free latents (the fixed ones from ``cfg.fixed``): ``(atmosphere, sensor, values)``."""
+    p0 = data["surface_pressure0"]
+    transforms = {
+        "surface_pressure": lambda v: p0 + cfg.pressure_sd * v,
+        "aot550": lambda v: cfg.aot550_prior * jnp.exp(cfg.aot550_log_sd * v),
+        "diffuse_path": lambda v: 1.0 + cfg.diffuse_path_prior
+        * jnp.exp(cfg.diffuse_path_log_sd * v),
+        "spectral_shift": lambda v: cfg.shift_sd * v,
+        "fwhm_scale": lambda v: 1.0 + cfg.fwhm_sd * v,
+    }
+    vals = {n: (t(z[n]) if n in cfg.free else jnp.asarray(cfg.fixed[n], jnp.float32))
+            for n, t in transforms.items()}
+    atm = AtmosphereParams(vals["surface_pressure"], vals["aot550"],
+                           jnp.asarray(cfg.fixed["angstrom"], jnp.float32),
+                           vals["diffuse_path"])
+    return atm, SensorParams(vals["spectral_shift"], vals["fwhm_scale"]), vals
+
+
+class OperatorExpansion(NamedTuple):
+    """Second-order Taylor expansion of the patch's :class:`BandOperator` in the
+    standard-normal coordinates of the free shared latents (in ``cfg.free`` order)
+    about ``z0``: ``op(z) = value + jac . d + d . hess . d / 2``, ``d = z - z0``."""
+
+    z0: jax.Array
+    value: BandOperator
+    jac: BandOperator
+    hess: BandOperator
+
+
+def operator_expansion(fm: ForwardModel, cfg: ModelConfig, data: dict, z0) -> OperatorExpansion:
+    """The :class:`OperatorExpansion` of a patch about ``z0`` (one value per free latent).
+
+    NUTS on a patch evaluates the operator (fine-grid atmosphere and sensor response, most
+    of the cost of a gradient) thousands of times within a small posterior region of the
+    few shared latents; the expansion replaces it there at a tiny fraction of the cost.
+    Its error is third order in the distance from ``z0``; :mod:`bayesfluo.nuts` measures
+    it at the posterior draws.
+    """
+    z0 = jnp.asarray(z0, jnp.float32)
+
+    def op_of(zv):
+        atm, sens, _ = shared_parameters(cfg, data, dict(zip(cfg.free, zv, strict=True)))
+        return band_operator(fm, atm, data["geometry"], sens)
+
+    return OperatorExpansion(z0, op_of(z0), jax.jacfwd(op_of)(z0),
+                             jax.jacfwd(jax.jacfwd(op_of))(z0))
+
+
+def expand_operator(exp: OperatorExpansion, z) -> BandOperator:
+    """Evaluate an :class:`OperatorExpansion` at ``z``."""
+    d = jnp.asarray(z) - exp.z0
+    return jax.tree.map(lambda v, j, h: v + j @ d + 0.5 * (h @ d) @ d, exp.value, exp.jac,
+                        exp.hess)
 
 
 def sif_model(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool = False):
@@ -149,24 +242,25 @@ def sif_model(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool = Fa
     fm : ForwardModel
     cfg : ModelConfig
     data : dict
-        ``radiance`` (P, B) or None (prior predictive: ``n_pixel`` must then be given),
-        ``mask`` (P,), ``ndvi`` (P,), ``geometry`` (Geometry of scalars), ``noise_a``,
-        ``noise_b``, ``surface_pressure0`` (hPa, the prior mean).
+        ``radiance`` (P, B) or None (prior predictive), ``mask`` (P,), ``ndvi`` (P,),
+        ``geometry`` (Geometry of scalars), ``noise_a``, ``noise_b``,
+        ``surface_pressure0`` (hPa, the prior mean); optionally ``operator_expansion``
+        (:class:`OperatorExpansion`), used in place of the exact band operator.
     has_red : bool
         Whether the window has the O2-B band (a red SIF peak is then sampled).
     """
     ndvi = data["ndvi"]
     n_pix = ndvi.shape[0]
     geom = data["geometry"]
-    p0 = data["surface_pressure0"]
-    psurf = _latent("surface_pressure", cfg, lambda z: p0 + cfg.pressure_sd * z)
-    aot = _latent("aot550", cfg, lambda z: cfg.aot550_prior * jnp.exp(cfg.aot550_log_sd * z))
-    dpath = _latent("diffuse_path", cfg, lambda z: 1.0 + cfg.diffuse_path_prior
-                    * jnp.exp(cfg.diffuse_path_log_sd * z))
-    shift = _latent("spectral_shift", cfg, lambda z: cfg.shift_sd * z)
-    fscale = _latent("fwhm_scale", cfg, lambda z: 1.0 + cfg.fwhm_sd * z)
-    atm = AtmosphereParams(psurf, aot, jnp.asarray(cfg.fixed["angstrom"], jnp.float32), dpath)
-    op = band_operator(fm, atm, geom, SensorParams(shift, fscale))
+    z = {n: numpyro.sample(f"{n}_z", dist.Normal(0.0, 1.0)) for n in cfg.free}
+    atm, sens, vals = shared_parameters(cfg, data, z)
+    for n in cfg.free:
+        numpyro.deterministic(n, vals[n])
+    expansion = data.get("operator_expansion")
+    if expansion is None:
+        op = band_operator(fm, atm, geom, sens)
+    else:
+        op = expand_operator(expansion, jnp.stack([z[n] for n in cfg.free]))
 
     mu, chol = _reflectance_prior(fm, cfg)
     shape760 = sif_spectrum(760.0, SifParams(0.0, 1.0))
@@ -175,10 +269,10 @@ def sif_model(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool = Fa
                            .to_event(1))
         coeffs = numpyro.deterministic("reflectance_coeffs", jax.nn.sigmoid(mu + z @ chol.T))
         scale = sif_scale(ndvi, cfg) / shape760
-        far = numpyro.sample("sif_far_red_raw", dist.HalfNormal(1.0))
+        far = numpyro.sample("sif_far_red_raw", SoftplusHalfNormal(1.0))
         amp_far = numpyro.deterministic("sif_far_red", scale * far)
         if has_red:
-            red = numpyro.sample("sif_red_raw", dist.HalfNormal(1.0))
+            red = numpyro.sample("sif_red_raw", SoftplusHalfNormal(1.0))
             amp_red = numpyro.deterministic("sif_red", cfg.sif_red_ratio * scale * red)
         else:
             amp_red = jnp.zeros_like(amp_far)

@@ -43,7 +43,7 @@ from bayesfluo.physics.forward import (
 from bayesfluo.physics.sensor import SensorParams
 from bayesfluo.physics.surface import SifParams, sif_spectrum
 
-__all__ = ["LATENTS", "fisher_information", "cramer_rao_f760"]
+__all__ = ["LATENTS", "fisher_information", "cramer_rao_f760", "patch_cramer_rao_f760"]
 
 LATENTS = ("reflectance", "sif_far_red", "sif_red", "surface_pressure", "aot550", "angstrom",
            "diffuse_path", "spectral_shift", "fwhm_scale")
@@ -147,3 +147,65 @@ def cramer_rao_f760(instrument: str = "hyplant-fluo-o2a", *, altitude_m: float |
         pos = ii.index(k)
         out[case] = float(np.sqrt(cov[pos, pos]) * shape760)
     return out
+
+
+def patch_cramer_rao_f760(model: ForwardModel, data: dict, values: dict,
+                          shared: Sequence[str] = ("surface_pressure", "aot550",
+                                                   "spectral_shift"),
+                          has_red: bool = False) -> dict[str, np.ndarray]:
+    """Cramer-Rao bound of each pixel's F760 in a patch whose pixels share atmosphere and
+    sensor latents.
+
+    The patch's Fisher information is the sum of its pixels' (each pixel's likelihood
+    depends on its own reflectance and SIF and on the shared latents). Returns
+    ``{"shared": (P,), "known": (P,)}``: the bound (mW m-2 sr-1 nm-1) with the ``shared``
+    latents free and estimated from the whole patch, and with them known.
+
+    Parameters
+    ----------
+    data : dict
+        The model's patch data (``geometry``, ``noise_a``, ``noise_b``).
+    values : dict
+        Latent values: ``reflectance_coeffs`` (P, K), ``sif_far_red`` (P,), optionally
+        ``sif_red`` (P,), and every atmospheric and sensor latent by its model name.
+    """
+    k = model.n_basis
+    coeffs = np.asarray(values["reflectance_coeffs"], np.float64)
+    n_pix = coeffs.shape[0]
+    amp_far = np.asarray(values["sif_far_red"], np.float64)
+    amp_red = np.asarray(values.get("sif_red", np.zeros(n_pix)), np.float64)
+    rest = [np.broadcast_to(np.asarray(values[name], np.float64), (n_pix,))
+            for name in LATENTS[3:]]
+    theta = np.column_stack([coeffs, amp_far, amp_red] + rest)
+    geom = data["geometry"]
+    with jax.enable_x64(True):
+        g64 = Geometry(*(jnp.asarray(x, jnp.float64) for x in geom))
+
+        def fwd(t):
+            coef, sif, atm, sens = _unpack(model, t, {})
+            return radiance(model, coef, sif, atm, g64, sens)
+
+        th = jnp.asarray(theta)
+        jac = np.asarray(jax.vmap(jax.jacfwd(fwd))(th), np.float64)  # (P, B, n_theta)
+        lrad = np.asarray(jax.vmap(fwd)(th), np.float64)
+    var = float(data["noise_a"]) * np.maximum(lrad, 0.0) + float(data["noise_b"])
+    local = list(range(k + 1)) + ([k + 1] if has_red else [])
+    glob = [k + 2 + LATENTS[3:].index(name) for name in shared]
+    nl, ng = len(local), len(glob)
+    n = n_pix * nl + ng
+    fisher = np.zeros((n, n))
+    for i in range(n_pix):
+        j = jac[i] / np.sqrt(var[i])[:, None]
+        jl, jg = j[:, local], j[:, glob]
+        sl = slice(i * nl, (i + 1) * nl)
+        fisher[sl, sl] = jl.T @ jl
+        fisher[sl, n_pix * nl:] = jl.T @ jg
+        fisher[n_pix * nl:, sl] = jg.T @ jl
+        fisher[n_pix * nl:, n_pix * nl:] += jg.T @ jg
+    shape760 = float(sif_spectrum(760.0, SifParams(0.0, 1.0)))
+    amp = np.arange(n_pix) * nl + k  # index of each pixel's far-red amplitude
+    cov = np.linalg.inv(fisher)
+    known = np.array([np.linalg.inv(fisher[i * nl:(i + 1) * nl, i * nl:(i + 1) * nl])[k, k]
+                      for i in range(n_pix)])
+    return {"shared": shape760 * np.sqrt(np.diag(cov)[amp]),
+            "known": shape760 * np.sqrt(known)}

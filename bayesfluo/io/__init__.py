@@ -1,5 +1,5 @@
 """Reading and writing scenes and results (xarray <-> files)."""
 
-from bayesfluo.io.netcdf import read_scene, validate_scene, write_dataset
+from bayesfluo.io.netcdf import read_scene, validate_scene, write_dataset, write_datatree
 
-__all__ = ["read_scene", "validate_scene", "write_dataset"]
+__all__ = ["read_scene", "validate_scene", "write_dataset", "write_datatree"]

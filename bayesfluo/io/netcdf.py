@@ -17,9 +17,16 @@ import xarray as xr
 
 from bayesfluo.instruments import INSTRUMENTS
 
-__all__ = ["write_dataset", "read_scene", "validate_scene"]
+__all__ = ["write_dataset", "write_datatree", "read_scene", "validate_scene"]
 
 _RADIANCE_UNITS = {"mW m-2 sr-1 nm-1", "mW/m2/sr/nm", "mW m^-2 sr^-1 nm^-1"}
+
+
+def _default_mode(path: str) -> None:
+    """Give a temporary file (created 0600) the permissions of a normally created one."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_dataset(ds: xr.Dataset, path: str | os.PathLike, compress: bool = True) -> Path:
@@ -39,6 +46,30 @@ def write_dataset(ds: xr.Dataset, path: str | os.PathLike, compress: bool = True
     os.close(fd)
     try:
         ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
+        _default_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_datatree(dt: xr.DataTree, path: str | os.PathLike) -> Path:
+    """Write a DataTree (e.g. NUTS reference posteriors) to netCDF-4 atomically, one
+    group per node, float variables gzip-compressed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encoding = {}
+    for node in dt.subtree:
+        enc = {name: {"zlib": True, "complevel": 4} for name, var in node.variables.items()
+               if var.ndim and var.dtype.kind in "fiu"}
+        if enc:
+            encoding[node.path] = enc
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        dt.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
+        _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

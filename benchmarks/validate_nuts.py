@@ -1,0 +1,118 @@
+"""Validation of the NUTS posteriors at nominal conditions (issue 3): SBC, coverage, F760
+RMSE against the Cramer-Rao bound, patch-mean calibration, convergence.
+
+Run:  python benchmarks/validate_nuts.py --patches 4 [--instrument hyplant-fluo-o2a]
+          [--out docs/validation]
+
+Each patch is 64 pixels drawn from the prior (a quarter bare) at HyPlant FLUO 600 m,
+sun zenith 30 deg, SNR 150 shot-noise-only, sampled with 4 chains x 500 draws after 500
+warm-up. Writes ``<out>/<instrument>_validation.nc`` (per-pixel and per-patch results),
+``summary.json`` and figures (rank histograms, coverage curve, F760 recovery), and prints
+the summary. SBC and coverage verdicts are binomial tests at false-failure rate 1e-4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--patches", type=int, default=4)
+    ap.add_argument("--pixels", type=int, default=64)
+    ap.add_argument("--instrument", default="hyplant-fluo-o2a")
+    ap.add_argument("--snr", type=float, default=150.0)
+    ap.add_argument("--height", type=float,
+                    help="sensor height above ground, m (default 600 for HyPlant, the "
+                         "instrument's own otherwise)")
+    ap.add_argument("--warmup", type=int, default=500)
+    ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default="docs/validation")
+    args = ap.parse_args()
+
+    import numpy as np
+
+    from bayesfluo.diagnostics.calibration import coverage_test, sbc_test
+    from bayesfluo.diagnostics.sbc import validate
+    from bayesfluo.io import write_dataset
+    from bayesfluo.nuts import ESS_MIN, RHAT_MAX, NutsConfig
+    from bayesfluo.physics import build_forward_model
+    from bayesfluo.plotting_diagnostics import plot_coverage, plot_f760_recovery, plot_sbc_ranks
+
+    warnings.simplefilter("ignore", RuntimeWarning)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from bayesfluo.instruments import get_instrument
+
+    fm = build_forward_model(args.instrument)
+    height = args.height or (600.0 if args.instrument.startswith("hyplant")
+                             else get_instrument(args.instrument).altitude_m)
+    t0 = time.perf_counter()
+    ds = validate(fm, args.patches, nuts=NutsConfig(num_warmup=args.warmup,
+                                                    num_samples=args.samples,
+                                                    predictive_draws=0),
+                  seed=args.seed, n_pixels=args.pixels, snr=args.snr, height_m=height)
+    wall = time.perf_counter() - t0
+    tag = f"{args.instrument}"
+    write_dataset(ds, out / f"{tag}_validation.nc")
+    n_rank = int(ds.attrs["n_rank_draws"])
+    summary = {"instrument": args.instrument, "patches": args.patches,
+               "pixels": int(ds.sizes["pixel"]), "wall_s": round(wall, 0), "sbc": {}}
+    for v in [v for v in ds.data_vars if v.startswith("rank_")]:
+        dim = ds[v].dims[0]
+        if ds.sizes[dim] < 40:
+            continue  # per-patch ranks: too few for a test, reported in the figure only
+        r = sbc_test(ds[v].values, n_rank)
+        summary["sbc"][v[5:]] = {"passed": r.passed, "bins": int(r.n_bins),
+                                 "band": [r.lower, r.upper], "min": int(r.counts.min()),
+                                 "max": int(r.counts.max())}
+    hits = {float(q): ds["hit_f760"].sel(level=q).values for q in ds.level.values}
+    summary["coverage_f760"] = {f"{c.level:.2f}": {"observed": round(c.observed, 3),
+                                                   "band": [round(c.lower, 3),
+                                                            round(c.upper, 3)],
+                                                   "passed": c.passed}
+                                for c in coverage_test(hits)}
+    err = ds["mean_f760"] - ds["truth_f760"]
+    veg = ds["ndvi"] > 0.35
+    for name, sel in (("all", slice(None)), ("vegetated", veg.values)):
+        summary[f"f760_{name}"] = {
+            "rmse": round(float(np.sqrt((err[sel] ** 2).mean())), 4),
+            "bias": round(float(err[sel].mean()), 4),
+            "rms_crb_patch_atmosphere": round(float(np.sqrt((ds["crb_shared"][sel] ** 2)
+                                                            .mean())), 4),
+            "rms_crb_atmosphere_known": round(float(np.sqrt((ds["crb_known"][sel] ** 2)
+                                                            .mean())), 4),
+            "mean_posterior_sd": round(float(ds["sd_f760"][sel].mean()), 4)}
+        summary[f"f760_{name}"]["rmse_over_crb"] = round(
+            summary[f"f760_{name}"]["rmse"] / summary[f"f760_{name}"][
+                "rms_crb_patch_atmosphere"], 3)
+    pm_err = ds["patch_mean_f760_truth"]
+    summary["patch_mean_f760"] = {
+        "coverage_90": round(float(ds["hit_patch_mean_f760"].sel(level=0.9).mean()), 3),
+        "mean_sd": round(float(ds["patch_mean_f760_sd"].mean()), 4),
+        "mean_sd_if_pixels_independent": round(float(ds["independent_sd"].mean()), 4),
+        "n": int(pm_err.size)}
+    conv = ds["converged"].values.astype(bool)
+    summary["convergence"] = {
+        "criterion": f"r_hat_max <= {RHAT_MAX}, bulk ESS(F760) >= {ESS_MIN}, no divergences",
+        "converged_fraction": round(float(conv.mean()), 4),
+        "r_hat_max": round(float(ds["r_hat_max"].max()), 4),
+        "ess_bulk_f760_min": round(float(ds["ess_bulk"].min()), 0),
+        "ess_bulk_f760_median": round(float(ds["ess_bulk"].median()), 0),
+        "divergences": int(ds["divergences"].sum()),
+        "mean_leapfrog_steps": round(float(ds["mean_steps"].mean()), 1),
+        "seconds_per_patch": round(float(ds["time_s"].mean()), 1)}
+    (out / f"{tag}_summary.json").write_text(json.dumps(summary, indent=1))
+    plot_sbc_ranks(ds, out / f"{tag}_sbc_ranks.png")
+    plot_coverage(ds, out / f"{tag}_coverage.png")
+    plot_f760_recovery(ds, out / f"{tag}_f760_recovery.png")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
