@@ -29,52 +29,42 @@ def _default_mode(path: str) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+def _compressed(ds) -> dict:
+    """gzip (level 4) encoding of the float and integer variables with dimensions."""
+    return {name: {"zlib": True, "complevel": 4} for name, var in ds.variables.items()
+            if var.ndim and var.dtype.kind in "fiu"}
+
+
+def _write_atomically(obj, path: str | os.PathLike, encoding: dict) -> Path:
+    """``obj.to_netcdf`` to a temporary file beside ``path``, renamed when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        obj.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
+        _default_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_dataset(ds: xr.Dataset, path: str | os.PathLike, compress: bool = True) -> Path:
     """Write a Dataset to netCDF-4 atomically (temporary file, then rename).
 
     Float and integer variables with dimensions are gzip-compressed (level 4) when
     ``compress`` is true.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    encoding = {}
-    if compress:
-        for name, var in ds.variables.items():
-            if var.ndim and var.dtype.kind in "fiu":
-                encoding[name] = {"zlib": True, "complevel": 4}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
-        _default_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return _write_atomically(ds, path, _compressed(ds) if compress else {})
 
 
 def write_datatree(dt: xr.DataTree, path: str | os.PathLike) -> Path:
     """Write a DataTree (e.g. NUTS reference posteriors) to netCDF-4 atomically, one
-    group per node, float variables gzip-compressed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    encoding = {}
-    for node in dt.subtree:
-        enc = {name: {"zlib": True, "complevel": 4} for name, var in node.variables.items()
-               if var.ndim and var.dtype.kind in "fiu"}
-        if enc:
-            encoding[node.path] = enc
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        dt.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
-        _default_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    group per node, float and integer variables gzip-compressed."""
+    encoding = {node.path: enc for node in dt.subtree if (enc := _compressed(node))}
+    return _write_atomically(dt, path, encoding)
 
 
 def read_scene(path: str | os.PathLike, validate: bool = True) -> xr.Dataset:
