@@ -187,7 +187,6 @@ class _Potential:
     value_and_grad: callable
     hvps: callable            # (x, V (m, n)) -> (m, n)
     unravel: callable
-    postprocess: callable
     x0: np.ndarray
     pixel: np.ndarray          # pixel of each entry, -1 for shared latents
     slot: np.ndarray           # index of the latent within its pixel (or shared index)
@@ -340,7 +339,7 @@ def _potential(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool,
     x0 = ravel_pytree(unconstrain_fn(sif_model, (fm, cfg, data, has_red), {}, init))[0]
     return _Potential(value_and_grad=lambda x: c.vg(x, data),
                       hvps=lambda x, vs: c.hvps(x, vs, data), unravel=c.unravel,
-                      postprocess=lambda xs: c.post(xs, data), x0=np.asarray(x0),
+                      x0=np.asarray(x0),
                       pixel=c.pixel, slot=c.slot, potential=lambda x: c.potential(x, data),
                       compiled=c)
 
