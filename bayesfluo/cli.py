@@ -1,11 +1,10 @@
-"""Command line: ``bayesfluo simulate | demo | nuts | instruments``."""
+"""Command line: ``bayesfluo demo | simulate | train | retrieve | nuts | instruments``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -40,23 +39,43 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from bayesfluo.io import write_dataset
-    from bayesfluo.plotting import plot_scene
-    from bayesfluo.simulate import simulate_scene
+    from bayesfluo.demo import run_demo
 
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    run_demo(args.out_dir, instrument=args.instrument, size=args.size, seed=args.seed,
+             model=args.model)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from bayesfluo.train import TrainConfig, TrainingDiverged, train
+
+    overrides = {}
+    if args.out:
+        overrides["out"] = args.out
+    if args.devices:
+        overrides["devices"] = args.devices
+    tc = TrainConfig.from_toml(args.config, **overrides)
     t0 = time.perf_counter()
-    ds = simulate_scene(args.instrument, args.size, seed=args.seed, progress=True)
-    scene = write_dataset(ds, out / "demo_scene.nc")
-    png = out / "demo_scene.png"
-    plot_scene(ds, png)
-    f = ds["true_f760"].values
-    print(f"simulated a {args.size} {args.instrument} scene in {time.perf_counter() - t0:.1f} s")
-    print(f"  true F760: {np.nanmin(f):.2f} to {np.nanmax(f):.2f} mW m-2 sr-1 nm-1, "
-          f"{np.mean(f < 0.05):.0%} of pixels without fluorescence")
-    print(f"  scene: {scene}\n  figure: {png}")
-    print("  (retrieval of this scene arrives with the Bayesian model and the amortized guide)")
+    try:
+        guide = train(tc, progress=not args.quiet)
+    except TrainingDiverged as err:
+        print(f"bayesfluo train: stopped: {err}", file=sys.stderr)
+        return 3
+    print(f"wrote {tc.out}: {guide.instrument} guide, final loss {guide.info['final_loss']}, "
+          f"{time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _cmd_retrieve(args: argparse.Namespace) -> int:
+    from bayesfluo.models import resolve_model
+    from bayesfluo.retrieve import RetrieveOptions, retrieve_file
+
+    opts = RetrieveOptions(quality=not args.no_quality, n_draws=args.draws, seed=args.seed,
+                           chunk_pixels=args.chunk_pixels)
+    t0 = time.perf_counter()
+    out = retrieve_file(args.scene, resolve_model(args.model), args.out, opts,
+                        progress=not args.quiet)
+    print(f"wrote {out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -116,12 +135,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output netCDF file")
     s.set_defaults(func=_cmd_simulate)
 
-    d = sub.add_parser("demo", help="simulate a demo scene and plot it")
+    d = sub.add_parser("demo", help="simulate a demo scene, retrieve it with the shipped "
+                       "model, map F760 beside the truth")
     d.add_argument("--instrument", default="hyplant-fluo-o2a")
     d.add_argument("--size", default="64x64")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--model", help="model directory or shipped model name (default: the "
+                   "instrument's shipped model)")
     d.add_argument("--out-dir", default="bayesfluo-demo")
     d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("train", help="train an amortized guide (TOML configuration)")
+    t.add_argument("config", help="TOML file (see models/*/train.toml)")
+    t.add_argument("--out", help="output model directory (overrides the file's)")
+    t.add_argument("--devices", type=int, help="devices for data parallelism")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
+
+    r = sub.add_parser("retrieve", help="posterior maps of a scene with a trained guide")
+    r.add_argument("scene", help="scene netCDF")
+    r.add_argument("--model", required=True,
+                   help="model directory, or the name of a shipped model (e.g. "
+                   "hyplant-fluo-o2a, desis)")
+    r.add_argument("--out", required=True, help="output netCDF")
+    r.add_argument("--draws", type=int, default=0, help="posterior draws of F760 per pixel")
+    r.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    r.add_argument("--no-quality", action="store_true",
+                   help="skip the fit check (poor_fit flag, fit_chi2)")
+    r.add_argument("--chunk-pixels", type=int, default=32768,
+                   help="pixels per chunk (memory bound)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_retrieve)
 
     n = sub.add_parser("nuts", help="NUTS reference posteriors of scene pixels (DataTree)")
     n.add_argument("scene", help="scene netCDF")

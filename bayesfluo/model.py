@@ -68,7 +68,8 @@ from bayesfluo.physics.forward import (
 from bayesfluo.physics.sensor import SensorParams
 from bayesfluo.physics.surface import SifParams, bspline_basis, sif_spectrum
 
-__all__ = ["ModelConfig", "sif_model", "shared_parameters", "OperatorExpansion",
+__all__ = ["ModelConfig", "sif_model", "scene_model", "reflectance_weights",
+           "shared_parameters", "OperatorExpansion",
            "operator_expansion", "expand_operator", "SoftplusHalfNormal", "sif_scale",
            "patch_geometry", "prior_pressure", "ATMOSPHERE_LATENTS", "SENSOR_LATENTS"]
 
@@ -262,9 +263,21 @@ def sif_model(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool = Fa
     else:
         op = expand_operator(expansion, jnp.stack([z[n] for n in cfg.free]))
 
+    coeffs, amp_red, amp_far = _surface_sites(fm, cfg, ndvi, has_red, n_pix, dim=-1)
+    with numpyro.plate("pixel", n_pix):
+        pred = jax.vmap(lambda c, a, f: radiance_from_operator(fm, op, c, SifParams(a, f)))(
+            coeffs, amp_red, amp_far)
+        _likelihood(pred, data.get("radiance"), data["mask"],
+                    data["noise_a"], data["noise_b"])
+
+
+def _surface_sites(fm: ForwardModel, cfg: ModelConfig, ndvi, has_red: bool, n_pix: int,
+                   dim: int):
+    """Sample the pixel-level latents (inside the caller's other plates) and record the
+    deterministic summaries: ``(coeffs, amp_red, amp_far)``."""
     mu, chol = _reflectance_prior(fm, cfg)
     shape760 = sif_spectrum(760.0, SifParams(0.0, 1.0))
-    with numpyro.plate("pixel", n_pix):
+    with numpyro.plate("pixel", n_pix, dim=dim):
         z = numpyro.sample("reflectance_z", dist.Normal(0.0, 1.0).expand([fm.n_basis])
                            .to_event(1))
         coeffs = numpyro.deterministic("reflectance_coeffs", jax.nn.sigmoid(mu + z @ chol.T))
@@ -281,15 +294,67 @@ def sif_model(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool = Fa
         if has_red:
             numpyro.deterministic("f687", sif_spectrum(687.0, sif))
         numpyro.deterministic("sif_peak", sif_spectrum(sif.centre_far_red, sif))
-        b760 = jnp.asarray(bspline_basis(np.array([760.0]),
-                                         np.asarray(fm.knots_nm, np.float64))[0], jnp.float32)
-        numpyro.deterministic("reflectance760", coeffs @ b760)
-        pred = jax.vmap(lambda c, a, f: radiance_from_operator(fm, op, c, SifParams(a, f)))(
-            coeffs, amp_red, amp_far)
-        sd = jnp.sqrt(data["noise_a"] * jnp.maximum(pred, 0.0) + data["noise_b"])
-        obs = data.get("radiance")
-        numpyro.sample("radiance", dist.Normal(pred, sd).to_event(1).mask(
-            data["mask"] > 0), obs=obs)
+        numpyro.deterministic("reflectance760", coeffs @ reflectance_weights(fm, 760.0))
+    return coeffs, amp_red, amp_far
+
+
+def reflectance_weights(fm: ForwardModel, wavelength_nm: float) -> jax.Array:
+    """B-spline weights of the reflectance at one wavelength (``coeffs @ w``)."""
+    return jnp.asarray(bspline_basis(np.array([wavelength_nm]),
+                                     np.asarray(fm.knots_nm, np.float64))[0], jnp.float32)
+
+
+def _likelihood(pred, obs, mask, noise_a, noise_b):
+    """Heteroscedastic Gaussian noise ``var = a L + b`` per band, masked per pixel."""
+    sd = jnp.sqrt(noise_a * jnp.maximum(pred, 0.0) + noise_b)
+    numpyro.sample("radiance", dist.Normal(pred, sd).to_event(1).mask(mask > 0), obs=obs)
+
+
+def scene_model(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool = False,
+                subsample_size: int | None = None):
+    """NumPyro program of many patches at once, for SVI (the same priors and likelihood
+    as :func:`sif_model`, one independent atmosphere and sensor state per patch).
+
+    Parameters
+    ----------
+    data : dict
+        As :func:`sif_model` with a leading patch dimension ``N``: ``radiance`` (N, P, B)
+        or None, ``mask`` and ``ndvi`` (N, P), ``geometry`` (Geometry of (N,) arrays),
+        ``noise_a``, ``noise_b``, ``surface_pressure0`` (N,).
+        Optionally ``operator``: a :class:`BandOperator` per patch (leading dim N),
+        used instead of computing it; the caller conditions the shared latents to the
+        values it was computed for (the training simulator does).
+    subsample_size : int, optional
+        Patches per minibatch: the ``patch`` plate draws that many at random and scales
+        the log density by ``N / subsample_size`` (an unbiased minibatch ELBO).
+    """
+    n_patch, n_pix = data["ndvi"].shape
+    with numpyro.plate("patch", n_patch, subsample_size=subsample_size, dim=-2) as idx:
+        d = {k: v[idx] for k, v in data.items() if k in _PATCH_ARRAYS and v is not None}
+        geom = jax.tree.map(lambda v: v[idx], data["geometry"])
+        z = {n: numpyro.sample(f"{n}_z", dist.Normal(0.0, 1.0)) for n in cfg.free}
+        z1 = {n: v[..., 0] for n, v in z.items()}  # (batch,)
+        batch = d["ndvi"].shape[0]
+        atm, sens, vals = shared_parameters(cfg, {"surface_pressure0": d["surface_pressure0"]},
+                                            z1)
+        for n in cfg.free:
+            numpyro.deterministic(n, vals[n][..., None])
+        if "operator" in data:  # precomputed for the conditioned shared latents
+            op = jax.tree.map(lambda v: v[idx], data["operator"])
+        else:
+            full = lambda t: jax.tree.map(lambda v: jnp.broadcast_to(v, (batch,)), t)  # noqa
+            op = jax.vmap(lambda a, g, s: band_operator(fm, a, g, s))(full(atm), geom,
+                                                                      full(sens))
+        coeffs, amp_red, amp_far = _surface_sites(fm, cfg, d["ndvi"], has_red, n_pix, dim=-1)
+        pred = jax.vmap(jax.vmap(
+            lambda o, c, a, f: radiance_from_operator(fm, o, c, SifParams(a, f)),
+            in_axes=(None, 0, 0, 0)))(op, coeffs, amp_red, amp_far)
+        with numpyro.plate("pixel", n_pix, dim=-1):
+            _likelihood(pred, d.get("radiance"), d["mask"], d["noise_a"][:, None, None],
+                        d["noise_b"][:, None, None])
+
+
+_PATCH_ARRAYS = ("radiance", "mask", "ndvi", "noise_a", "noise_b", "surface_pressure0")
 
 
 def patch_geometry(sza, vza, raa, surface_altitude, sensor_altitude, sun_distance=1.0

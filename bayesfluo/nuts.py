@@ -72,6 +72,7 @@ from bayesfluo.model import (
     sif_model,
     sif_scale,
 )
+from bayesfluo.patches import sun_distance
 from bayesfluo.physics.forward import (
     ForwardModel,
     band_operator,
@@ -167,15 +168,9 @@ def patch_data(scene: xr.Dataset, rows: np.ndarray, cols: np.ndarray,
         radiance=jnp.asarray(rad), mask=jnp.asarray(mask, jnp.float32),
         ndvi=jnp.asarray(pick("ndvi"), jnp.float32),
         geometry=patch_geometry(pick("sza"), pick("vza"), raa, surf, pick("sensor_altitude"),
-                                _sun_distance(scene)),
+                                sun_distance(scene)),
         noise_a=jnp.float32(a), noise_b=jnp.float32(b),
         surface_pressure0=prior_pressure(surf))
-
-
-def _sun_distance(scene: xr.Dataset) -> float:
-    from bayesfluo.physics.solar import earth_sun_distance_factor
-    doy = scene.attrs.get("day_of_year")
-    return float(earth_sun_distance_factor(int(doy))) if doy is not None else 1.0
 
 
 # --- preconditioning ------------------------------------------------------------------

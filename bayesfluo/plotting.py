@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-__all__ = ["plot_scene"]
+__all__ = ["plot_scene", "plot_retrieval"]
 
 
 def _band(ds: xr.Dataset, wl_nm: float) -> int:
@@ -72,6 +72,56 @@ def plot_scene(ds: xr.Dataset, path: str | Path | None = None, dpi: int = 110):
     ax.set_ylabel("radiance (mW m-2 sr-1 nm-1)")
     ax.set_title(f"spectra, {ds.attrs.get('instrument', '')}")
     ax.legend(fontsize=8)
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+    return fig
+
+
+def plot_retrieval(result: xr.Dataset, truth: xr.Dataset | None = None,
+                   path: str | Path | None = None, dpi: int = 110):
+    """Posterior maps of F760 (mean and sd), beside the truth of a simulated scene, and
+    the posterior mean against truth with 90 % intervals; PNG when ``path`` is given."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_truth = truth is not None and "true_f760" in truth
+    n = 4 if has_truth else 3
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8))
+    mean = result["f760_mean"]
+    vmax = float(np.nanpercentile(truth["true_f760"] if has_truth else mean, 99.5))
+    panels = ([(truth["true_f760"], "true F760", "viridis", (0, vmax))] if has_truth else [])
+    panels += [(mean, "posterior mean of F760", "viridis", (0, vmax)),
+               (result["f760_sd"], "posterior sd of F760", "magma",
+                (0, float(np.nanpercentile(result["f760_sd"], 99.5))))]
+    for ax, (v, title, cmap, lim) in zip(axes, panels, strict=False):
+        im = ax.imshow(np.asarray(v), cmap=cmap, vmin=lim[0], vmax=lim[1],
+                       interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, shrink=0.85, label="mW m-2 sr-1 nm-1")
+    ax = axes[-1]
+    if has_truth:
+        t = np.asarray(truth["true_f760"]).ravel()
+        m = np.asarray(mean).ravel()
+        lo = m - np.asarray(result["f760_q05"]).ravel()
+        hi = np.asarray(result["f760_q95"]).ravel() - m
+        ok = np.isfinite(m)
+        ax.errorbar(t[ok], m[ok], yerr=[lo[ok], hi[ok]], fmt="o", ms=2, lw=0.4, alpha=0.4,
+                    color="C0", ecolor="C0")
+        ax.plot([0, vmax], [0, vmax], "k--", lw=0.8)
+        ax.set_xlabel("true F760 (mW m-2 sr-1 nm-1)")
+        ax.set_ylabel("posterior mean, 90 % interval")
+        ax.set_title("retrieved against truth", fontsize=10)
+    else:
+        flag = np.asarray(result["quality_flag"])
+        ax.imshow(flag, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+        ax.set_title("quality flag", fontsize=10)
+    fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=dpi)
         plt.close(fig)

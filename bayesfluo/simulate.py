@@ -255,6 +255,7 @@ def simulate_scene(instrument: str | Instrument = "hyplant-fluo", size=(128, 128
                    heading_deg: float = 0.0, altitude_m: float | None = None,
                    surface_altitude_m: float = 100.0, day_of_year: int = 180,
                    snr: float | None = None, aot550: float = 0.12,
+                   spectral_shift_nm: float | None = None,
                    model: ForwardModel | None = None, progress: bool = False) -> xr.Dataset:
     """Simulate a scene with known truth.
 
@@ -285,6 +286,9 @@ def simulate_scene(instrument: str | Instrument = "hyplant-fluo", size=(128, 128
         instrument's. ``numpy.inf`` gives a noise-free scene.
     aot550 : float
         Mean aerosol optical thickness at 550 nm.
+    spectral_shift_nm : float, optional
+        Spectral shift of the sensor's bands at nadir (nm; the smile adds to it across
+        track); default a random draw of a fifth of the instrument's smile.
     model : ForwardModel, optional
         A prebuilt forward model of the instrument (saves its set-up time).
     progress : bool
@@ -292,7 +296,8 @@ def simulate_scene(instrument: str | Instrument = "hyplant-fluo", size=(128, 128
     """
     inst = get_instrument(instrument)
     _check_finite(sza_deg=sza_deg, saa_deg=saa_deg, heading_deg=heading_deg,
-                  altitude_m=altitude_m, surface_altitude_m=surface_altitude_m, aot550=aot550)
+                  altitude_m=altitude_m, surface_altitude_m=surface_altitude_m, aot550=aot550,
+                  spectral_shift_nm=spectral_shift_nm)
     if sza_deg is None or not 0.0 <= sza_deg < 80.0:
         raise ValueError(f"sza_deg must be in [0, 80) degrees, got {sza_deg}")
     if aot550 < 0:
@@ -366,6 +371,8 @@ def simulate_scene(instrument: str | Instrument = "hyplant-fluo", size=(128, 128
         sensor_alt_map = np.full(shape, sensor_alt)
     ccol = (2.0 * columns / max(inst.n_columns - 1, 1) - 1.0) if not tower else np.zeros(nx)
     shift0 = rng.normal(0.0, 0.2 * inst.smile_shift_nm) if inst.smile_shift_nm else 0.0
+    if spectral_shift_nm is not None:
+        shift0 = float(spectral_shift_nm)
     shift = shift0 + inst.smile_shift_nm * ccol**2
     fwhm_scale = 1.0 + inst.smile_fwhm * ccol**2
     dist = float(earth_sun_distance_factor(day_of_year))

@@ -10,7 +10,11 @@ def test_readme_python_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "the README has a Python example"
     namespace: dict = {}
-    exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102
+    for block in blocks:  # every Python example, in order
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    res = namespace["result"]
+    assert res["f760_mean"].dims == ("y", "x") and res["f760_mean"].attrs["units"]
+    assert float(res["f760_sd"].min()) > 0
     assert namespace["L"].shape == (namespace["model"].n_bands,)
     assert float(namespace["L"].min()) > 0
     assert namespace["scene"].sizes["band"] == namespace["model"].n_bands

@@ -158,8 +158,9 @@ def patch_cramer_rao_f760(model: ForwardModel, data: dict, values: dict,
 
     The patch's Fisher information is the sum of its pixels' (each pixel's likelihood
     depends on its own reflectance and SIF and on the shared latents). Returns
-    ``{"shared": (P,), "known": (P,)}``: the bound (mW m-2 sr-1 nm-1) with the ``shared``
-    latents free and estimated from the whole patch, and with them known.
+    ``{"shared": (P,), "known": (P,), "shared_latents": (S,)}``: the bound of F760
+    (mW m-2 sr-1 nm-1) with the ``shared`` latents free and estimated from the whole
+    patch, and with them known; and the bound of each shared latent (its own units).
 
     Parameters
     ----------
@@ -208,4 +209,5 @@ def patch_cramer_rao_f760(model: ForwardModel, data: dict, values: dict,
     known = np.array([np.linalg.inv(fisher[i * nl:(i + 1) * nl, i * nl:(i + 1) * nl])[k, k]
                       for i in range(n_pix)])
     return {"shared": shape760 * np.sqrt(np.diag(cov)[amp]),
-            "known": shape760 * np.sqrt(known)}
+            "known": shape760 * np.sqrt(known),
+            "shared_latents": np.sqrt(np.diag(cov)[n_pix * nl:])}

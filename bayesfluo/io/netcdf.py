@@ -9,24 +9,17 @@ format (README, "Scene format"), raising :class:`ValueError` with every problem 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from bayesfluo.instruments import INSTRUMENTS
+from bayesfluo.io.atomic import atomic_path
 
 __all__ = ["write_dataset", "write_datatree", "read_scene", "validate_scene"]
 
 _RADIANCE_UNITS = {"mW m-2 sr-1 nm-1", "mW/m2/sr/nm", "mW m^-2 sr^-1 nm^-1"}
-
-
-def _default_mode(path: str) -> None:
-    """Give a temporary file (created 0600) the permissions of a normally created one."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _compressed(ds) -> dict:
@@ -37,18 +30,9 @@ def _compressed(ds) -> dict:
 
 def _write_atomically(obj, path: str | os.PathLike, encoding: dict) -> Path:
     """``obj.to_netcdf`` to a temporary file beside ``path``, renamed when complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         obj.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
-        _default_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def write_dataset(ds: xr.Dataset, path: str | os.PathLike, compress: bool = True) -> Path:

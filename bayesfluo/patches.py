@@ -1,0 +1,220 @@
+"""Scenes cut into patches: the unit that shares an atmosphere in the model and the guide.
+
+A scene of ``ny x nx`` pixels is cut into square patches of ``patch_size`` pixels a side
+(the last row and column of patches padded with masked pixels, so every patch has the same
+static shape and a retrieval compiles once). :func:`patch_inputs` gathers, for a band of
+patch rows, what :func:`bayesfluo.model.scene_model` and the guide need, and flags the
+pixels whose input is unusable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from bayesfluo.guide import (
+    ancillary_inputs,
+    expand_reference,
+    pixel_features,
+    reference_expansion,
+)
+from bayesfluo.instruments import get_instrument
+from bayesfluo.model import ModelConfig
+from bayesfluo.physics.forward import ForwardModel, standard_pressure_hpa
+from bayesfluo.physics.solar import earth_sun_distance_factor
+
+__all__ = ["PatchGrid", "patch_inputs", "check_scene_for_model", "INPUT_FLAGS",
+           "noise_coefficients"]
+
+#: Input problems per pixel (bits of ``input_flag``)
+INPUT_FLAGS = {"masked": 1, "not_finite": 2, "negative": 4, "saturated": 8}
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """Square patches over an image of ``shape`` (ny, nx)."""
+
+    shape: tuple[int, int]
+    patch_size: int
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of patches."""
+        return -(-self.shape[0] // self.patch_size)
+
+    @property
+    def n_cols(self) -> int:
+        """Columns of patches."""
+        return -(-self.shape[1] // self.patch_size)
+
+    def to_patches(self, a: np.ndarray, fill=0) -> np.ndarray:
+        """(ny', nx, ...) image rows (a whole number of patch rows, the last may be
+        short) -> (n_patches, P, ...)."""
+        s = self.patch_size
+        ny = a.shape[0]
+        pr = -(-ny // s)
+        pad = [(0, pr * s - ny), (0, self.n_cols * s - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
+        a = np.pad(a, pad, constant_values=fill)
+        a = a.reshape((pr, s, self.n_cols, s) + a.shape[2:])
+        a = np.moveaxis(a, 2, 1)
+        return a.reshape((pr * self.n_cols, s * s) + a.shape[4:])
+
+    def to_image(self, p: np.ndarray, ny: int) -> np.ndarray:
+        """Inverse of :meth:`to_patches` for ``ny`` image rows."""
+        s = self.patch_size
+        pr = p.shape[0] // self.n_cols
+        a = p.reshape((pr, self.n_cols, s, s) + p.shape[2:])
+        a = np.moveaxis(a, 1, 2).reshape((pr * s, self.n_cols * s) + p.shape[2:])
+        return a[:ny, :self.shape[1]]
+
+
+def noise_coefficients(scene: xr.Dataset) -> tuple[float, float]:
+    """``(a, b)`` of the noise variance ``a L + b``: the scene's attributes ``noise_a``,
+    ``noise_b`` where given, else the instrument's defaults."""
+    if "noise_a" in scene.attrs and "noise_b" in scene.attrs:
+        return float(scene.attrs["noise_a"]), float(scene.attrs["noise_b"])
+    return get_instrument(scene.attrs["instrument"]).noise_coefficients()
+
+
+def check_scene_for_model(scene: xr.Dataset, instrument: str, band_centre_nm) -> None:
+    """Raise ValueError naming the problem if the scene cannot be retrieved with a model
+    for ``instrument`` (band grid, layout, needed variables)."""
+    inst = scene.attrs.get("instrument")
+    if inst != instrument:
+        raise ValueError(f"the scene is from {inst!r}, the model is for {instrument!r}")
+    if "y" not in scene["radiance"].dims or "x" not in scene["radiance"].dims:
+        raise ValueError("retrieve needs an image (y, x, band); top-of-canopy time series "
+                         "(FloX) need the measured-irradiance model, not available yet")
+    wl = np.asarray(scene["wavelength"].values, np.float64)
+    want = np.asarray(band_centre_nm, np.float64)
+    if wl.size != want.size:
+        raise ValueError(f"the scene has {wl.size} bands, the {instrument} model expects "
+                         f"{want.size} ({want[0]:.2f}-{want[-1]:.2f} nm)")
+    off = float(np.max(np.abs(wl - want)))
+    if off > 0.01:
+        raise ValueError(f"the scene's wavelength grid differs from the {instrument} model's "
+                         f"by up to {off:.3g} nm (more than 0.01 nm)")
+    if scene["wavelength"].attrs.get("medium", "air") != "air":
+        raise ValueError("the scene's wavelengths are in vacuum; the model's are in air")
+    for v in ("ndvi", "sza", "vza", "surface_altitude", "sensor_altitude"):
+        if v not in scene:
+            raise ValueError(f"the scene has no {v!r} (needed by the model)")
+
+
+_EXPANSIONS: dict = {}
+
+
+def _reference_expansion_jit(fm: ForwardModel, cfg: ModelConfig):
+    """Jitted :func:`bayesfluo.guide.reference_expansion` about a chunk's mean geometry
+    (compiled once per model and configuration)."""
+    key = (id(fm), repr(cfg))
+    if key not in _EXPANSIONS:
+        _EXPANSIONS[key] = (fm, jax.jit(lambda *g: reference_expansion(fm, cfg, *g)))
+    return _EXPANSIONS[key][1]
+
+
+def reference_centre(scene: xr.Dataset) -> tuple[float, float, float, float]:
+    """Mean sza, vza (degrees), surface and sensor altitude (m) of a scene: where the
+    guide's reference spectrum is expanded (:func:`bayesfluo.guide.reference_expansion`)."""
+    rows = slice(None)
+    return tuple(float(np.nanmean(_pixel_values(scene, v, rows)))
+                 for v in ("sza", "vza", "surface_altitude", "sensor_altitude"))
+
+
+def _pixel_values(scene: xr.Dataset, name: str, rows: slice, default=None) -> np.ndarray:
+    ny, nx = scene.sizes["y"], scene.sizes["x"]
+    n = len(range(*rows.indices(ny)))
+    if name not in scene:
+        return np.full((n, nx), default, np.float64)
+    v = scene[name]
+    if v.ndim == 0:
+        return np.full((n, nx), float(v), np.float64)
+    if v.dims == ("y",):
+        return np.repeat(np.asarray(v.values[rows], np.float64)[:, None], nx, 1)
+    if v.dims == ("x",):
+        return np.repeat(np.asarray(v.values, np.float64)[None], n, 0)
+    return np.asarray(v.transpose("y", "x").values[rows], np.float64)
+
+
+def patch_inputs(scene: xr.Dataset, grid: PatchGrid, rows: slice, feature_mean,
+                 feature_sd, reference_radiance: float, fm: ForwardModel,
+                 cfg: ModelConfig, centre: tuple | None = None) -> dict:
+    """Model and guide inputs of the patches in the image rows ``rows`` (whole patch
+    rows). The reference spectra of the guide's input are expanded about ``centre``
+    (:func:`reference_centre` of the whole scene by default, so that results do not
+    depend on how a scene is cut into chunks).
+
+    Returns a dict of numpy arrays with a leading patch dimension: ``radiance`` (N, P, B)
+    (unusable pixels zeroed), ``mask`` (N, P), ``ndvi``, ``features`` (N, P, F),
+    ``geometry`` (tuple of (N,) arrays: sza, vza, raa, surface and sensor altitude,
+    sun-distance factor), ``noise_a``, ``noise_b``, ``surface_pressure0`` (N,), and
+    ``input_flag`` (N, P; bits of :data:`INPUT_FLAGS`, padding pixels 1).
+    """
+    rad = np.asarray(scene["radiance"].transpose("y", "x", "band").values[rows], np.float32)
+    flag = np.zeros(rad.shape[:2], np.int32)
+    if "mask" in scene:
+        flag |= np.where(_pixel_values(scene, "mask", rows) > 0, 0, INPUT_FLAGS["masked"])
+    finite = np.all(np.isfinite(rad), -1)
+    flag |= np.where(finite, 0, INPUT_FLAGS["not_finite"])
+    a, b = noise_coefficients(scene)
+    # dark targets (water) legitimately dip below zero by noise: only radiance more than
+    # five read-noise sd below zero is an error
+    neg_limit = -5.0 * np.sqrt(b) if b > 0 else 0.0
+    with np.errstate(invalid="ignore"):
+        flag |= np.where(np.any(rad < neg_limit, -1), INPUT_FLAGS["negative"], 0)
+        sat = scene["radiance"].attrs.get("saturation_radiance")
+        if sat is not None:
+            flag |= np.where(np.any(rad >= float(sat), -1), INPUT_FLAGS["saturated"], 0)
+    rad = np.where(flag[..., None] == 0, rad, 0.0).astype(np.float32)
+    sza = _pixel_values(scene, "sza", rows)
+    vza = _pixel_values(scene, "vza", rows)
+    raa = (_pixel_values(scene, "saa", rows, 0.0) - _pixel_values(scene, "vaa", rows, 0.0)) % 360
+    surf = _pixel_values(scene, "surface_altitude", rows)
+    sens = _pixel_values(scene, "sensor_altitude", rows)
+    ndvi = np.nan_to_num(_pixel_values(scene, "ndvi", rows), nan=0.0)
+    anc = np.asarray(ancillary_inputs(sza, vza, raa, surf, sens, a, b, ndvi,
+                                      reference_radiance))
+    centre = reference_centre(scene) if centre is None else centre
+    exp = _reference_expansion_jit(fm, cfg)(*(jnp.float32(c) for c in centre))
+    ref = expand_reference(exp, *(jnp.asarray(v, jnp.float32) for v in (sza, vza, surf, sens)))
+    feats = np.asarray(pixel_features(jnp.asarray(rad), jnp.asarray(anc), feature_mean,
+                                      feature_sd, ref))
+    feats = np.where(flag[..., None] == 0, feats, 0.0).astype(np.float32)
+
+    P = grid.to_patches  # noqa: N806
+    flag_p = P(flag, fill=INPUT_FLAGS["masked"])
+    mask_p = (flag_p == 0).astype(np.float32)
+    w = np.maximum(mask_p.sum(1), 1.0)
+
+    def patch_mean(v):
+        vp = P(v)
+        # patches without a usable pixel take the mean of their pixels (outputs are masked)
+        any_ok = mask_p.sum(1) > 0
+        m_ok = (vp * mask_p).sum(1) / w
+        m_all = vp.sum(1) / np.maximum(P(np.ones_like(v)).sum(1), 1.0)
+        return np.where(any_ok, m_ok, m_all)
+
+    n = flag_p.shape[0]
+    geom = (patch_mean(sza), patch_mean(vza), patch_mean(raa), patch_mean(surf),
+            patch_mean(sens), np.full(n, sun_distance(scene)))
+    return dict(radiance=P(rad), mask=mask_p, ndvi=P(ndvi).astype(np.float32),
+                features=P(feats), geometry=tuple(g.astype(np.float32) for g in geom),
+                noise_a=np.full(n, a, np.float32), noise_b=np.full(n, b, np.float32),
+                surface_pressure0=np.asarray(prior_pressure_vec(geom[3]), np.float32),
+                input_flag=flag_p)
+
+
+def prior_pressure_vec(surface_altitude_m) -> np.ndarray:
+    """Prior mean of the surface pressure of each patch (hPa): the standard atmosphere at
+    its mean surface altitude (m)."""
+    return np.asarray(standard_pressure_hpa(jnp.asarray(surface_altitude_m, jnp.float32)))
+
+
+def sun_distance(scene: xr.Dataset) -> float:
+    """Earth-Sun distance factor of the scene's ``day_of_year`` (1 when unknown)."""
+    doy = scene.attrs.get("day_of_year")
+    return float(earth_sun_distance_factor(int(doy))) if doy is not None else 1.0

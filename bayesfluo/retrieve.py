@@ -1,0 +1,341 @@
+"""Whole-scene retrieval with a trained amortized guide: posterior maps.
+
+:func:`retrieve` cuts the scene into the guide's patches, takes them a band of patch rows
+at a time (bounded memory; every chunk has the same static shape, so one compilation),
+runs the encoder once per patch and turns its Gaussian into per-pixel posterior summaries
+in closed form (:func:`bayesfluo.guide.summaries`). Optionally it checks each pixel's fit
+(the radiance predicted at the posterior mean through the patch's exact band operator,
+against the noise model) and draws posterior samples.
+
+Output (``shared/SCENE_FORMAT.md`` section 4): for ``f760``, ``sif_peak``,
+``reflectance760`` (and ``f687`` where the window has the O2-B band) and each free
+atmospheric or sensor latent: ``Q_mean``, ``Q_sd``, ``Q_q05``, ``Q_q50``, ``Q_q95`` over
+(y, x); ``quality_flag`` (bits: :data:`QUALITY_FLAGS`), ``input_flag`` (what was wrong
+with a masked input pixel), ``fit_chi2`` (reduced chi-square of the fit, when checked),
+and optionally ``f760_draws`` (draw, y, x). CF attributes and units on every variable.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.stats
+import xarray as xr
+from tqdm.auto import tqdm
+
+from bayesfluo import __version__
+from bayesfluo.guide import (
+    ANCILLARY,
+    AmortizedGuide,
+    GuideOutput,
+    _knee_softplus,
+    sample_draws,
+    summaries,
+)
+from bayesfluo.instruments import get_instrument
+from bayesfluo.model import _reflectance_prior, shared_parameters, sif_scale
+from bayesfluo.patches import (
+    INPUT_FLAGS,
+    PatchGrid,
+    check_scene_for_model,
+    patch_inputs,
+    reference_centre,
+)
+from bayesfluo.physics.forward import (
+    ForwardModel,
+    Geometry,
+    band_operator,
+    build_forward_model,
+    radiance_from_operator,
+)
+from bayesfluo.physics.surface import SifParams, sif_spectrum
+
+__all__ = ["retrieve", "QUALITY_FLAGS", "RetrieveOptions", "Retriever"]
+
+#: Bits of ``quality_flag``
+QUALITY_FLAGS = {"masked_input": 1, "poor_fit": 2, "out_of_distribution": 4,
+                 "few_pixels_in_patch": 8}
+
+_ATTRS = {
+    "f760": ("sun-induced chlorophyll fluorescence at 760 nm", "mW m-2 sr-1 nm-1", None),
+    "f687": ("sun-induced chlorophyll fluorescence at 687 nm", "mW m-2 sr-1 nm-1", None),
+    "sif_peak": ("sun-induced chlorophyll fluorescence at its far-red peak",
+                 "mW m-2 sr-1 nm-1", None),
+    "reflectance760": ("surface reflectance at 760 nm", "1",
+                       "surface_bidirectional_reflectance"),
+    "surface_pressure": ("surface air pressure of the pixel's patch", "hPa",
+                         "surface_air_pressure"),
+    "aot550": ("aerosol optical thickness at 550 nm of the pixel's patch", "1",
+               "atmosphere_optical_thickness_due_to_ambient_aerosol_particles"),
+    "diffuse_path": ("diffuse-path factor of the pixel's patch", "1", None),
+    "spectral_shift": ("spectral shift of the sensor's bands (patch)", "nm", None),
+    "fwhm_scale": ("scale of the sensor's band FWHM (patch)", "1", None),
+}
+_STATS = {"mean": "posterior mean", "sd": "posterior standard deviation",
+          "q05": "posterior 5 % quantile", "q50": "posterior median",
+          "q95": "posterior 95 % quantile"}
+
+
+@dataclass(frozen=True)
+class RetrieveOptions:
+    """Options of :func:`retrieve`.
+
+    Attributes
+    ----------
+    quality : bool
+        Check each pixel's fit (``poor_fit`` flag, ``fit_chi2``); costs one exact band
+        operator per patch.
+    n_draws : int
+        Posterior draws of F760 to write per pixel (0: none).
+    seed : int
+        Seed of the draws.
+    chunk_pixels : int
+        About how many pixels go through the encoder at once (memory bound).
+    poor_fit_rate : float
+        False-flag rate of ``poor_fit`` on data the model explains: the threshold is the
+        ``1 - poor_fit_rate`` quantile of ``fit_chi2`` on the model's own simulations,
+        measured after training (``info["fit_chi2_quantiles"]`` of the guide: 0.99 or
+        0.999); without it, the chi-square quantile with one degree of freedom per band.
+    ood_sigma : float
+        An input whose normalised spectrum leaves the training distribution by more than
+        this many standard deviations in any band is flagged ``out_of_distribution``.
+    min_patch_pixels : int
+        Patches with fewer usable pixels are flagged ``few_pixels_in_patch`` (their
+        atmosphere rests on little data).
+    """
+
+    quality: bool = True
+    n_draws: int = 0
+    seed: int = 0
+    chunk_pixels: int = 32768
+    poor_fit_rate: float = 1e-3
+    ood_sigma: float = 8.0
+    min_patch_pixels: int = 8
+
+
+class Retriever:
+    """Jitted retrieval functions of one guide (build once, apply to many chunks)."""
+
+    def __init__(self, guide: AmortizedGuide, fm: ForwardModel | None = None):
+        self.guide = guide
+        self.fm = fm or build_forward_model(guide.instrument)
+        g, fm = guide, self.fm
+        cfg = g.config
+        params, static = eqx.partition(g.encoder, eqx.is_inexact_array)
+        self._params = params
+
+        @jax.jit
+        def encode(params, feats, mask):
+            return jax.vmap(eqx.combine(params, static))(feats, mask)
+
+        @jax.jit
+        def summarise(q, ndvi, p0):
+            return summaries(q, fm, cfg, ndvi, p0, g.has_red)
+
+        @jax.jit
+        def chi2(q, d):
+            return _fit_chi2(fm, cfg, g.has_red, q, d)
+
+        def draws(q, ndvi, key, n):
+            return _f760_draws(fm, cfg, q, ndvi, key, n)
+
+        self.encode_fn, self._chi2_fn = encode, partial(_fit_chi2, fm, cfg, g.has_red)
+        self.encode = lambda f, m: encode(self._params, f, m)
+        self.summarise, self.chi2 = summarise, chi2
+        self.draws = jax.jit(draws, static_argnums=3)
+
+    def posterior(self, d: dict) -> GuideOutput:
+        """The guide's output for patch inputs ``d`` (:func:`bayesfluo.patches.patch_inputs`)."""
+        return self.encode(jnp.asarray(d["features"]), jnp.asarray(d["mask"]))
+
+
+def _fit_chi2(fm, cfg, has_red, q: GuideOutput, d: dict):
+    """Reduced chi-square of each pixel's radiance at the posterior mean (N, P)."""
+    geom = Geometry(*d["geometry"])
+    k = fm.n_basis
+    mu, chol = _reflectance_prior(fm, cfg)
+    shape760 = sif_spectrum(760.0, SifParams(0.0, 1.0))
+
+    def patch(qs, g, p0):
+        atm, sens, _ = shared_parameters(cfg, {"surface_pressure0": p0},
+                                         dict(zip(cfg.free, qs, strict=True)))
+        return band_operator(fm, atm, g, sens)
+
+    # the fine-grid operator of 32 patches at a time: bounded memory
+    op = jax.lax.map(lambda a: patch(*a), (q.shared_loc, geom, d["surface_pressure0"]),
+                     batch_size=32)
+    a, b = d["noise_a"], d["noise_b"]
+    coeffs = jax.nn.sigmoid(mu + q.local_loc[..., :k] @ chol.T)
+    scale = sif_scale(d["ndvi"], cfg) / shape760
+    far = scale * _knee_softplus(q.local_loc[..., k])
+    red = (cfg.sif_red_ratio * scale * _knee_softplus(q.local_loc[..., k + 1]) if has_red
+           else jnp.zeros_like(far))
+    pred = jax.vmap(jax.vmap(lambda o, c, r, f: radiance_from_operator(fm, o, c,
+                                                                       SifParams(r, f)),
+                             in_axes=(None, 0, 0, 0)))(op, coeffs, red, far)
+    var = a[:, None, None] * jnp.maximum(pred, 0.0) + b[:, None, None]
+    return jnp.mean((d["radiance"] - pred) ** 2 / var, -1)
+
+
+def _f760_draws(fm, cfg, q, ndvi, keys, n):
+    """(n, N, P) draws of F760, each patch from its own key (chunking does not matter)."""
+    _, u = jax.vmap(lambda qq, k: sample_draws(qq, k, n))(q, keys)   # (N, n, P, D)
+    return jnp.moveaxis(sif_scale(ndvi[:, None], cfg) * _knee_softplus(u[..., fm.n_basis]),
+                        1, 0)
+
+
+def _ood(guide: AmortizedGuide, feats: np.ndarray, ood_sigma: float) -> np.ndarray:
+    """Pixels whose inputs leave the training distribution (N, P) bool."""
+    nb = feats.shape[-1] - len(ANCILLARY)
+    bad = np.max(np.abs(feats[..., :nb]), -1) > ood_sigma
+    raw = feats[..., nb:] * guide.feature_sd[nb:] + guide.feature_mean[nb:]
+    for name, (lo, hi) in guide.ranges.items():
+        if name in ANCILLARY:
+            v = raw[..., ANCILLARY.index(name)]
+            tol = 0.02 * (hi - lo) + 1e-3
+            bad |= (v < lo - tol) | (v > hi + tol)
+    return bad
+
+
+def retrieve(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOptions | None = None,
+             *, retriever: Retriever | None = None, progress: bool = True,
+             source: str | None = None, model_name: str | None = None) -> xr.Dataset:
+    """Posterior maps of a scene (see the module docstring for the variables).
+
+    Parameters
+    ----------
+    scene : xarray.Dataset
+        A scene (y, x, band) of the guide's instrument, with ``ndvi`` and geometry.
+    guide : AmortizedGuide
+        A trained guide (:func:`bayesfluo.guide.load_guide`).
+    options : RetrieveOptions
+    retriever : Retriever, optional
+        Reuse the compiled functions of an earlier call with the same guide.
+    """
+    opt = options or RetrieveOptions()
+    t0 = time.perf_counter()
+    r = retriever or Retriever(guide)
+    fm = r.fm
+    check_scene_for_model(scene, guide.instrument, fm.band_centre_nm)
+    ny, nx = scene.sizes["y"], scene.sizes["x"]
+    s = guide.patch_size
+    grid = PatchGrid((ny, nx), s)
+    rows_per_chunk = max(1, opt.chunk_pixels // (grid.n_cols * s * s))
+    n_chunk_patches = rows_per_chunk * grid.n_cols
+    ref = get_instrument(guide.instrument).reference_radiance
+    nb = fm.n_bands
+    if opt.quality:
+        known = guide.info.get("fit_chi2_quantiles", {})
+        q = str(1.0 - opt.poor_fit_rate)
+        chi2_max = (float(known[q]) if q in known else
+                    float(scipy.stats.chi2.isf(opt.poor_fit_rate, nb) / nb))
+    pieces: dict[str, list] = {}
+    starts = list(range(0, grid.n_rows, rows_per_chunk))
+    centre = reference_centre(scene)
+    for pr0 in tqdm(starts, desc="retrieve", disable=not progress, unit="chunk"):
+        rows = slice(pr0 * s, min((pr0 + rows_per_chunk) * s, ny))
+        d = patch_inputs(scene, grid, rows, guide.feature_mean, guide.feature_sd, ref, fm,
+                         guide.config, centre)
+        n = d["mask"].shape[0]
+        pad = n_chunk_patches - n
+        dp = {k: (tuple(np.pad(g, (0, pad), mode="edge") for g in v) if k == "geometry"
+                  else np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)))
+              for k, v in d.items()}
+        q = r.posterior(dp)
+        summ = jax.device_get(r.summarise(q, jnp.asarray(dp["ndvi"]),
+                                          jnp.asarray(dp["surface_pressure0"])))
+        out = {}
+        for name, st in summ.items():
+            for stat, v in st.items():
+                v = np.asarray(v)[:n]
+                if v.ndim == 1:  # per patch -> its pixels
+                    v = np.repeat(v[:, None], s * s, 1)
+                out[f"{name}_{stat}"] = v
+        flag = np.where(d["input_flag"] != 0, QUALITY_FLAGS["masked_input"], 0)
+        flag |= np.where(_ood(guide, d["features"], opt.ood_sigma) & (d["input_flag"] == 0),
+                         QUALITY_FLAGS["out_of_distribution"], 0)
+        few = d["mask"].sum(1) < opt.min_patch_pixels
+        flag |= np.where(few[:, None] & (d["input_flag"] == 0),
+                         QUALITY_FLAGS["few_pixels_in_patch"], 0)
+        if opt.quality:
+            c2 = np.asarray(r.chi2(q, jax.tree.map(jnp.asarray, dp)))[:n]
+            c2 = np.where(d["input_flag"] == 0, c2, np.nan)
+            out["fit_chi2"] = c2
+            flag |= np.where(c2 > chi2_max, QUALITY_FLAGS["poor_fit"], 0)
+        if opt.n_draws:
+            first = pr0 * grid.n_cols  # index of the chunk's first patch in the scene
+            keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(opt.seed), i))(
+                jnp.arange(first, first + n_chunk_patches))
+            dr = np.asarray(r.draws(q, jnp.asarray(dp["ndvi"]), keys, opt.n_draws))[:, :n]
+            out["f760_draws"] = np.moveaxis(dr, 0, -1)
+        bad = d["input_flag"] != 0
+        for k in list(out):
+            if k != "fit_chi2":
+                v = out[k].astype(np.float32)
+                out[k] = np.where(bad.reshape(bad.shape + (1,) * (v.ndim - 2)), np.nan, v)
+        out["quality_flag"] = flag.astype(np.int8)
+        out["input_flag"] = d["input_flag"].astype(np.int8)
+        for k, v in out.items():
+            pieces.setdefault(k, []).append(grid.to_image(v, rows.stop - rows.start))
+    ds = _to_dataset(pieces, scene, guide, opt, chi2_max if opt.quality else None)
+    ds.attrs.update(
+        model=model_name or guide.instrument, model_fingerprint=guide.info.get(
+            "fingerprint", "")[:12], bayesfluo_version=__version__,
+        input=source or scene.encoding.get("source", ""), instrument=guide.instrument,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        Conventions="CF-1.10", retrieval_time_s=round(time.perf_counter() - t0, 3),
+        patch_size=guide.patch_size)
+    return ds
+
+
+def _to_dataset(pieces: dict, scene: xr.Dataset, guide: AmortizedGuide,
+                opt: RetrieveOptions, chi2_max) -> xr.Dataset:
+    coords = {c: scene.coords[c] for c in ("y", "x") if c in scene.coords}
+    ds = xr.Dataset(coords=coords)
+    for k, parts in pieces.items():
+        v = np.concatenate(parts, 0)
+        if k == "f760_draws":
+            ds[k] = (("y", "x", "draw"), v.astype(np.float32))
+            ds[k].attrs.update(long_name="posterior draws of F760", units="mW m-2 sr-1 nm-1")
+            continue
+        ds[k] = (("y", "x"), v)
+    for k in list(ds.data_vars):
+        name, _, stat = k.rpartition("_")
+        if name in _ATTRS and stat in _STATS:
+            long_name, units, std = _ATTRS[name]
+            ds[k].attrs.update(long_name=f"{_STATS[stat]} of {long_name}", units=units)
+            if std:
+                ds[k].attrs["standard_name"] = std
+    ds["quality_flag"].attrs.update(
+        long_name="retrieval quality flag", units="1",
+        flag_masks=np.array(list(QUALITY_FLAGS.values()), np.int8),
+        flag_meanings=" ".join(QUALITY_FLAGS))
+    ds["input_flag"].attrs.update(
+        long_name="problems of the input pixel", units="1",
+        flag_masks=np.array(list(INPUT_FLAGS.values()), np.int8),
+        flag_meanings=" ".join(INPUT_FLAGS))
+    if "fit_chi2" in ds:
+        ds["fit_chi2"].attrs.update(
+            long_name="reduced chi-square of the radiance at the posterior mean", units="1",
+            poor_fit_threshold=chi2_max)
+    return ds
+
+
+def retrieve_file(scene_path: str | Path, model_dir: str | Path, out: str | Path,
+                  options: RetrieveOptions | None = None, progress: bool = True) -> Path:
+    """Read a scene, retrieve it with the model in ``model_dir`` and write ``out``
+    (netCDF, atomically)."""
+    from bayesfluo.guide import load_guide
+    from bayesfluo.io.netcdf import read_scene, write_dataset
+    scene = read_scene(scene_path)
+    guide = load_guide(model_dir)
+    ds = retrieve(scene, guide, options, progress=progress, source=Path(scene_path).name,
+                  model_name=Path(model_dir).name)
+    return write_dataset(ds, out)

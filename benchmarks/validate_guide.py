@@ -1,0 +1,217 @@
+"""Validate a trained guide: against the truth of fresh simulations and against NUTS.
+
+    python benchmarks/validate_guide.py [--model hyplant-fluo-o2a] [--patches 20]
+
+1. ``--patches`` fresh patches of 64 pixels from the model's prior at nominal conditions
+   (HyPlant FLUO O2-A, 600 m, sun zenith 30 deg, SNR 150 shot noise; seeds not used in
+   training): F760 RMSE against the Cramer-Rao bound, coverage of the 50/80/90/95 %
+   intervals, the shared latents;
+2. (HyPlant) the 256 pixels of the NUTS validation run (docs/validation/...nc, regenerated
+   from its seed): the guide's F760 mean and sd against NUTS's, with scatter plots;
+3. the same simulations for DESIS when ``--model desis``.
+Figures and a summary JSON go to docs/validation/guide_<model>_*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _coverage90(ds):
+    """Fraction of pixels whose 5-95 % interval of F760 holds the truth."""
+    return float(((ds.truth_f760 >= ds.q05_f760) & (ds.truth_f760 <= ds.q95_f760)).mean())
+
+
+def main() -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bayesfluo.diagnostics.guide_check import compare_with_nuts, evaluate_simulated
+    from bayesfluo.guide import load_guide
+    from bayesfluo.models import resolve_model
+    from bayesfluo.physics.forward import build_forward_model
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="hyplant-fluo-o2a")
+    p.add_argument("--patches", type=int, default=20)
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--card", action="store_true", help="write the model card (README.md)")
+    p.add_argument("--no-bound", action="store_true",
+                   help="skip the Cramer-Rao bound (slow for DESIS's fine grid)")
+    a = p.parse_args()
+    mdir = resolve_model(a.model)
+    guide = load_guide(mdir)
+    fm = build_forward_model(guide.instrument)
+    out = ROOT / "docs" / "validation"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cond = {} if guide.instrument == "hyplant-fluo-o2a" else {"height_m": 400000.0}
+    ds = evaluate_simulated(guide, fm, a.patches, seed=a.seed, with_bound=not a.no_bound,
+                            **cond)
+    if a.no_bound:
+        ds["crb_shared"] = ds.sd_f760 * np.nan
+    e = ds.mean_f760 - ds.truth_f760
+    veg = ds.ndvi > 0.3
+    summ = dict(model=mdir.name, instrument=guide.instrument, n_pixels=int(ds.sizes["pixel"]),
+                rmse_all=float(np.sqrt((e**2).mean())),
+                rmse_vegetated=float(np.sqrt((e[veg] ** 2).mean())),
+                bias=float(e.mean()),
+                crb_rms_all=float(np.sqrt((ds.crb_shared**2).mean())),
+                crb_rms_vegetated=float(np.sqrt((ds.crb_shared[veg] ** 2).mean())),
+                coverage90=_coverage90(ds),
+                mean_sd=float(ds.sd_f760.mean()), mean_sd_vegetated=float(ds.sd_f760[veg].mean()))
+    for n in guide.config.free:
+        summ[f"{n}_rmse"] = float(np.sqrt(((ds[f"mean_{n}"] - ds[f"truth_{n}"]) ** 2).mean()))
+        summ[f"{n}_mean_sd"] = float(ds[f"sd_{n}"].mean())
+        summ[f"{n}_coverage90"] = float(
+            (np.abs(ds[f"mean_{n}"] - ds[f"truth_{n}"]) <= 1.645 * ds[f"sd_{n}"]).mean())
+    n = summ["n_pixels"]
+    lo, hi = _binomial_band(n, 0.9)
+    summ["coverage90_band_independent"] = [lo, hi]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
+    c = ax[0].scatter(ds.truth_f760, ds.mean_f760, c=ds.ndvi, s=5, cmap="YlGn", vmin=0, vmax=0.9)
+    m = float(ds.truth_f760.max())
+    ax[0].plot([0, m], [0, m], "k--", lw=0.8)
+    ax[0].set_xlabel("true F760")
+    ax[0].set_ylabel("guide posterior mean")
+    ax[0].set_title(f"{guide.instrument}: {n} fresh pixels (RMSE {summ['rmse_all']:.3f})")
+    fig.colorbar(c, ax=ax[0], label="NDVI")
+    ax[1].scatter(ds.crb_shared, ds.sd_f760, c=ds.ndvi, s=5, cmap="YlGn", vmin=0, vmax=0.9)
+    mm = float(max(ds.crb_shared.max(), ds.sd_f760.max()))
+    ax[1].plot([0, mm], [0, mm], "k--", lw=0.8)
+    ax[1].set_xlabel("Cramer-Rao bound of F760 (patch atmosphere)")
+    ax[1].set_ylabel("guide posterior sd")
+    fig.tight_layout()
+    fig.savefig(out / f"guide_{mdir.name}_recovery.png", dpi=110)
+    plt.close(fig)
+
+    nuts_file = out / f"{guide.instrument}_validation.nc"
+    if nuts_file.exists():
+        cmp = compare_with_nuts(guide, fm, xr.open_dataset(nuts_file))
+        summ["vs_nuts_pixels"] = int(cmp.sizes["pixel"])
+        summ["vs_nuts_median_abs_z"] = float(np.median(np.abs(cmp.z)))
+        summ["vs_nuts_median_sd_ratio"] = float(np.median(cmp.sd_ratio))
+        summ["vs_nuts_median_abs_z_vegetated"] = float(np.median(np.abs(cmp.z[cmp.ndvi > 0.3])))
+        summ["vs_nuts_median_sd_ratio_vegetated"] = float(
+            np.median(cmp.sd_ratio[cmp.ndvi > 0.3]))
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
+        ax[0].errorbar(cmp.nuts_mean, cmp.guide_mean, xerr=cmp.nuts_sd, fmt="o", ms=2,
+                       lw=0.3, alpha=0.6)
+        m = float(cmp.nuts_mean.max())
+        ax[0].plot([0, m], [0, m], "k--", lw=0.8)
+        ax[0].set_xlabel("NUTS posterior mean of F760 (+- sd)")
+        ax[0].set_ylabel("guide posterior mean")
+        ax[0].set_title(f"median |guide - NUTS| / sd_NUTS = {summ['vs_nuts_median_abs_z']:.2f}")
+        ax[1].scatter(cmp.nuts_sd, cmp.guide_sd, c=cmp.ndvi, s=6, cmap="YlGn", vmin=0, vmax=0.9)
+        mm = float(max(cmp.nuts_sd.max(), cmp.guide_sd.max()))
+        ax[1].plot([0, mm], [0, mm], "k--", lw=0.8)
+        ax[1].set_xlabel("NUTS posterior sd of F760")
+        ax[1].set_ylabel("guide posterior sd")
+        ax[1].set_title(f"median sd ratio = {summ['vs_nuts_median_sd_ratio']:.2f}")
+        fig.tight_layout()
+        fig.savefig(out / f"guide_{mdir.name}_vs_nuts.png", dpi=110)
+        plt.close(fig)
+    summ["wall_s"] = round(time.perf_counter() - t0, 1)
+    (out / f"guide_{mdir.name}_summary.json").write_text(json.dumps(summ, indent=1))
+    for k, v in summ.items():
+        print(f"{k:36s} {v}")
+    if a.card:
+        _write_card(mdir, guide, summ)
+        print(f"wrote {mdir / 'README.md'}")
+
+
+def _write_card(mdir: Path, guide, summ: dict) -> None:
+    """The model card: configuration, training, validation figures, limits."""
+    info = guide.info
+    cfg = guide.config
+    r = info.get("ranges", {})
+    rows = [("prior sd of F760 (vegetation: half-normal)",
+             f"{guide.config.sif_scale * np.sqrt(1 - 2 / np.pi):.3f}"),
+            ("F760 RMSE of the posterior mean, all / vegetated pixels",
+             f"{summ['rmse_all']:.3f} / {summ['rmse_vegetated']:.3f} mW m-2 sr-1 nm-1"),
+            ("Cramer-Rao bound (patch atmosphere), RMS over the same pixels",
+             f"{summ['crb_rms_all']:.3f} / {summ['crb_rms_vegetated']:.3f}"),
+            ("90 % interval of F760 holds the truth",
+             f"{summ['coverage90']:.1%} of {summ['n_pixels']} pixels"),
+            ("mean posterior sd of F760, all / vegetated",
+             f"{summ['mean_sd']:.3f} / {summ['mean_sd_vegetated']:.3f}")]
+    for n in cfg.free:
+        rows.append((f"{n}: RMSE of the patch mean / mean posterior sd",
+                     f"{summ[f'{n}_rmse']:.4g} / {summ[f'{n}_mean_sd']:.4g}"))
+    if "vs_nuts_pixels" in summ:
+        rows.append((f"against NUTS on {summ['vs_nuts_pixels']} pixels: median "
+                     "abs(mean_guide - mean_NUTS) / sd_NUTS",
+                     f"{summ['vs_nuts_median_abs_z']:.2f} (vegetated "
+                     f"{summ['vs_nuts_median_abs_z_vegetated']:.2f})"))
+        rows.append(("against NUTS: median sd_guide / sd_NUTS",
+                     f"{summ['vs_nuts_median_sd_ratio']:.2f} (vegetated "
+                     f"{summ['vs_nuts_median_sd_ratio_vegetated']:.2f})"))
+    table = "\n".join(f"| {a} | {b} |" for a, b in rows)
+    ranges = "\n".join(f"| {k} | {v[0]:g} to {v[1]:g} |" for k, v in r.items())
+    figs = [f"![](../../docs/validation/guide_{mdir.name}_recovery.png)"]
+    if "vs_nuts_pixels" in summ:
+        figs.append(f"![](../../docs/validation/guide_{mdir.name}_vs_nuts.png)")
+    text = f"""# {mdir.name}: amortized guide for {guide.instrument}
+
+Trained guide of bayesfluo (`bayesfluo retrieve scene.nc --model {mdir.name}`): an MLP
+encoder ({guide.hyper['depth']} residual blocks, width {guide.hyper['width']}, attention
+pooling over patches of {guide.patch_size} x {guide.patch_size} pixels) from each patch of
+spectra to a Gaussian posterior of every pixel's reflectance and SIF and of the patch's
+{', '.join(cfg.free)}. Weights `weights.eqx` ({(mdir / 'weights.eqx').stat().st_size / 1e6:.1f}
+MB), configuration and input normalisation `model.json`, training settings `train.toml`,
+loss history `history.csv`.
+
+## Model
+Priors (`bayesfluo.model.ModelConfig`): free shared latents {list(cfg.free)}; fixed
+{ {k: v for k, v in cfg.fixed.items() if k not in cfg.free} }; reflectance logit-normal
+around {cfg.reflectance_mean} (sd {cfg.reflectance_logit_sd}, length
+{cfg.reflectance_length_nm} nm); F760 half-normal with scale {cfg.sif_scale} (vegetation)
+to {cfg.sif_scale_bare} (bare, NDVI below {cfg.ndvi_vegetated}); surface pressure sd
+{cfg.pressure_sd} hPa about the standard atmosphere at the surface altitude; AOT550
+log-normal about {cfg.aot550_prior}; spectral shift sd {cfg.shift_sd} nm.
+
+## Training
+Pre-trained on simulations only: {info.get('pretrain_steps')} steps of
+{info.get('batch_patches')} patches drawn afresh from the model's prior predictive
+(amortized forward KL), over a pool of {info.get('n_atmospheres')} atmospheres and
+geometries; fine-tuning steps on scenes: {info.get('finetune_steps')}. Seed
+{info.get('seed')}; final loss {info.get('final_loss'):.3f}; wall time
+{info.get('wall_time_s_last_session')} s on a 2-core CPU. Ranges of the simulations:
+
+| condition | range |
+|---|---|
+{ranges}
+
+Outside these ranges the retrieval flags pixels `out_of_distribution`; fine-tune on your
+scenes (`finetune_steps`, `scenes` and `start_from` in a training TOML) to adapt.
+
+## Validation
+`python benchmarks/validate_guide.py --model {mdir.name} --card` (nominal conditions of
+issue 3: sun zenith 30 deg, surface at 100 m, SNR 150 with shot noise, patches of 64 pixels
+of which a quarter bare, truth from the prior; fresh seeds):
+
+| check | result |
+|---|---|
+{table}
+
+{chr(10).join(figs)}
+"""
+    (mdir / "README.md").write_text(text)
+
+
+def _binomial_band(n: int, p: float, rate: float = 1e-4) -> tuple[float, float]:
+    from scipy.stats import binom
+    return (float(binom.ppf(rate / 2, n, p) / n), float(binom.isf(rate / 2, n, p) / n))
+
+
+if __name__ == "__main__":
+    main()

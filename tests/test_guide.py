@@ -1,0 +1,136 @@
+"""The amortized guide: closed-form summaries, its NumPyro program, saving and loading."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpyro import handlers
+
+from bayesfluo.guide import (
+    GuideOutput,
+    _tril,
+    guide_program,
+    load_guide,
+    new_encoder,
+    sample_draws,
+    summaries,
+)
+from bayesfluo.model import ModelConfig, scene_model
+
+
+def _random_output(key, n_patch, n_pix, d, s):
+    k = jax.random.split(key, 5)
+    return GuideOutput(
+        shared_loc=jax.random.normal(k[0], (n_patch, s)) * 0.5,
+        shared_tril=_tril(jax.random.normal(k[1], (n_patch, s * (s + 1) // 2)) * 0.3 - 1.0, s),
+        local_loc=jax.random.normal(k[2], (n_patch, n_pix, d)),
+        local_tril=_tril(jax.random.normal(k[3], (n_patch, n_pix, d * (d + 1) // 2)) * 0.3
+                         - 1.5, d),
+        coupling=jax.random.normal(k[4], (n_patch, n_pix, d, s)) * 0.3)
+
+
+def test_summaries_match_monte_carlo(model_o2a):
+    """Closed-form F760 mean, sd and quantiles and the shared latents' moments against
+    200,000 joint draws of the same Gaussian. The tolerance is 5 Monte Carlo standard
+    errors (false-failure rate below 1e-5 per check; seeded)."""
+    cfg = ModelConfig()
+    d, s = model_o2a.n_basis + 1, len(cfg.free)
+    q = _random_output(jax.random.PRNGKey(0), 2, 3, d, s)
+    ndvi = jnp.array([[0.1, 0.5, 0.8], [0.7, 0.3, 0.9]])
+    p0 = jnp.array([1000.0, 950.0])
+    sm = summaries(q, model_o2a, cfg, ndvi, p0)
+    n = 200_000
+    zs, u = sample_draws(q, jax.random.PRNGKey(1), n)
+    from bayesfluo.guide import _knee_softplus
+    from bayesfluo.model import sif_scale
+    # float64 for the Monte Carlo sums (float32 along axis 0 loses ~1e-3)
+    f = np.asarray(sif_scale(ndvi, cfg) * _knee_softplus(u[..., d - 1]), np.float64)
+    m, sd = f.mean(0), f.std(0)
+    np.testing.assert_array_less(np.abs(np.asarray(sm["f760"]["mean"]) - m), 5 * sd / np.sqrt(n))
+    np.testing.assert_allclose(np.asarray(sm["f760"]["sd"]), sd, rtol=0.02)
+    for p, name in ((0.05, "q05"), (0.5, "q50"), (0.95, "q95")):
+        # quantile standard error ~ sqrt(p (1-p) / n) / density; checked via the CDF instead
+        frac = (f <= np.asarray(sm["f760"][name])[None]).mean(0)
+        np.testing.assert_array_less(np.abs(frac - p), 5 * np.sqrt(p * (1 - p) / n))
+    press = np.asarray(p0, np.float64)[None] + cfg.pressure_sd * np.asarray(zs[..., 0],
+                                                                             np.float64)
+    np.testing.assert_allclose(np.asarray(sm["surface_pressure"]["mean"]), press.mean(0),
+                               atol=5 * press.std(0).max() / np.sqrt(n))
+    np.testing.assert_allclose(np.asarray(sm["surface_pressure"]["sd"]), press.std(0),
+                               rtol=0.02)
+
+
+def test_guide_density_is_that_of_the_constrained_latents(model_o2a):
+    """The guide's log density of a trace equals the Gaussian density of the
+    unconstrained draw minus the log Jacobian of the SIF transform (what the ELBO needs)."""
+    import numpyro.distributions as dist
+    from numpyro.infer.util import log_density
+
+    from bayesfluo.guide import _knee_softplus
+    cfg = ModelConfig()
+    enc = new_encoder(model_o2a.n_bands + 8, model_o2a, cfg, False, 16, 1,
+                      jax.random.PRNGKey(0))
+    n_patch, n_pix = 2, 4
+    data = dict(features=jax.random.normal(jax.random.PRNGKey(1), (n_patch, n_pix,
+                                                                   model_o2a.n_bands + 8)),
+                mask=jnp.ones((n_patch, n_pix)), ndvi=jnp.full((n_patch, n_pix), 0.6))
+    tr = handlers.trace(handlers.seed(guide_program, 3)).get_trace(enc, model_o2a, cfg, data)
+    lq, _ = log_density(guide_program, (enc, model_o2a, cfg, data), {},
+                        {k: v["value"] for k, v in tr.items() if v["type"] == "sample"})
+    q = jax.vmap(enc)(data["features"], data["mask"])
+    zs = tr["shared_u"]["value"][:, 0]
+    u = tr["local_u"]["value"]
+    loc = q.local_loc + jnp.einsum("bpds,bs->bpd", q.coupling, zs - q.shared_loc)
+    want = (dist.MultivariateNormal(q.shared_loc, scale_tril=q.shared_tril).log_prob(zs).sum()
+            + dist.MultivariateNormal(loc, scale_tril=q.local_tril).log_prob(u).sum()
+            - jnp.sum(jax.nn.log_sigmoid(u[..., -1] / 0.1)))
+    np.testing.assert_allclose(float(lq), float(want), rtol=1e-5)
+    raw = tr["sif_far_red_raw"]["value"]
+    np.testing.assert_allclose(np.asarray(raw), np.asarray(_knee_softplus(u[..., -1])),
+                               rtol=1e-6)
+    # and the guide's sites are exactly the model's latent sites
+    mtr = handlers.trace(handlers.seed(scene_model, 0)).get_trace(
+        model_o2a, cfg, _model_data(n_patch, n_pix))
+    latent = {k for k, v in mtr.items() if v["type"] == "sample" and k != "radiance"}
+    assert latent == {k for k, v in tr.items() if v["type"] == "sample"
+                      and not v["infer"].get("is_auxiliary")}
+
+
+def _model_data(n_patch, n_pix):
+    from bayesfluo.physics.forward import Geometry
+    return dict(ndvi=jnp.full((n_patch, n_pix), 0.6), mask=jnp.ones((n_patch, n_pix)),
+                geometry=Geometry(*[jnp.full((n_patch,), v, jnp.float32)
+                                    for v in (30.0, 0.0, 0.0, 100.0, 700.0, 1.0)]),
+                noise_a=jnp.full((n_patch,), 0.004), noise_b=jnp.full((n_patch,), 0.0),
+                surface_pressure0=jnp.full((n_patch,), 1000.0), radiance=None)
+
+
+def test_shipped_models_load_and_corrupt_files_are_named(tmp_path):
+    import shutil
+
+    from bayesfluo.models import resolve_model, shipped_models
+    assert {"hyplant-fluo-o2a", "desis"} <= set(shipped_models())
+    g = load_guide(resolve_model("hyplant-fluo-o2a"))
+    assert g.instrument == "hyplant-fluo-o2a" and g.feature_mean.size == 273 + 8
+    bad = tmp_path / "m"
+    shutil.copytree(resolve_model("hyplant-fluo-o2a"), bad)
+    w = bad / "weights.eqx"
+    w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="weights.eqx"):
+        load_guide(bad)
+    (bad / "model.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_guide(bad)
+    with pytest.raises(FileNotFoundError, match="no model at"):
+        resolve_model(tmp_path / "nothing")
+
+
+def test_save_load_round_trip(tmp_path):
+    from bayesfluo.models import resolve_model
+    g = load_guide(resolve_model("desis"))
+    g.save(tmp_path / "copy")
+    h = load_guide(tmp_path / "copy")
+    x = jnp.ones((64, g.feature_mean.size))
+    a, b = g.encoder(x, jnp.ones(64)), h.encoder(x, jnp.ones(64))
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
