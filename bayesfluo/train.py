@@ -539,7 +539,7 @@ def train(tc: TrainConfig, progress: bool = True) -> AmortizedGuide:
                                 b["u_true"])
             val, g = jax.value_and_grad(loss)(p)
             upd, o2 = opt.update(g, o, p)
-            return optax.apply_updates(p, upd), o2, val, optax.global_norm(g)
+            return optax.apply_updates(p, upd), o2, val, optax.tree.norm(g)
 
         def step_fn(p, o, k):
             return pre_step(p, o, k, pool)
@@ -571,7 +571,7 @@ def train(tc: TrainConfig, progress: bool = True) -> AmortizedGuide:
                                          cfg, d, has_red, subsample_size=bs)
             val, g = jax.value_and_grad(loss)(p)
             upd, o2 = opt.update(g, o, p)
-            return optax.apply_updates(p, upd), o2, val, optax.global_norm(g)
+            return optax.apply_updates(p, upd), o2, val, optax.tree.norm(g)
 
         def step_fn(p, o, k):
             return fine_step(p, o, k, data)
