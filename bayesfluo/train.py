@@ -658,9 +658,3 @@ def scenes_data(paths, fm: ForwardModel, cfg: ModelConfig, instrument: str, patc
            for k in parts[0]}
     cat["geometry"] = Geometry(*(jnp.asarray(g) for g in cat["geometry"]))
     return {k: (v if k == "geometry" else jnp.asarray(v)) for k, v in cat.items()}
-
-
-def load_train_config(path: str | Path, **overrides) -> TrainConfig:
-    """:meth:`TrainConfig.from_toml` (for symmetry with :func:`load_guide`)."""
-    return TrainConfig.from_toml(path, **overrides)
-
