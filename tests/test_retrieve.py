@@ -134,3 +134,14 @@ def test_demo_runs(tmp_path, capsys):
     assert "RMSE" in text and "90 % interval" in text
     for f in ("demo_scene.nc", "demo_result.nc", "demo_f760.png"):
         assert (tmp_path / f).stat().st_size > 1000
+
+
+def test_out_of_distribution_geometry_is_flagged(guide, retriever, model_o2a, result):
+    """A sun zenith of 72 deg lies outside the training range (15-60 deg): every usable
+    pixel is flagged out_of_distribution; the nominal scene (30 deg) has none."""
+    far = simulate_scene("hyplant-fluo-o2a", (8, 8), seed=4, sza_deg=72.0, model=model_o2a)
+    res = retrieve(far, guide, RetrieveOptions(quality=False), retriever=retriever,
+                   progress=False)
+    ood = QUALITY_FLAGS["out_of_distribution"]
+    assert np.all(res["quality_flag"].values & ood)
+    assert not np.any(result["quality_flag"].values & ood)
