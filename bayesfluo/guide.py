@@ -5,11 +5,12 @@ spectra and ancillary inputs, :func:`pixel_features`) to a Gaussian approximatio
 posterior of :func:`bayesfluo.model.scene_model` in NumPyro's unconstrained space:
 
 shared latents of the patch (``S`` = the free atmospheric and sensor latents)
-    ``q(z_s) = N(m_s, L_s L_s^T)``, amortized by a masked mean over the pixels' trunk
-    embeddings (the pooling sees every valid pixel of the patch, as the posterior does).
+    ``q(z_s) = N(m_s, L_s L_s^T)``, amortized by pooling the pixels' trunk embeddings (a
+    masked mean and attention-weighted means: the pooling sees every valid pixel of the
+    patch, as the posterior does) plus a linear regression on the patch's mean input.
 local latents of each pixel (``D`` = the reflectance coefficients and SIF amplitudes)
     ``q(u | z_s) = N(m + A (z_s - m_s), L L^T)``: a full covariance per pixel (reflectance
-    and SIF are strongly correlated, a diagonal family is measurably too confident there)
+    and SIF amplitude are correlated in the posterior; a diagonal family could not say so)
     and a linear coupling ``A`` to the patch's shared latents, which is the first-order
     form of the true posterior's structure ``p(z_s | X) prod_i p(u_i | x_i, z_s)``: the
     shared atmosphere correlates the errors of a patch's pixels, and the guide keeps that.
