@@ -374,10 +374,10 @@ def npe_loss(encoder, feats, mask, z_true, u_true, shared_weight: float = 16.0
              ) -> jax.Array:
     """Amortized forward KL per pixel: ``-(w log q(z_s) + sum_i log q(u_i | z_s)) / n``.
 
-    The shared term is weighted by ``w``: each term is minimised by its own heads, so the
-    weight changes the optimum little but speeds up learning the patch's atmosphere, which
-    otherwise gets 1/64 of the gradient (the pixel terms are evaluated at the true shared
-    latents and do not train it)."""
+    The shared term is weighted by ``w`` so that the patch's atmosphere, whose term would
+    otherwise carry 1/64 of the loss (the pixel terms are evaluated at the true shared
+    latents and do not train it), gets a larger share of the gradient; the shared and the
+    pixel terms have their own output heads."""
     q = jax.vmap(encoder)(feats, mask)
     n = mask.sum()
     if encoder.n_shared:
