@@ -72,7 +72,7 @@ from bayesfluo.model import (
     sif_model,
     sif_scale,
 )
-from bayesfluo.patches import sun_distance
+from bayesfluo.patches import noise_coefficients, sun_distance
 from bayesfluo.physics.forward import (
     ForwardModel,
     band_operator,
@@ -158,10 +158,10 @@ def patch_data(scene: xr.Dataset, rows: np.ndarray, cols: np.ndarray,
     if "ndvi" not in scene:
         raise KeyError("scene has no 'ndvi' (the SIF prior needs it; give it as an "
                        "ancillary variable, e.g. from the sensor's VNIR module)")
-    if snr is not None or "noise_a" not in scene.attrs:
+    if snr is not None:
         a, b = get_instrument(scene.attrs["instrument"]).noise_coefficients(snr)
     else:
-        a, b = float(scene.attrs["noise_a"]), float(scene.attrs["noise_b"])
+        a, b = noise_coefficients(scene)
     raa = (pick("saa") - pick("vaa", 0.0)) % 360.0
     surf = pick("surface_altitude")
     return dict(
