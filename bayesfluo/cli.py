@@ -1,4 +1,5 @@
-"""Command line: ``bayesfluo demo | simulate | train | retrieve | nuts | instruments``."""
+"""Command line: ``bayesfluo demo | simulate | train | retrieve | nuts | baseline |
+report | instruments | atmosphere``."""
 
 from __future__ import annotations
 
@@ -23,10 +24,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             surface = xr.load_dataset(args.surface)
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot read surface spectra {args.surface}: {err}") from err
+    atmosphere = None
+    if args.atmosphere:
+        from bayesfluo.io.modtran import read_table
+
+        atmosphere = read_table(args.atmosphere)
     t0 = time.perf_counter()
     ds = simulate_scene(args.instrument, args.size, seed=args.seed, surface=surface,
                         sza_deg=args.sza, altitude_m=args.altitude,
-                        snr=np.inf if args.no_noise else args.snr, progress=not args.quiet)
+                        snr=np.inf if args.no_noise else args.snr, progress=not args.quiet,
+                        atmosphere=atmosphere)
     write_dataset(ds, args.out)
     print(f"wrote {args.out}: {args.instrument}, {dict(ds.sizes)}, "
           f"{time.perf_counter() - t0:.1f} s")
@@ -35,6 +42,36 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
         plot_scene(ds, args.plot)
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _cmd_atmosphere(args: argparse.Namespace) -> int:
+    from bayesfluo.instruments import get_instrument
+    from bayesfluo.io.modtran import write_table
+    from bayesfluo.physics.external import export_atmosphere
+    from bayesfluo.physics.forward import (
+        Geometry,
+        build_forward_model,
+        check_inputs,
+        default_atmosphere,
+    )
+    from bayesfluo.physics.solar import earth_sun_distance_factor
+
+    inst = get_instrument(args.instrument)
+    height = inst.altitude_m if args.altitude is None else args.altitude
+    atm = default_atmosphere(args.surface_altitude, args.aot, args.angstrom, args.diffuse_path)
+    if args.pressure is not None:
+        atm = atm._replace(surface_pressure_hpa=np.float32(args.pressure))
+    f32 = np.float32
+    geom = Geometry(f32(args.sza), f32(args.vza), f32(args.raa), f32(args.surface_altitude),
+                    f32(args.surface_altitude + height),
+                    f32(earth_sun_distance_factor(args.day_of_year)))
+    check_inputs(atm=atm, geom=geom)
+    table = export_atmosphere(build_forward_model(inst), atm, geom)
+    kw = {} if str(args.out).endswith((".nc", ".nc4")) else {"layout": args.layout}
+    write_table(table, args.out, **kw)
+    print(f"wrote {args.out}: {table.sizes['wavelength']} wavelengths "
+          f"{float(table.wavelength[0]):.3f}-{float(table.wavelength[-1]):.3f} nm")
     return 0
 
 
@@ -66,15 +103,62 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_geometry(text: str | None) -> dict | None:
+    """``"sza=30,vza=0,surface_altitude=100"`` -> dict (angles degrees, altitudes m)."""
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = (int(value) if key.strip() == "day_of_year"
+                                else float(value))
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--geometry wants KEY=NUMBER[,KEY=NUMBER...], not {item!r}")
+    return out
+
+
 def _cmd_retrieve(args: argparse.Namespace) -> int:
+    from bayesfluo.batch import EXTENSIONS, is_batch, run_batch
+    from bayesfluo.distributed import executor_context
+    from bayesfluo.guide import load_guide
+    from bayesfluo.io.writers import output_format
     from bayesfluo.models import resolve_model
-    from bayesfluo.retrieve import RetrieveOptions, retrieve_file
+    from bayesfluo.retrieve import RetrieveOptions, Retriever, retrieve_file
 
     opts = RetrieveOptions(quality=not args.no_quality, n_draws=args.draws, seed=args.seed,
                            chunk_pixels=args.chunk_pixels)
     t0 = time.perf_counter()
-    out = retrieve_file(args.scene, resolve_model(args.model), args.out, opts,
-                        progress=not args.quiet)
+    model_dir = resolve_model(args.model)
+    reader_kwargs = {}
+    if args.instrument:
+        reader_kwargs["instrument"] = args.instrument
+    if (geometry := _parse_geometry(args.geometry)) is not None:
+        reader_kwargs["geometry"] = geometry
+    variables = args.variables.split(",") if args.variables else None
+    batch = is_batch(args.scene, args.out)
+    if not batch:
+        output_format(args.out)
+    retriever = Retriever(load_guide(model_dir))
+    with executor_context(model_dir, retriever, scheduler=args.scheduler,
+                          workers=args.workers, reader_kwargs=reader_kwargs) as executor:
+        if batch:
+            fmt = args.format or "nc"
+            report = run_batch(args.scene, args.out, model_dir, opts, fmt=fmt,
+                               retriever=retriever, executor=executor,
+                               reader_kwargs=reader_kwargs, variables=variables,
+                               separate=args.separate_maps, progress=not args.quiet)
+            print(f"{args.out}: {report.summary()} ({time.perf_counter() - t0:.1f} s)")
+            return 0 if report.ok else 1
+        if args.format and output_format(args.out) != output_format(
+                "x" + EXTENSIONS[args.format]):
+            raise ValueError(f"--format {args.format} disagrees with --out {args.out}")
+        out = retrieve_file(args.scene[0], model_dir, args.out, opts, progress=not args.quiet,
+                            retriever=retriever, reader_kwargs=reader_kwargs,
+                            executor=executor, variables=variables,
+                            separate=args.separate_maps)
     print(f"wrote {out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -101,6 +185,30 @@ def _cmd_nuts(args: argparse.Namespace) -> int:
     print(f"  converged (R-hat <= 1.01, bulk ESS of F760 >= 400, no divergences): "
           f"{int(conv.converged.sum())} of {rows.size} pixels; worst R-hat "
           f"{float(conv.r_hat_max.max()):.3f}, median bulk ESS {float(conv.ess_bulk.median()):.0f}")
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from bayesfluo.baselines import run_baseline
+    from bayesfluo.io import read_scene, write_dataset
+
+    scene = read_scene(args.scene)
+    t0 = time.perf_counter()
+    ds = run_baseline(scene, args.method, patch_size=args.patch_size)
+    ds.attrs["input"] = str(args.scene)
+    write_dataset(ds, args.out)
+    print(f"wrote {args.out}: {args.method}, mean F760 "
+          f"{float(np.nanmean(ds.f760_mean.values)):.3f} mW m-2 sr-1 nm-1, "
+          f"{time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bayesfluo.report import write_report
+
+    t0 = time.perf_counter()
+    out = write_report(args.run, args.out, scene=args.scene, model=args.model)
+    print(f"wrote {out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -132,8 +240,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-noise", action="store_true", help="noise-free radiance")
     s.add_argument("--plot", help="also write an overview PNG here")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--atmosphere", help="transfer-function table (netCDF, or MODTRAN-style "
+                   "text) used in place of the built-in atmosphere")
     s.add_argument("--out", required=True, help="output netCDF file")
     s.set_defaults(func=_cmd_simulate)
+
+    at = sub.add_parser("atmosphere", help="export the built-in atmosphere as a "
+                        "transfer-function table (netCDF for .nc, else text)")
+    at.add_argument("--instrument", default="hyplant-fluo")
+    at.add_argument("--sza", type=float, default=30.0, help="sun zenith angle, degrees")
+    at.add_argument("--vza", type=float, default=0.0, help="view zenith angle, degrees")
+    at.add_argument("--raa", type=float, default=0.0, help="relative azimuth, degrees")
+    at.add_argument("--surface-altitude", type=float, default=100.0, help="m above sea level")
+    at.add_argument("--altitude", type=float, help="sensor height above ground, m (default: "
+                    "the instrument's)")
+    at.add_argument("--pressure", type=float, help="surface pressure, hPa (default: standard "
+                    "atmosphere at the surface altitude)")
+    at.add_argument("--aot", type=float, default=0.12, help="aerosol optical thickness, 550 nm")
+    at.add_argument("--angstrom", type=float, default=1.3)
+    at.add_argument("--diffuse-path", type=float, default=1.5)
+    at.add_argument("--day-of-year", type=int, default=180)
+    at.add_argument("--layout", choices=("named", "t18"), default="named",
+                    help="text layout (ignored for .nc)")
+    at.add_argument("--out", required=True, help="output table (.nc, .txt, .atm)")
+    at.set_defaults(func=_cmd_atmosphere)
 
     d = sub.add_parser("demo", help="simulate a demo scene, retrieve it with the shipped "
                        "model, map F760 beside the truth")
@@ -152,18 +282,39 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 
-    r = sub.add_parser("retrieve", help="posterior maps of a scene with a trained guide")
-    r.add_argument("scene", help="scene netCDF")
+    r = sub.add_parser("retrieve", help="posterior maps of a scene (or a batch of scenes) "
+                       "with a trained guide")
+    r.add_argument("scene", nargs="+",
+                   help="scene file(s) or quoted glob pattern(s) ('flights/*.hdr'): netCDF, "
+                   "Zarr, ENVI .hdr, DESIS, FloX CSV")
     r.add_argument("--model", required=True,
                    help="model directory, or the name of a shipped model (e.g. "
                    "hyplant-fluo-o2a, desis)")
-    r.add_argument("--out", required=True, help="output netCDF")
+    r.add_argument("--out", required=True,
+                   help="output file, its format by extension (.nc netCDF, .zarr Zarr, .tif "
+                   "GeoTIFF maps); for several inputs or a glob, an output directory")
+    r.add_argument("--format", choices=("nc", "zarr", "tif"),
+                   help="output format of a batch (default nc)")
+    r.add_argument("--variables", help="GeoTIFF maps to write, comma-separated (default "
+                   "F760 mean, sd, 5 and 95 %% quantiles, SIF peak, reflectance, quality flag)")
+    r.add_argument("--separate-maps", action="store_true",
+                   help="GeoTIFF: one file per variable (<name>_<variable>.tif)")
+    r.add_argument("--instrument", help="instrument name, where the input file does not say")
+    r.add_argument("--geometry", help="values the input lacks, e.g. "
+                   "'sza=35,saa=160,vza=0,vaa=0,surface_altitude=100,sensor_altitude=1700' "
+                   "(degrees, m)")
+    dist = r.add_mutually_exclusive_group()
+    dist.add_argument("--scheduler", help="address of a dask scheduler (tcp://host:8786) or "
+                      "a scheduler file (.json): chunks become tasks on that cluster")
+    dist.add_argument("--workers", type=int,
+                      help="start a local dask cluster of N worker processes (1 thread each)")
     r.add_argument("--draws", type=int, default=0, help="posterior draws of F760 per pixel")
     r.add_argument("--seed", type=int, default=0, help="seed of the draws")
     r.add_argument("--no-quality", action="store_true",
                    help="skip the fit check (poor_fit flag, fit_chi2)")
     r.add_argument("--chunk-pixels", type=int, default=32768,
-                   help="pixels per chunk (memory bound)")
+                   help="pixels per chunk (bounds memory: the scene is read and written "
+                   "chunk by chunk)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_retrieve)
 
@@ -181,6 +332,27 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--out", required=True, help="output netCDF (DataTree groups)")
     n.set_defaults(func=_cmd_nuts)
+
+    b = sub.add_parser("baseline", help="a baseline retrieval (sFLD, 3FLD, iFLD, SFM, OE) "
+                       "of a scene, for comparison")
+    b.add_argument("scene", help="scene netCDF")
+    b.add_argument("--method", default="ifld",
+                   choices=["sfld", "3fld", "ifld", "sfm", "oe", "oe-atmosphere"])
+    b.add_argument("--patch-size", type=int, default=8,
+                   help="pixels per side sharing one geometry and atmosphere operator")
+    b.add_argument("--out", required=True, help="output netCDF file")
+    b.set_defaults(func=_cmd_baseline)
+
+    rp = sub.add_parser("report", help="one self-contained HTML report of a retrieval, "
+                        "NUTS or validation run")
+    rp.add_argument("run", help="netCDF of a retrieval result, a NUTS DataTree or a "
+                    "validation run")
+    rp.add_argument("--out", help="output HTML (default: RUN with suffix .html)")
+    rp.add_argument("--scene", help="the scene of the run (default: the file the run's "
+                    "'input' attribute names, if found)")
+    rp.add_argument("--model", help="model directory or shipped model name (default for a "
+                    "retrieval: the result's 'model' attribute)")
+    rp.set_defaults(func=_cmd_report)
 
     i = sub.add_parser("instruments", help="list the instruments bayesfluo knows")
     i.set_defaults(func=_cmd_instruments)

@@ -355,9 +355,9 @@ def _reference_of(fm: ForwardModel, cfg: ModelConfig):
 
     def f(g):
         surf = g[2] * 1000.0
-        geom = Geometry(jnp.rad2deg(jnp.arccos(1.0 / g[0])), jnp.rad2deg(jnp.arccos(
-            jnp.minimum(1.0 / g[1], 1.0))), jnp.float32(0.0), surf, surf + g[3] * 1000.0,
-            jnp.float32(1.0))
+        sza, vza = jnp.rad2deg(jnp.arccos(jnp.minimum(1.0 / g[:2], 1.0)))
+        geom = Geometry(sza, vza, jnp.float32(0.0), surf, surf + g[3] * 1000.0,
+                        jnp.float32(1.0))
         atm, sens, _ = shared_parameters(cfg, {"surface_pressure0": standard_pressure_hpa(
             surf)}, {n: jnp.float32(0.0) for n in cfg.free})
         op = band_operator(fm, atm, geom, sens)
@@ -388,6 +388,9 @@ def reference_expansion(fm: ForwardModel, cfg: ModelConfig, sza, vza, surface_al
     the many pixels of a chunk of a scene whose geometries are close to it."""
     g0 = _geometry_coordinates(*(jnp.asarray(v, jnp.float32) for v in
                                  (sza, vza, surface_altitude_m, sensor_altitude_m)))
+    # zenith angle as a function of airmass has an infinite slope at 0 deg: a nadir (or
+    # overhead-sun) scene is expanded about airmass 1.001 (2.6 deg), 1e-3 away
+    g0 = g0.at[:2].set(jnp.maximum(g0[:2], 1.001))
     f = _reference_of(fm, cfg)
     return ReferenceExpansion(g0, f(g0), jax.jacfwd(f)(g0), jax.jacfwd(jax.jacfwd(f))(g0))
 

@@ -35,6 +35,12 @@ Deterministic sites: ``f760``, ``f687`` (B band windows), ``sif_peak``, ``reflec
 For samplers: SIF amplitudes live in a softplus coordinate (:class:`SoftplusHalfNormal`),
 and ``data["operator_expansion"]`` (:func:`operator_expansion`) may replace the exact
 band operator by its second-order expansion in the shared latents.
+
+External atmospheres: with ``data["external"]``
+(:class:`bayesfluo.physics.external.ExternalModel`) the patch's atmosphere is a
+transfer-function table; the latents ``table_tau_scale``, ``table_up_scale``,
+``table_path_scale`` (priors near 1, :class:`~bayesfluo.physics.external.PerturbationPrior`)
+replace ``surface_pressure``, ``aot550`` and ``diffuse_path``.
 """
 
 from __future__ import annotations
@@ -246,22 +252,28 @@ def sif_model(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool = Fa
         ``radiance`` (P, B) or None (prior predictive), ``mask`` (P,), ``ndvi`` (P,),
         ``geometry`` (Geometry of scalars), ``noise_a``, ``noise_b``,
         ``surface_pressure0`` (hPa, the prior mean); optionally ``operator_expansion``
-        (:class:`OperatorExpansion`), used in place of the exact band operator.
+        (:class:`OperatorExpansion`), used in place of the exact band operator;
+        optionally ``external`` (:class:`bayesfluo.physics.external.ExternalModel`): an
+        external transfer-function table with priors on its perturbations, used in place
+        of the built-in atmosphere (whose latents are then not sampled).
     has_red : bool
         Whether the window has the O2-B band (a red SIF peak is then sampled).
     """
     ndvi = data["ndvi"]
     n_pix = ndvi.shape[0]
     geom = data["geometry"]
-    z = {n: numpyro.sample(f"{n}_z", dist.Normal(0.0, 1.0)) for n in cfg.free}
-    atm, sens, vals = shared_parameters(cfg, data, z)
-    for n in cfg.free:
-        numpyro.deterministic(n, vals[n])
-    expansion = data.get("operator_expansion")
-    if expansion is None:
-        op = band_operator(fm, atm, geom, sens)
+    if data.get("external") is not None:
+        op = _external_operator(fm, cfg, data["external"])
     else:
-        op = expand_operator(expansion, jnp.stack([z[n] for n in cfg.free]))
+        z = {n: numpyro.sample(f"{n}_z", dist.Normal(0.0, 1.0)) for n in cfg.free}
+        atm, sens, vals = shared_parameters(cfg, data, z)
+        for n in cfg.free:
+            numpyro.deterministic(n, vals[n])
+        expansion = data.get("operator_expansion")
+        if expansion is None:
+            op = band_operator(fm, atm, geom, sens)
+        else:
+            op = expand_operator(expansion, jnp.stack([z[n] for n in cfg.free]))
 
     coeffs, amp_red, amp_far = _surface_sites(fm, cfg, ndvi, has_red, n_pix, dim=-1)
     with numpyro.plate("pixel", n_pix):
@@ -269,6 +281,26 @@ def sif_model(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool = Fa
             coeffs, amp_red, amp_far)
         _likelihood(pred, data.get("radiance"), data["mask"],
                     data["noise_a"], data["noise_b"])
+
+
+def _external_operator(fm: ForwardModel, cfg: ModelConfig, external) -> BandOperator:
+    """Band operator of a patch through an external transfer-function table
+    (``data["external"]``, a :class:`bayesfluo.physics.external.ExternalModel`): its
+    perturbations are sampled (:func:`~bayesfluo.physics.external.sample_perturbation`)
+    in place of the built-in atmosphere's latents; the sensor latents of ``cfg.free``
+    stay as they are."""
+    from bayesfluo.physics.external import band_operator_external, sample_perturbation
+
+    # the built-in atmosphere's values are unused here: placeholders where cfg lacks them
+    fixed = {"surface_pressure": 1013.25, "aot550": 0.12, "diffuse_path": 1.5,
+             "angstrom": 1.3, "spectral_shift": 0.0, "fwhm_scale": 1.0, **cfg.fixed}
+    cfg_s = cfg.replace(free=tuple(n for n in cfg.free if n in SENSOR_LATENTS), fixed=fixed)
+    z = {n: numpyro.sample(f"{n}_z", dist.Normal(0.0, 1.0)) for n in cfg_s.free}
+    _, sens, vals = shared_parameters(cfg_s, {"surface_pressure0": jnp.float32(1013.25)}, z)
+    for n in cfg_s.free:
+        numpyro.deterministic(n, vals[n])
+    pert = sample_perturbation(external)
+    return band_operator_external(fm, external.atmosphere, sens, pert)
 
 
 def _surface_sites(fm: ForwardModel, cfg: ModelConfig, ndvi, has_red: bool, n_pix: int,

@@ -7,6 +7,11 @@ in closed form (:func:`bayesfluo.guide.summaries`). Optionally it checks each pi
 (the radiance predicted at the posterior mean through the patch's exact band operator,
 against the noise model) and draws posterior samples.
 
+Scenes larger than memory are retrieved chunk by chunk and streamed to disk, in one
+process or on a dask cluster, by :mod:`bayesfluo.streaming` and
+:mod:`bayesfluo.distributed` (:func:`retrieve_file`), with the same plan
+(:func:`plan_retrieval`) and per-chunk function (:func:`retrieve_chunk`) as here.
+
 Output (``shared/SCENE_FORMAT.md`` section 4): for ``f760``, ``sif_peak``,
 ``reflectance760`` (and ``f687`` where the window has the O2-B band) and each free
 atmospheric or sensor latent: ``Q_mean``, ``Q_sd``, ``Q_q05``, ``Q_q50``, ``Q_q95`` over
@@ -57,7 +62,8 @@ from bayesfluo.physics.forward import (
 )
 from bayesfluo.physics.surface import SifParams, sif_spectrum
 
-__all__ = ["retrieve", "QUALITY_FLAGS", "RetrieveOptions", "Retriever"]
+__all__ = ["retrieve", "QUALITY_FLAGS", "RetrieveOptions", "Retriever", "RetrievalPlan",
+           "plan_retrieval", "retrieve_chunk", "result_attrs", "retrieve_file"]
 
 #: Bits of ``quality_flag``
 QUALITY_FLAGS = {"masked_input": 1, "poor_fit": 2, "out_of_distribution": 4,
@@ -204,10 +210,162 @@ def _ood(guide: AmortizedGuide, feats: np.ndarray, ood_sigma: float) -> np.ndarr
     return bad
 
 
+@dataclass(frozen=True)
+class RetrievalPlan:
+    """How a scene is cut for retrieval: the same for every executor (one process,
+    streamed to disk, or a dask cluster), so results do not depend on which one runs.
+
+    Attributes
+    ----------
+    grid : PatchGrid
+        The scene's patches.
+    rows_per_chunk : int
+        Patch rows per chunk (every chunk is padded to ``n_chunk_patches`` patches, so
+        the jitted functions compile once).
+    n_chunk_patches : int
+        Patches per (padded) chunk.
+    centre : tuple of float
+        Whole-scene reference geometry (:func:`bayesfluo.patches.reference_centre`).
+    reference_radiance : float
+        The instrument's reference radiance, mW m-2 sr-1 nm-1.
+    chi2_max : float or None
+        ``poor_fit`` threshold of ``fit_chi2`` (None without the quality check).
+    """
+
+    grid: PatchGrid
+    rows_per_chunk: int
+    n_chunk_patches: int
+    centre: tuple
+    reference_radiance: float
+    chi2_max: float | None
+
+    @property
+    def starts(self) -> list[int]:
+        """First patch row of each chunk."""
+        return list(range(0, self.grid.n_rows, self.rows_per_chunk))
+
+    def rows(self, pr0: int) -> slice:
+        """Image rows of the chunk starting at patch row ``pr0``."""
+        s = self.grid.patch_size
+        return slice(pr0 * s, min((pr0 + self.rows_per_chunk) * s, self.grid.shape[0]))
+
+    @property
+    def chunk_rows(self) -> int:
+        """Image rows of a full chunk (the natural chunk height of an output store)."""
+        return self.rows_per_chunk * self.grid.patch_size
+
+
+def plan_retrieval(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOptions,
+                   fm: ForwardModel) -> RetrievalPlan:
+    """Check a scene against the guide's model and cut it into chunks of patch rows.
+
+    Reads only the scene's band grid and its per-pixel geometry (not its radiance).
+
+    Raises
+    ------
+    ValueError
+        If the scene cannot be retrieved with the guide (see
+        :func:`bayesfluo.patches.check_scene_for_model`).
+    """
+    check_scene_for_model(scene, guide.instrument, fm.band_centre_nm)
+    ny, nx = scene.sizes["y"], scene.sizes["x"]
+    s = guide.patch_size
+    grid = PatchGrid((ny, nx), s)
+    rows_per_chunk = max(1, options.chunk_pixels // (grid.n_cols * s * s))
+    chi2_max = None
+    if options.quality:
+        known = guide.info.get("fit_chi2_quantiles", {})
+        q = str(1.0 - options.poor_fit_rate)
+        chi2_max = (float(known[q]) if q in known else
+                    float(scipy.stats.chi2.isf(options.poor_fit_rate, fm.n_bands) /
+                          fm.n_bands))
+    return RetrievalPlan(grid, rows_per_chunk, rows_per_chunk * grid.n_cols,
+                         reference_centre(scene),
+                         float(get_instrument(guide.instrument).reference_radiance), chi2_max)
+
+
+def retrieve_chunk(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retriever,
+                   options: RetrieveOptions, *, sliced: bool = False
+                   ) -> dict[str, np.ndarray]:
+    """Posterior summaries of one chunk of patch rows (starting at patch row ``pr0``).
+
+    Only the chunk's rows of ``scene`` are read (``scene.isel(y=rows)``, lazy for a file
+    opened lazily or a dask-backed scene); with ``sliced``, ``scene`` is already just
+    those rows (``plan.rows(pr0)``).
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        Image pieces (rows, x) of every output variable (``f760_draws``: (rows, x, draw)),
+        in the order :func:`retrieve` writes them.
+    """
+    opt, guide, grid = options, r.guide, plan.grid
+    s = grid.patch_size
+    rows = plan.rows(pr0)
+    d = patch_inputs(scene if sliced else scene.isel(y=rows), grid, slice(None), guide.feature_mean,
+                     guide.feature_sd, plan.reference_radiance, r.fm, guide.config,
+                     plan.centre)
+    n = d["mask"].shape[0]
+    pad = plan.n_chunk_patches - n
+    dp = {k: (tuple(np.pad(g, (0, pad), mode="edge") for g in v) if k == "geometry"
+              else np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)))
+          for k, v in d.items()}
+    q = r.posterior(dp)
+    summ = jax.device_get(r.summarise(q, jnp.asarray(dp["ndvi"]),
+                                      jnp.asarray(dp["surface_pressure0"])))
+    out = {}
+    for name, st in summ.items():
+        for stat, v in st.items():
+            v = np.asarray(v)[:n]
+            if v.ndim == 1:  # per patch -> its pixels
+                v = np.repeat(v[:, None], s * s, 1)
+            out[f"{name}_{stat}"] = v
+    flag = np.where(d["input_flag"] != 0, QUALITY_FLAGS["masked_input"], 0)
+    flag |= np.where(_ood(guide, d["features"], opt.ood_sigma) & (d["input_flag"] == 0),
+                     QUALITY_FLAGS["out_of_distribution"], 0)
+    few = d["mask"].sum(1) < opt.min_patch_pixels
+    flag |= np.where(few[:, None] & (d["input_flag"] == 0),
+                     QUALITY_FLAGS["few_pixels_in_patch"], 0)
+    if opt.quality:
+        c2 = np.asarray(r.chi2(q, jax.tree.map(jnp.asarray, dp)))[:n]
+        c2 = np.where(d["input_flag"] == 0, c2, np.nan)
+        out["fit_chi2"] = c2
+        flag |= np.where(c2 > plan.chi2_max, QUALITY_FLAGS["poor_fit"], 0)
+    if opt.n_draws:
+        first = pr0 * grid.n_cols  # index of the chunk's first patch in the scene
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(opt.seed), i))(
+            jnp.arange(first, first + plan.n_chunk_patches))
+        dr = np.asarray(r.draws(q, jnp.asarray(dp["ndvi"]), keys, opt.n_draws))[:, :n]
+        out["f760_draws"] = np.moveaxis(dr, 0, -1)
+    bad = d["input_flag"] != 0
+    for k in list(out):
+        if k != "fit_chi2":
+            v = out[k].astype(np.float32)
+            out[k] = np.where(bad.reshape(bad.shape + (1,) * (v.ndim - 2)), np.nan, v)
+    out["quality_flag"] = flag.astype(np.int8)
+    out["input_flag"] = d["input_flag"].astype(np.int8)
+    return {k: grid.to_image(v, rows.stop - rows.start) for k, v in out.items()}
+
+
+def result_attrs(guide: AmortizedGuide, *, source: str | None, model_name: str | None,
+                 elapsed_s: float) -> dict:
+    """Global attributes of a result (``shared/SCENE_FORMAT.md`` section 4)."""
+    return dict(
+        model=model_name or guide.instrument, model_fingerprint=guide.info.get(
+            "fingerprint", "")[:12], bayesfluo_version=__version__,
+        input=source or "", instrument=guide.instrument,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        Conventions="CF-1.10", retrieval_time_s=round(elapsed_s, 3),
+        patch_size=guide.patch_size)
+
+
 def retrieve(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOptions | None = None,
              *, retriever: Retriever | None = None, progress: bool = True,
              source: str | None = None, model_name: str | None = None) -> xr.Dataset:
-    """Posterior maps of a scene (see the module docstring for the variables).
+    """Posterior maps of a scene (see the module docstring for the variables), in memory.
+
+    For scenes larger than memory, stream the output to disk instead
+    (:func:`bayesfluo.streaming.retrieve_to_file`).
 
     Parameters
     ----------
@@ -222,76 +380,14 @@ def retrieve(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOptions 
     opt = options or RetrieveOptions()
     t0 = time.perf_counter()
     r = retriever or Retriever(guide)
-    fm = r.fm
-    check_scene_for_model(scene, guide.instrument, fm.band_centre_nm)
-    ny, nx = scene.sizes["y"], scene.sizes["x"]
-    s = guide.patch_size
-    grid = PatchGrid((ny, nx), s)
-    rows_per_chunk = max(1, opt.chunk_pixels // (grid.n_cols * s * s))
-    n_chunk_patches = rows_per_chunk * grid.n_cols
-    ref = get_instrument(guide.instrument).reference_radiance
-    nb = fm.n_bands
-    if opt.quality:
-        known = guide.info.get("fit_chi2_quantiles", {})
-        q = str(1.0 - opt.poor_fit_rate)
-        chi2_max = (float(known[q]) if q in known else
-                    float(scipy.stats.chi2.isf(opt.poor_fit_rate, nb) / nb))
+    plan = plan_retrieval(scene, guide, opt, r.fm)
     pieces: dict[str, list] = {}
-    starts = list(range(0, grid.n_rows, rows_per_chunk))
-    centre = reference_centre(scene)
-    for pr0 in tqdm(starts, desc="retrieve", disable=not progress, unit="chunk"):
-        rows = slice(pr0 * s, min((pr0 + rows_per_chunk) * s, ny))
-        d = patch_inputs(scene, grid, rows, guide.feature_mean, guide.feature_sd, ref, fm,
-                         guide.config, centre)
-        n = d["mask"].shape[0]
-        pad = n_chunk_patches - n
-        dp = {k: (tuple(np.pad(g, (0, pad), mode="edge") for g in v) if k == "geometry"
-                  else np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)))
-              for k, v in d.items()}
-        q = r.posterior(dp)
-        summ = jax.device_get(r.summarise(q, jnp.asarray(dp["ndvi"]),
-                                          jnp.asarray(dp["surface_pressure0"])))
-        out = {}
-        for name, st in summ.items():
-            for stat, v in st.items():
-                v = np.asarray(v)[:n]
-                if v.ndim == 1:  # per patch -> its pixels
-                    v = np.repeat(v[:, None], s * s, 1)
-                out[f"{name}_{stat}"] = v
-        flag = np.where(d["input_flag"] != 0, QUALITY_FLAGS["masked_input"], 0)
-        flag |= np.where(_ood(guide, d["features"], opt.ood_sigma) & (d["input_flag"] == 0),
-                         QUALITY_FLAGS["out_of_distribution"], 0)
-        few = d["mask"].sum(1) < opt.min_patch_pixels
-        flag |= np.where(few[:, None] & (d["input_flag"] == 0),
-                         QUALITY_FLAGS["few_pixels_in_patch"], 0)
-        if opt.quality:
-            c2 = np.asarray(r.chi2(q, jax.tree.map(jnp.asarray, dp)))[:n]
-            c2 = np.where(d["input_flag"] == 0, c2, np.nan)
-            out["fit_chi2"] = c2
-            flag |= np.where(c2 > chi2_max, QUALITY_FLAGS["poor_fit"], 0)
-        if opt.n_draws:
-            first = pr0 * grid.n_cols  # index of the chunk's first patch in the scene
-            keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(opt.seed), i))(
-                jnp.arange(first, first + n_chunk_patches))
-            dr = np.asarray(r.draws(q, jnp.asarray(dp["ndvi"]), keys, opt.n_draws))[:, :n]
-            out["f760_draws"] = np.moveaxis(dr, 0, -1)
-        bad = d["input_flag"] != 0
-        for k in list(out):
-            if k != "fit_chi2":
-                v = out[k].astype(np.float32)
-                out[k] = np.where(bad.reshape(bad.shape + (1,) * (v.ndim - 2)), np.nan, v)
-        out["quality_flag"] = flag.astype(np.int8)
-        out["input_flag"] = d["input_flag"].astype(np.int8)
-        for k, v in out.items():
-            pieces.setdefault(k, []).append(grid.to_image(v, rows.stop - rows.start))
-    ds = _to_dataset(pieces, scene, guide, opt, chi2_max if opt.quality else None)
-    ds.attrs.update(
-        model=model_name or guide.instrument, model_fingerprint=guide.info.get(
-            "fingerprint", "")[:12], bayesfluo_version=__version__,
-        input=source or scene.encoding.get("source", ""), instrument=guide.instrument,
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        Conventions="CF-1.10", retrieval_time_s=round(time.perf_counter() - t0, 3),
-        patch_size=guide.patch_size)
+    for pr0 in tqdm(plan.starts, desc="retrieve", disable=not progress, unit="chunk"):
+        for k, v in retrieve_chunk(scene, pr0, plan, r, opt).items():
+            pieces.setdefault(k, []).append(v)
+    ds = _to_dataset(pieces, scene, guide, opt, plan.chi2_max)
+    ds.attrs.update(result_attrs(guide, source=source or scene.encoding.get("source", ""),
+                                 model_name=model_name, elapsed_s=time.perf_counter() - t0))
     return ds
 
 
@@ -329,13 +425,44 @@ def _to_dataset(pieces: dict, scene: xr.Dataset, guide: AmortizedGuide,
 
 
 def retrieve_file(scene_path: str | Path, model_dir: str | Path, out: str | Path,
-                  options: RetrieveOptions | None = None, progress: bool = True) -> Path:
-    """Read a scene, retrieve it with the model in ``model_dir`` and write ``out``
-    (netCDF, atomically)."""
+                  options: RetrieveOptions | None = None, progress: bool = True, *,
+                  retriever: Retriever | None = None, reader_kwargs: dict | None = None,
+                  executor=None, variables=None, separate: bool = False) -> Path:
+    """Read a scene (any format :func:`bayesfluo.io.readers.open_scene` knows, lazily),
+    retrieve it with the model in ``model_dir`` chunk by chunk and stream the maps to
+    ``out`` (netCDF ``.nc``, Zarr ``.zarr`` or GeoTIFF ``.tif``, atomically; see
+    :func:`bayesfluo.streaming.retrieve_to_file`). Memory is bounded by
+    ``options.chunk_pixels``, not the scene.
+
+    Parameters
+    ----------
+    retriever : Retriever, optional
+        The compiled guide of ``model_dir`` (reuse across files).
+    reader_kwargs : dict, optional
+        ``geometry`` and ``instrument`` for the reader.
+    executor : optional
+        Who computes the chunks (default this process; see
+        :class:`bayesfluo.distributed.DaskExecutor`).
+    variables, separate
+        GeoTIFF maps (:func:`bayesfluo.io.writers.write_geotiff`).
+
+    Returns
+    -------
+    Path
+        ``out`` (the first file, with ``separate`` GeoTIFFs).
+    """
     from bayesfluo.guide import load_guide
-    from bayesfluo.io.netcdf import read_scene, write_dataset
-    scene = read_scene(scene_path)
-    guide = load_guide(model_dir)
-    ds = retrieve(scene, guide, options, progress=progress, source=Path(scene_path).name,
-                  model_name=Path(model_dir).name)
-    return write_dataset(ds, out)
+    from bayesfluo.io.writers import output_format
+    from bayesfluo.streaming import open_input, retrieve_to_file
+
+    output_format(out)  # a bad extension fails before any work
+    scene = open_input(scene_path, **(reader_kwargs or {}))
+    try:
+        r = retriever or Retriever(load_guide(model_dir))
+        paths = retrieve_to_file(scene, out, r, options, executor=executor,
+                                 scene_path=str(scene_path), source=Path(scene_path).name,
+                                 model_name=Path(model_dir).name, progress=progress,
+                                 variables=variables, separate=separate)
+    finally:
+        scene.close()
+    return paths[0]

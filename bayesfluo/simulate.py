@@ -35,6 +35,7 @@ from bayesfluo._version import __version__
 from bayesfluo.instruments import Instrument, get_instrument
 from bayesfluo.physics import sensor as _sensor
 from bayesfluo.physics.atmosphere import AtmosphereParams
+from bayesfluo.physics.external import external_atmosphere, radiance_fine_external
 from bayesfluo.physics.forward import (
     ForwardModel,
     Geometry,
@@ -234,12 +235,17 @@ def _check_finite(**values) -> None:
 
 
 def _simulate_block(model: ForwardModel, refl_fine, sif_fine, atm: AtmosphereParams,
-                    geom: Geometry, sens: SensorParams, want_irradiance: bool):
-    """Band radiance (and irradiance) of pixels that share one detector column."""
+                    geom: Geometry, sens: SensorParams, want_irradiance: bool,
+                    external=None):
+    """Band radiance (and irradiance) of pixels that share one detector column; through
+    an external transfer-function table (``ExternalAtmosphere``) when one is given."""
     w = response(model, sens)
 
     def one(r, f, a, g):
-        out = radiance_fine(model, r, f, a, g, with_irradiance=want_irradiance)
+        if external is None:
+            out = radiance_fine(model, r, f, a, g, with_irradiance=want_irradiance)
+        else:
+            out = radiance_fine_external(external, r, f, with_irradiance=want_irradiance)
         return [_sensor.band_integrate(w, windows(model, s)) for s in
                 (out if want_irradiance else (out,))]
 
@@ -256,7 +262,8 @@ def simulate_scene(instrument: str | Instrument = "hyplant-fluo", size=(128, 128
                    surface_altitude_m: float = 100.0, day_of_year: int = 180,
                    snr: float | None = None, aot550: float = 0.12,
                    spectral_shift_nm: float | None = None,
-                   model: ForwardModel | None = None, progress: bool = False) -> xr.Dataset:
+                   model: ForwardModel | None = None, progress: bool = False,
+                   atmosphere: xr.Dataset | None = None) -> xr.Dataset:
     """Simulate a scene with known truth.
 
     Parameters
@@ -291,6 +298,13 @@ def simulate_scene(instrument: str | Instrument = "hyplant-fluo", size=(128, 128
         track); default a random draw of a fifth of the instrument's smile.
     model : ForwardModel, optional
         A prebuilt forward model of the instrument (saves its set-up time).
+    atmosphere : xarray.Dataset, optional
+        An external transfer-function table (:mod:`bayesfluo.physics.external`, e.g.
+        read by :func:`bayesfluo.io.modtran.read_table`) used for every pixel in place of
+        the built-in atmosphere, as it is (the table's geometry, not the pixels', sets the
+        transfer functions). The scene then has no ``true_surface_pressure``,
+        ``true_aot550``, ``true_angstrom`` or ``true_diffuse_path``; its attribute
+        ``atmosphere`` names the table's source.
     progress : bool
         Show a progress bar.
     """
@@ -307,6 +321,9 @@ def simulate_scene(instrument: str | Instrument = "hyplant-fluo", size=(128, 128
     model = model or build_forward_model(inst)
     if model.instrument != inst.name:
         raise ValueError(f"model is for {model.instrument}, not {inst.name}")
+    external = None
+    if atmosphere is not None:
+        external = external_atmosphere(model, atmosphere)
     rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed)
     fine = np.asarray(model.fine_nm, dtype=np.float64)
@@ -413,7 +430,7 @@ def simulate_scene(instrument: str | Instrument = "hyplant-fluo", size=(128, 128
         geom = Geometry(px(sza_map), px(vza_map), f32((saa_map - vaa_map)[rows, j] % 360.0),
                         px(dem), px(sensor_alt_map), full(dist))
         sens = SensorParams(f32(shift[j]), f32(fwhm_scale[j]))
-        out = _simulate_block_jit(model, r_fine, f_fine, atm, geom, sens, tower)
+        out = _simulate_block_jit(model, r_fine, f_fine, atm, geom, sens, tower, external)
         dst = slice(r0, r0 + keep)
         rad[dst, j] = np.asarray(out[0])[:keep]
         if tower:
@@ -449,7 +466,7 @@ def simulate_scene(instrument: str | Instrument = "hyplant-fluo", size=(128, 128
         sif_peak = sif_s[:, m].max(axis=1) if m.any() else sif_s.max(axis=1)
     ndvi = (rr[:, 1] - rr[:, 0]) / (rr[:, 1] + rr[:, 0])
 
-    return _to_dataset(
+    ds = _to_dataset(
         inst=inst, model=model, shape=shape, tower=tower, radiance=rad, clean=clean,
         irradiance=irr, refl_band=refl_band, sif_band=sif_band, ndvi=ndvi.reshape(shape),
         f760=sif_at(760.0).reshape(shape), f687=sif_at(687.0).reshape(shape),
@@ -461,6 +478,11 @@ def simulate_scene(instrument: str | Instrument = "hyplant-fluo", size=(128, 128
         land_cover=None if surf is None else surf.land_cover.reshape(shape),
         cover=None if surf is None else surf.cover.reshape(shape),
         source="bayesfluo.simulate" + (" (user surface spectra)" if surf is None else ""))
+    if external is not None:
+        ds = ds.drop_vars(["true_surface_pressure", "true_aot550", "true_angstrom",
+                           "true_diffuse_path"])
+        ds.attrs["atmosphere"] = "external table: " + str(atmosphere.attrs.get("source", ""))
+    return ds
 
 
 def _to_dataset(*, inst, model, shape, tower, radiance, clean, irradiance, refl_band, sif_band,

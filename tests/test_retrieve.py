@@ -145,3 +145,45 @@ def test_out_of_distribution_geometry_is_flagged(guide, retriever, model_o2a, re
     ood = QUALITY_FLAGS["out_of_distribution"]
     assert np.all(res["quality_flag"].values & ood)
     assert not np.any(result["quality_flag"].values & ood)
+
+
+def test_spectral_artefact_is_flagged_poor_fit(scene, guide, retriever, result):
+    """Pixels given a spectral artefact the model cannot produce (a spike of 15 noise sd
+    in 3 bands, as a hot detector element or a stray-light glint) rise in fit chi-square by
+    close to the artefact's own weight and are flagged ``poor_fit``; pixels away from them
+    keep their chi-square."""
+    from bayesfluo.patches import noise_coefficients
+    a, b = noise_coefficients(scene)
+    art = scene.copy(deep=True)
+    rad = art["radiance"].values
+    hit = [(3, 4), (10, 7), (15, 1)]
+    bands = [20, 21, 40]
+    for y, x in hit:
+        sd = np.sqrt(a * rad[y, x, bands] + b)
+        rad[y, x, bands] += 15.0 * sd
+    res = retrieve(art, guide, RetrieveOptions(), retriever=retriever, progress=False)
+    poor = QUALITY_FLAGS["poor_fit"]
+    nb = scene.sizes["band"]
+    added = 3 * 15.0 ** 2 / nb      # the artefact's reduced chi-square if left unfitted
+    for y, x in hit:
+        assert res["quality_flag"].values[y, x] & poor
+        rise = float(res.fit_chi2[y, x] - result.fit_chi2[y, x])
+        assert 0.5 * added < rise < 1.5 * added, (rise, added)
+    far = np.ones((20, 13), bool)
+    for y, x in hit:   # pixels of other patches than the artefacts'
+        far[(y // 8) * 8:(y // 8) * 8 + 8, (x // 8) * 8:(x // 8) * 8 + 8] = False
+    np.testing.assert_allclose(res.fit_chi2.values[far], result.fit_chi2.values[far],
+                               rtol=1e-5)
+
+
+def test_nadir_scene_retrieves(scene, guide, retriever, result):
+    """A scene viewed exactly at nadir (vza 0 everywhere) gives finite posteriors close to
+    those of the same radiance with its real, slightly oblique, view angles."""
+    nadir = scene.copy()
+    nadir["vza"] = xr.zeros_like(scene["vza"])
+    res = retrieve(nadir, guide, RetrieveOptions(quality=False), retriever=retriever,
+                   progress=False)
+    ok = result["input_flag"].values == 0
+    assert np.all(np.isfinite(res.f760_mean.values[ok]))
+    assert np.all(np.isfinite(res.f760_sd.values[ok]))
+    assert float(np.median(np.abs(res.f760_mean - result.f760_mean).values[ok])) < 0.5
