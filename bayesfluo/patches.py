@@ -105,7 +105,27 @@ def check_scene_for_model(scene: xr.Dataset, instrument: str, band_centre_nm) ->
             raise ValueError(f"the scene has no {v!r} (needed by the model)")
 
 
+_EXPANSION_VALUES: dict = {}
 _EXPANSIONS: dict = {}
+
+
+@jax.jit
+def _features(exp, rad, anc, sza, vza, surf, sens, mean, sd):
+    """Encoder input of pixels: the reference spectrum expanded at their geometries and
+    :func:`bayesfluo.guide.pixel_features`, in one compiled pass."""
+    return pixel_features(rad, anc, mean, sd, expand_reference(exp, sza, vza, surf, sens))
+
+
+def _expansion_about(fm: ForwardModel, cfg: ModelConfig, centre: tuple):
+    """The reference expansion about ``centre``, computed once per model, configuration
+    and centre (every chunk of a scene shares its centre)."""
+    key = (id(fm), repr(cfg), centre)
+    if key not in _EXPANSION_VALUES:
+        if len(_EXPANSION_VALUES) > 64:
+            _EXPANSION_VALUES.clear()
+        _EXPANSION_VALUES[key] = (fm, _reference_expansion_jit(fm, cfg)(
+            *(jnp.float32(c) for c in centre)))
+    return _EXPANSION_VALUES[key][1]
 
 
 def _reference_expansion_jit(fm: ForwardModel, cfg: ModelConfig):
@@ -179,10 +199,10 @@ def patch_inputs(scene: xr.Dataset, grid: PatchGrid, rows: slice, feature_mean,
     anc = np.asarray(ancillary_inputs(sza, vza, raa, surf, sens, a, b, ndvi,
                                       reference_radiance))
     centre = reference_centre(scene) if centre is None else centre
-    exp = _reference_expansion_jit(fm, cfg)(*(jnp.float32(c) for c in centre))
-    ref = expand_reference(exp, *(jnp.asarray(v, jnp.float32) for v in (sza, vza, surf, sens)))
-    feats = np.asarray(pixel_features(jnp.asarray(rad), jnp.asarray(anc), feature_mean,
-                                      feature_sd, ref))
+    exp = _expansion_about(fm, cfg, tuple(float(c) for c in centre))
+    feats = np.asarray(_features(exp, rad, anc, *(np.asarray(v, np.float32) for v in
+                                                  (sza, vza, surf, sens)),
+                                 feature_mean, feature_sd))
     feats = np.where(flag[..., None] == 0, feats, 0.0).astype(np.float32)
 
     P = grid.to_patches  # noqa: N806
