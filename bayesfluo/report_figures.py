@@ -93,18 +93,14 @@ def posterior_mean_fit(scene: xr.Dataset, guide, pixels: list[tuple[int, int]]) 
         ``wavelength`` (B,) nm; ``observed``, ``predicted``, ``noise_sd`` (n, B)
         mW m-2 sr-1 nm-1; ``pixels``.
     """
-    from bayesfluo.guide import _knee_softplus
     from bayesfluo.instruments import get_instrument
-    from bayesfluo.model import _reflectance_prior, shared_parameters, sif_scale
     from bayesfluo.patches import (
         PatchGrid,
         check_scene_for_model,
         patch_inputs,
         reference_centre,
     )
-    from bayesfluo.physics.forward import Geometry, band_operator, radiance_from_operator
-    from bayesfluo.physics.surface import SifParams, sif_spectrum
-    from bayesfluo.retrieve import Retriever
+    from bayesfluo.retrieve import Retriever, predicted_radiance
 
     r = Retriever(guide)
     fm, cfg = r.fm, guide.config
@@ -127,32 +123,15 @@ def posterior_mean_fit(scene: xr.Dataset, guide, pixels: list[tuple[int, int]]) 
                if k == "geometry" else np.concatenate([p[k] for p in parts]))
            for k, v in parts[0].items()}
     q = r.posterior(sub)
-    k = fm.n_basis
-    mu, chol = _reflectance_prior(fm, cfg)
-    shape760 = sif_spectrum(760.0, SifParams(0.0, 1.0))
-
-    @jax.jit
-    def predict(shared_loc, geom, p0, local_loc, ndvi):
-        atm, sens, _ = shared_parameters(cfg, {"surface_pressure0": p0},
-                                         dict(zip(cfg.free, shared_loc, strict=True)))
-        op = band_operator(fm, atm, Geometry(*geom), sens)
-        coeffs = jax.nn.sigmoid(mu + local_loc[..., :k] @ chol.T)
-        scale = sif_scale(ndvi, cfg) / shape760
-        far = scale * _knee_softplus(local_loc[..., k])
-        red = (cfg.sif_red_ratio * scale * _knee_softplus(local_loc[..., k + 1])
-               if guide.has_red else jnp.zeros_like(far))
-        return jax.vmap(lambda c, a, b: radiance_from_operator(fm, op, c, SifParams(a, b)))(
-            coeffs, red, far)
-
+    pred_all = np.asarray(jax.jit(lambda q, d: predicted_radiance(fm, cfg, guide.has_red, q, d))(
+        q, jax.tree.map(jnp.asarray, sub)))
     obs, pred, sd = [], [], []
     for n, p in where:
         j = int(np.searchsorted(pidx, n))
-        geom = tuple(jnp.asarray(np.asarray(g)[j]) for g in sub["geometry"])
-        lp = np.asarray(predict(q.shared_loc[j], geom, jnp.asarray(sub["surface_pressure0"][j]),
-                                q.local_loc[j, p:p + 1], jnp.asarray(sub["ndvi"][j, p:p + 1])))
-        pred.append(lp[0])
+        lp = pred_all[j, p]
+        pred.append(lp)
         obs.append(sub["radiance"][j, p])
-        sd.append(np.sqrt(float(sub["noise_a"][j]) * np.maximum(lp[0], 0.0)
+        sd.append(np.sqrt(float(sub["noise_a"][j]) * np.maximum(lp, 0.0)
                           + float(sub["noise_b"][j])))
     return dict(wavelength=np.asarray(fm.band_centre_nm), observed=np.array(obs),
                 predicted=np.array(pred), noise_sd=np.array(sd), pixels=list(pixels))

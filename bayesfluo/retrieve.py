@@ -63,7 +63,8 @@ from bayesfluo.physics.forward import (
 from bayesfluo.physics.surface import SifParams, sif_spectrum
 
 __all__ = ["retrieve", "QUALITY_FLAGS", "RetrieveOptions", "Retriever", "RetrievalPlan",
-           "plan_retrieval", "retrieve_chunk", "result_attrs", "retrieve_file"]
+           "plan_retrieval", "retrieve_chunk", "predicted_radiance", "result_attrs",
+           "retrieve_file"]
 
 #: Bits of ``quality_flag``
 QUALITY_FLAGS = {"masked_input": 1, "poor_fit": 2, "out_of_distribution": 4,
@@ -162,8 +163,12 @@ class Retriever:
         return self.encode(jnp.asarray(d["features"]), jnp.asarray(d["mask"]))
 
 
-def _fit_chi2(fm, cfg, has_red, q: GuideOutput, d: dict):
-    """Reduced chi-square of each pixel's radiance at the posterior mean (N, P)."""
+def predicted_radiance(fm: ForwardModel, cfg, has_red: bool, q: GuideOutput, d: dict
+                       ) -> jax.Array:
+    """Band radiance of every pixel at the guide's posterior mean (N, P, B), mW m-2 sr-1
+    nm-1: the patch's exact band operator at the mean of its atmosphere and sensor
+    latents, each pixel's reflectance and SIF at their means (``d`` as
+    :func:`bayesfluo.patches.patch_inputs` returns it)."""
     geom = Geometry(*d["geometry"])
     k = fm.n_basis
     mu, chol = _reflectance_prior(fm, cfg)
@@ -177,15 +182,20 @@ def _fit_chi2(fm, cfg, has_red, q: GuideOutput, d: dict):
     # the fine-grid operator of 32 patches at a time: bounded memory
     op = jax.lax.map(lambda a: patch(*a), (q.shared_loc, geom, d["surface_pressure0"]),
                      batch_size=32)
-    a, b = d["noise_a"], d["noise_b"]
     coeffs = jax.nn.sigmoid(mu + q.local_loc[..., :k] @ chol.T)
     scale = sif_scale(d["ndvi"], cfg) / shape760
     far = scale * _knee_softplus(q.local_loc[..., k])
     red = (cfg.sif_red_ratio * scale * _knee_softplus(q.local_loc[..., k + 1]) if has_red
            else jnp.zeros_like(far))
-    pred = jax.vmap(jax.vmap(lambda o, c, r, f: radiance_from_operator(fm, o, c,
+    return jax.vmap(jax.vmap(lambda o, c, r, f: radiance_from_operator(fm, o, c,
                                                                        SifParams(r, f)),
                              in_axes=(None, 0, 0, 0)))(op, coeffs, red, far)
+
+
+def _fit_chi2(fm, cfg, has_red, q: GuideOutput, d: dict):
+    """Reduced chi-square of each pixel's radiance at the posterior mean (N, P)."""
+    pred = predicted_radiance(fm, cfg, has_red, q, d)
+    a, b = d["noise_a"], d["noise_b"]
     var = a[:, None, None] * jnp.maximum(pred, 0.0) + b[:, None, None]
     return jnp.mean((d["radiance"] - pred) ** 2 / var, -1)
 
