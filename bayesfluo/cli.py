@@ -129,7 +129,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     from bayesfluo.retrieve import RetrieveOptions, Retriever, retrieve_file
 
     opts = RetrieveOptions(quality=not args.no_quality, n_draws=args.draws, seed=args.seed,
-                           chunk_pixels=args.chunk_pixels)
+                           chunk_pixels=args.chunk_pixels, refine=args.refine)
     t0 = time.perf_counter()
     model_dir = resolve_model(args.model)
     reader_kwargs = {}
@@ -168,10 +168,14 @@ def _cmd_nuts(args: argparse.Namespace) -> int:
     from bayesfluo.nuts import NutsConfig, nuts_reference, parse_pixels
 
     scene = read_scene(args.scene)
-    if scene["radiance"].ndim != 3:
-        raise ValueError("nuts needs an image scene (y, x, band); tower time series are not "
-                         "supported yet")
-    rows, cols = parse_pixels(args.pixels, (scene.sizes["y"], scene.sizes["x"]))
+    if "time" in scene["radiance"].dims:  # a tower: --pixels are time steps 't0:t1' or 't;t'
+        spec = args.pixels.strip()
+        if "," not in spec:  # time steps only: add the one column
+            spec = (spec + ",0:1" if ":" in spec
+                    else ";".join(f"{t},0" for t in spec.split(";") if t.strip()))
+        rows, cols = parse_pixels(spec, (scene.sizes["time"], 1))
+    else:
+        rows, cols = parse_pixels(args.pixels, (scene.sizes["y"], scene.sizes["x"]))
     cfg = NutsConfig(num_warmup=args.warmup, num_samples=args.samples,
                      num_chains=args.chains, predictive_draws=args.predictive_draws)
     t0 = time.perf_counter()
@@ -180,7 +184,7 @@ def _cmd_nuts(args: argparse.Namespace) -> int:
     dt.attrs["input"] = str(args.scene)
     write_datatree(dt, args.out)
     conv = dt["convergence"].to_dataset()
-    print(f"wrote {args.out}: {rows.size} pixels in {int(dt['posterior'].sizes['patch'])} "
+    print(f"wrote {args.out}: {rows.size} pixels in {int(dt['sample_stats'].sizes['patch'])} "
           f"patches, {time.perf_counter() - t0:.0f} s")
     print(f"  converged (R-hat <= 1.01, bulk ESS of F760 >= 400, no divergences): "
           f"{int(conv.converged.sum())} of {rows.size} pixels; worst R-hat "
@@ -312,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of the draws")
     r.add_argument("--no-quality", action="store_true",
                    help="skip the fit check (poor_fit flag, fit_chi2)")
+    r.add_argument("--refine", action="store_true",
+                   help="refine each patch's posterior from the guide's to the Laplace "
+                        "approximation at the model's mode (bayesfluo.refine): agrees "
+                        "with NUTS (median 0.07 sd against the guide's 0.40); about 500x "
+                        "slower than the guide alone")
     r.add_argument("--chunk-pixels", type=int, default=32768,
                    help="pixels per chunk (bounds memory: the scene is read and written "
                    "chunk by chunk)")
@@ -321,9 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("nuts", help="NUTS reference posteriors of scene pixels (DataTree)")
     n.add_argument("scene", help="scene netCDF")
     n.add_argument("--pixels", required=True,
-                   help="'r0:r1,c0:c1' (a block) or 'r,c;r,c;...' (listed pixels)")
+                   help="'r0:r1,c0:c1' (a block) or 'r,c;r,c;...' (listed pixels); for a "
+                        "top-of-canopy time series 't0:t1' or 't;t;...' (time steps)")
     n.add_argument("--patch-size", type=int, default=8,
-                   help="pixels in the same PATCH_SIZE-square block share an atmosphere")
+                   help="pixels in the same PATCH_SIZE-square block share an atmosphere "
+                        "(time series: blocks of PATCH_SIZE**2 time steps)")
     n.add_argument("--warmup", type=int, default=500)
     n.add_argument("--samples", type=int, default=500)
     n.add_argument("--chains", type=int, default=4)

@@ -70,13 +70,31 @@ def local_names(fm: ForwardModel, has_red: bool) -> list[str]:
 
 
 def _tril(raw: jax.Array, n: int) -> jax.Array:
-    """A lower-triangular factor with positive diagonal from ``n (n + 1) / 2`` numbers.
-    The diagonal is ``exp`` (clipped): posterior scales here span 1e-3 to 3."""
-    idx = np.tril_indices(n)
-    m = jnp.zeros(raw.shape[:-1] + (n, n), raw.dtype).at[..., idx[0], idx[1]].set(raw)
-    diag = jnp.exp(jnp.clip(jnp.diagonal(m, axis1=-2, axis2=-1), -12.0, 3.0))
-    eye = jnp.eye(n, dtype=bool)
-    return jnp.where(eye, diag[..., None, :] * eye, m)
+    """A lower-triangular factor with positive diagonal from ``n (n + 1) / 2`` numbers
+    (row-major, as :func:`numpy.tril_indices`). The diagonal is ``exp`` (clipped):
+    posterior scales here span 1e-3 to 3.
+
+    Built from static slices and padding (no scatter: it fuses into its producer)."""
+    rows = []
+    for i in range(n):
+        t = i * (i + 1) // 2
+        r = raw[..., t:t + i + 1]
+        diag = jnp.exp(jnp.clip(r[..., i:], -12.0, 3.0))
+        r = jnp.concatenate([r[..., :i], diag], -1) if i else diag
+        rows.append(jnp.pad(r, [(0, 0)] * (raw.ndim - 1) + [(0, n - i - 1)]))
+    return jnp.stack(rows, -2)
+
+
+def _layer_norm(norm: eqx.nn.LayerNorm, x: jax.Array) -> jax.Array:
+    """:class:`equinox.nn.LayerNorm` over the last axis of ``x`` (any leading dims)."""
+    mean = jnp.mean(x, -1, keepdims=True)
+    var = jnp.maximum(jnp.var(x, -1, keepdims=True), 0.0)
+    return (x - mean) * jax.lax.rsqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+def _dense(lin: eqx.nn.Linear, x: jax.Array) -> jax.Array:
+    """:class:`equinox.nn.Linear` applied to the rows of ``x`` (..., in) -> (..., out)."""
+    return x @ lin.weight.T + lin.bias
 
 
 class _Block(eqx.Module):
@@ -165,27 +183,55 @@ class Encoder(eqx.Module):
         return h
 
     def __call__(self, features: jax.Array, mask: jax.Array) -> GuideOutput:
-        h = jax.vmap(self.trunk)(features)                          # (P, W)
-        w = mask.astype(h.dtype)[:, None]
-        pooled = jnp.sum(h * w, 0) / jnp.maximum(jnp.sum(w), 1.0)
-        scores = jax.vmap(self.attention)(h)                        # (P, heads)
-        scores = jnp.where(w > 0, scores, -1e9)
-        att = jax.nn.softmax(scores, axis=0) * w
-        att = att / jnp.maximum(att.sum(0), 1e-9)
-        pooled_att = (att.T @ h).ravel()                            # (heads * W,)
+        """The guide's output of one patch: features (P, F), mask (P,)."""
+        return jax.tree.map(lambda v: v[0], self.encode(features[None], mask[None]))
+
+    def encode(self, features: jax.Array, mask: jax.Array) -> GuideOutput:
+        """The guide's output of a batch of patches: features (N, P, F), mask (N, P).
+
+        Equal (to float32 rounding) to ``jax.vmap(self)(features, mask)``, written as
+        matrix products over all ``N P`` pixels at once: the trunk's layers are single
+        (N P, width) products; the per-pixel head's first layer is split into the pixel's
+        part and the patch's context part (pooled embedding and shared means), the latter
+        computed once per patch; the attention scores share a product with the head's
+        pixel part; the linear skip to the local means shares one with the input layer.
+        """
+        n, p, nf = features.shape
         s, d = self.n_shared, self.n_local
-        out_s = self.patch_head(jnp.concatenate([pooled, pooled_att]))
-        pooled_x = jnp.sum(features * w, 0) / jnp.maximum(jnp.sum(w), 1.0)
+        width = self.inp.weight.shape[0]
+        x = features.reshape(n * p, nf)
         # the linear skips are fixed by regression before training (not trained further:
         # Adam's noise would erase the small, precise weights the atmosphere needs)
+        lin_l = jax.lax.stop_gradient(self.local_linear)
         lin_s = jax.lax.stop_gradient(self.shared_linear)
-        m_s = out_s[:s] + lin_s(pooled_x)[:s]
-        tril_s = _tril(out_s[s:s + s * (s + 1) // 2], s)
-        ctx = jnp.concatenate([pooled, m_s])
-        out = jax.vmap(lambda hi: self.pixel_head(jnp.concatenate([hi, ctx])))(h)
-        m = out[:, :d] + jax.vmap(jax.lax.stop_gradient(self.local_linear))(features)
-        tril = _tril(out[:, d:d + d * (d + 1) // 2], d)
-        a = out[:, d + d * (d + 1) // 2:].reshape(-1, d, s)
+        y = x @ jnp.concatenate([self.inp.weight, lin_l.weight]).T + jnp.concatenate(
+            [self.inp.bias, lin_l.bias])
+        h, m_lin = y[:, :width], y[:, width:]
+        for b in self.blocks:
+            h = h + _dense(b.lin2, jax.nn.gelu(_dense(b.lin1, _layer_norm(b.norm, h))))
+        first, last = self.pixel_head.layers
+        w_pix, w_pool, w_ms = (first.weight[:, :width], first.weight[:, width:2 * width],
+                               first.weight[:, 2 * width:])
+        y = h @ jnp.concatenate([w_pix, self.attention.weight]).T       # (N P, W + heads)
+        pre = y[:, :width].reshape(n, p, width)
+        scores = (y[:, width:] + self.attention.bias).reshape(n, p, _HEADS)
+        h = h.reshape(n, p, width)
+        w = mask.astype(h.dtype)[..., None]                             # (N, P, 1)
+        count = jnp.maximum(jnp.sum(w, 1), 1.0)                         # (N, 1)
+        pooled = jnp.einsum("npo,npw->nw", w, h) / count
+        scores = jnp.where(w > 0, scores, -1e9)
+        att = jax.nn.softmax(scores, axis=1) * w
+        att = att / jnp.maximum(att.sum(1, keepdims=True), 1e-9)
+        pooled_att = jnp.einsum("nph,npw->nhw", att, h).reshape(n, _HEADS * width)
+        out_s = jax.vmap(self.patch_head)(jnp.concatenate([pooled, pooled_att], -1))
+        pooled_x = jnp.einsum("npo,npf->nf", w, features) / count
+        m_s = out_s[:, :s] + _dense(lin_s, pooled_x)[:, :s]
+        tril_s = _tril(out_s[:, s:s + s * (s + 1) // 2], s)
+        ctx = pooled @ w_pool.T + m_s @ w_ms.T + first.bias             # (N, W) per patch
+        out = _dense(last, jax.nn.gelu(pre + ctx[:, None]))                     # (N, P, n_l)
+        m = out[..., :d] + m_lin.reshape(n, p, d)
+        tril = _tril(out[..., d:d + d * (d + 1) // 2], d)
+        a = out[..., d + d * (d + 1) // 2:].reshape(n, p, d, s)
         return GuideOutput(m_s, tril_s, m, tril, a)
 
 
@@ -488,8 +534,13 @@ def summaries(q: GuideOutput, fm: ForwardModel, cfg: ModelConfig, ndvi, surface_
     free shared latent (its physical units, per patch).
     """
     k = fm.n_basis
-    mean, cov = marginal_local(q)
-    sd = jnp.sqrt(jnp.maximum(jnp.diagonal(cov, axis1=-2, axis2=-1), 0.0))
+    mean = q.local_loc
+    # the marginal covariance L L^T + B B^T, B = A L_s, only where needed (elementwise
+    # products and sums over the small axes: tiny batched matrix products are slow on CPU)
+    lb = jnp.concatenate([q.local_tril, jnp.sum(q.coupling[..., :, :, None]
+                                                * q.shared_tril[..., None, None, :, :],
+                                                -2)], -1)                    # (..., P, D, D + S)
+    sd = jnp.sqrt(jnp.sum(lb * lb, -1))
     scale = sif_scale(ndvi, cfg)                                      # F760 per unit raw
     shape_far = SifParams(0.0, 1.0)
     peak_ratio = sif_spectrum(shape_far.centre_far_red, shape_far) / sif_spectrum(760.0,
@@ -501,7 +552,8 @@ def summaries(q: GuideOutput, fm: ForwardModel, cfg: ModelConfig, ndvi, surface_
     if has_red:
         # F687 = red part + far-red tail; quadrature over the two marginals would need their
         # correlation: use 2-D Gauss-Hermite on the pair
-        out["f687"] = _f687(mean, cov, k, scale, cfg)
+        cov2 = jnp.sum(lb[..., k:k + 2, None, :] * lb[..., None, k:k + 2, :], -1)
+        out["f687"] = _f687(mean[..., k:k + 2], cov2, scale, cfg)
     # reflectance at 760 nm: linearised (its posterior sd is ~1e-3, far inside the
     # sigmoid's linear range)
     mu, chol = _reflectance_prior(fm, cfg)
@@ -510,7 +562,8 @@ def summaries(q: GuideOutput, fm: ForwardModel, cfg: ModelConfig, ndvi, surface_
     c = jax.nn.sigmoid(mu + zr @ chol.T)
     r760 = c @ w
     grad = (w * c * (1 - c)) @ chol                                   # d R760 / d z
-    var = jnp.einsum("...i,...ij,...j->...", grad, cov[..., :k, :k], grad)
+    g_lb = jnp.sum(grad[..., :, None] * lb[..., :k, :], -2)            # grad^T [L B]
+    var = jnp.sum(g_lb * g_lb, -1)
     sd_r = jnp.sqrt(jnp.maximum(var, 0.0))
     out["reflectance760"] = dict(mean=r760, sd=sd_r, q05=r760 - _Z05 * sd_r, q50=r760,
                                  q95=r760 + _Z05 * sd_r)
@@ -527,12 +580,12 @@ def summaries(q: GuideOutput, fm: ForwardModel, cfg: ModelConfig, ndvi, surface_
     return out
 
 
-def _f687(mean, cov, k, scale, cfg):
+def _f687(m2, c2, scale, cfg):
+    """Mean, sd and quantiles of F687 from the mean (..., 2) and covariance (..., 2, 2) of
+    the two SIF amplitudes' unconstrained coordinates."""
     shape = SifParams(1.0, 0.0)
     r_red = sif_spectrum(687.0, shape) / sif_spectrum(760.0, SifParams(0.0, 1.0))
     r_far = sif_spectrum(687.0, SifParams(0.0, 1.0)) / sif_spectrum(760.0, SifParams(0.0, 1.0))
-    m2 = mean[..., k:k + 2]
-    c2 = cov[..., k:k + 2, k:k + 2]
     l2 = jnp.linalg.cholesky(c2 + 1e-9 * jnp.eye(2))
     x, w = np.polynomial.hermite_e.hermegauss(24)  # 2-D: 576 nodes
     x, w = jnp.asarray(x, jnp.float32), jnp.asarray(w / w.sum(), jnp.float32)

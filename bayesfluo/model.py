@@ -41,6 +41,22 @@ External atmospheres: with ``data["external"]``
 transfer-function table; the latents ``table_tau_scale``, ``table_up_scale``,
 ``table_path_scale`` (priors near 1, :class:`~bayesfluo.physics.external.PerturbationPrior`)
 replace ``surface_pressure``, ``aot550`` and ``diffuse_path``.
+
+Top of canopy (FloX-like towers): with ``data["irradiance"]`` (P, B), the measured
+downwelling irradiance of each pixel (for a tower: each time step) on the instrument's
+bands, mW m-2 nm-1, the radiance is ``L = E/pi * R + F`` per band
+(:func:`toc_operator`, the operator of :func:`bayesfluo.baselines.pixels.measured_operator`:
+a few metres of air between canopy and sensor are neglected, as FloX processing chains
+do, and there are no atmospheric or sensor latents: ``cfg.free`` must be empty). The
+reflectance and SIF priors are those above (the same logit-normal smooth reflectance, the
+same NDVI-dependent half-normal SIF scale, ``sif_scale`` 2 mW m-2 sr-1 nm-1 for
+vegetation: top-of-canopy F760 of crops and forests lies within 0-4). The noise is the
+instrument's, ``a L + b``, plus the measured irradiance's own noise carried through the
+model: ``E_meas = E + e`` with ``var(e / pi) = a_E E/pi + b_E`` adds ``R^2 var(e/pi)`` to
+each band's variance (``R`` the reflectance at the band centre; ``a_E``, ``b_E`` are
+``data["irradiance_noise_a"/"_b"]``, default the radiance's, the same relative noise on
+both channels as :func:`bayesfluo.simulate.simulate_scene` simulates). To first order in
+``e`` this is the exact likelihood of the radiance given the measured irradiance.
 """
 
 from __future__ import annotations
@@ -77,7 +93,8 @@ from bayesfluo.physics.surface import SifParams, bspline_basis, sif_spectrum
 __all__ = ["ModelConfig", "sif_model", "scene_model", "reflectance_weights",
            "shared_parameters", "OperatorExpansion",
            "operator_expansion", "expand_operator", "SoftplusHalfNormal", "sif_scale",
-           "patch_geometry", "prior_pressure", "ATMOSPHERE_LATENTS", "SENSOR_LATENTS"]
+           "patch_geometry", "prior_pressure", "ATMOSPHERE_LATENTS", "SENSOR_LATENTS",
+           "toc_operator", "check_toc_data", "toc_initial_values"]
 
 ATMOSPHERE_LATENTS = ("surface_pressure", "aot550", "diffuse_path")
 SENSOR_LATENTS = ("spectral_shift", "fwhm_scale")
@@ -186,7 +203,8 @@ def sif_scale(ndvi, cfg: ModelConfig):
 def shared_parameters(cfg: ModelConfig, data: dict, z: dict
                       ) -> tuple[AtmosphereParams, SensorParams, dict]:
     """Atmosphere and sensor of a patch from the standard-normal coordinates ``z`` of its
-    free latents (the fixed ones from ``cfg.fixed``): ``(atmosphere, sensor, values)``."""
+    free latents (the fixed ones from ``cfg.fixed``; a fixed surface pressure missing there
+    is ``data["surface_pressure0"]``): ``(atmosphere, sensor, values)``."""
     p0 = data["surface_pressure0"]
     transforms = {
         "surface_pressure": lambda v: p0 + cfg.pressure_sd * v,
@@ -196,7 +214,9 @@ def shared_parameters(cfg: ModelConfig, data: dict, z: dict
         "spectral_shift": lambda v: cfg.shift_sd * v,
         "fwhm_scale": lambda v: 1.0 + cfg.fwhm_sd * v,
     }
-    vals = {n: (t(z[n]) if n in cfg.free else jnp.asarray(cfg.fixed[n], jnp.float32))
+    # a fixed surface pressure not given in cfg.fixed is the prior mean
+    fixed = {"surface_pressure": p0, **cfg.fixed}
+    vals = {n: (t(z[n]) if n in cfg.free else jnp.asarray(fixed[n], jnp.float32))
             for n, t in transforms.items()}
     atm = AtmosphereParams(vals["surface_pressure"], vals["aot550"],
                            jnp.asarray(cfg.fixed["angstrom"], jnp.float32),
@@ -256,11 +276,18 @@ def sif_model(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool = Fa
         optionally ``external`` (:class:`bayesfluo.physics.external.ExternalModel`): an
         external transfer-function table with priors on its perturbations, used in place
         of the built-in atmosphere (whose latents are then not sampled).
+        Top of canopy: ``irradiance`` (P, B), measured downwelling irradiance,
+        mW m-2 nm-1, and optionally ``irradiance_noise_a``, ``irradiance_noise_b``
+        (noise variance of ``E/pi``, default ``noise_a``, ``noise_b``); ``geometry`` and
+        ``surface_pressure0`` are then not used (see the module docstring).
     has_red : bool
         Whether the window has the O2-B band (a red SIF peak is then sampled).
     """
     ndvi = data["ndvi"]
     n_pix = ndvi.shape[0]
+    if data.get("irradiance") is not None:
+        _toc_model(fm, cfg, data, has_red)
+        return
     geom = data["geometry"]
     if data.get("external") is not None:
         op = _external_operator(fm, cfg, data["external"])
@@ -281,6 +308,104 @@ def sif_model(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool = Fa
             coeffs, amp_red, amp_far)
         _likelihood(pred, data.get("radiance"), data["mask"],
                     data["noise_a"], data["noise_b"])
+
+
+def toc_operator(irradiance) -> BandOperator:
+    """Band operators (leading dimensions of ``irradiance``) of a top-of-canopy
+    measurement: ``L = E/pi * R + F`` per band, ``E`` the measured irradiance
+    (mW m-2 nm-1): no path radiance, no multiple-scattering term, the reflectance and
+    SIF at the band centre (as :func:`bayesfluo.baselines.pixels.measured_operator`)."""
+    e = jnp.asarray(irradiance, jnp.float32) / jnp.pi
+    z = jnp.zeros_like(e)
+    return BandOperator(path=z, reflected=jnp.stack([e, z, z], -2),
+                        emitted=jnp.stack([jnp.ones_like(e), z, z], -2), rho_dd=z)
+
+
+def check_toc_data(fm: ForwardModel, cfg: ModelConfig, data: dict) -> None:
+    """Raise ValueError naming the problem if ``data`` cannot be a top-of-canopy patch
+    (shapes of ``irradiance`` and ``radiance``, free shared latents; with concrete
+    arrays also non-finite or non-positive irradiance of unmasked pixels)."""
+    irr = data["irradiance"]
+    n_pix = data["ndvi"].shape[0]
+    if cfg.free:
+        raise ValueError(f"a top-of-canopy patch (measured irradiance) has no atmospheric or "
+                         f"sensor latents; got free={cfg.free}: use "
+                         "ModelConfig(free=())")
+    if data.get("external") is not None:
+        raise ValueError("give either a measured irradiance or an external atmosphere, "
+                         "not both")
+    want = (n_pix, fm.n_bands)
+    if tuple(irr.shape) != want:
+        raise ValueError(f"irradiance has shape {tuple(irr.shape)}, expected (pixels, bands)"
+                         f" = {want} (mW m-2 nm-1 on the {fm.instrument} bands)")
+    rad = data.get("radiance")
+    if rad is not None and tuple(rad.shape) != want:
+        raise ValueError(f"radiance has shape {tuple(rad.shape)}, expected {want}")
+    if not isinstance(irr, jax.core.Tracer):
+        e = np.asarray(irr)
+        use = np.asarray(data["mask"]) > 0
+        bad = use & ~np.all(np.isfinite(e) & (e > 0), axis=-1)
+        if bad.any():
+            raise ValueError(f"irradiance is not finite and positive in {int(bad.sum())} "
+                             "unmasked pixel(s)/time step(s): mask them (data['mask'] = 0)")
+
+
+def toc_initial_values(fm: ForwardModel, cfg: ModelConfig, data: dict,
+                       has_red: bool) -> dict:
+    """A starting point for a mode search of a top-of-canopy patch: per pixel, weighted
+    linear least squares of ``L / (E/pi) = R + F / (E/pi)`` (the model is linear in the
+    reflectance at the band centres and in the SIF amplitudes), the reflectance turned
+    into prior coordinates by a ridge fit (``z`` stays of order one where the fitted
+    coefficients are rougher than the prior allows). Returns the model's sample sites."""
+    e = np.asarray(data["irradiance"], np.float64) / np.pi               # (P, B)
+    y = np.asarray(data["radiance"], np.float64) / e
+    b0 = np.asarray(fm.basis_band[0], np.float64)                       # (B, K)
+    c = fm.band_centre_nm
+    shapes = [np.asarray(sif_spectrum(c, SifParams(0.0, 1.0)), np.float64)]
+    if has_red:
+        shapes.append(np.asarray(sif_spectrum(c, SifParams(1.0, 0.0)), np.float64))
+    n_pix, k = e.shape[0], fm.n_basis
+    design = np.concatenate([np.broadcast_to(b0, (n_pix,) + b0.shape),
+                             np.stack([sh[None] / e for sh in shapes], -1)], -1)
+    w = e**2 / (float(data["noise_a"]) * np.maximum(y * e, 1e-3) + float(data["noise_b"]))
+    a = np.einsum("pbi,pb,pbj->pij", design, w, design)
+    a += 1e-8 * np.trace(a, axis1=1, axis2=2)[:, None, None] * np.eye(a.shape[-1])
+    theta = np.linalg.solve(a, np.einsum("pbi,pb,pb->pi", design, w, y)[..., None])[..., 0]
+    coeffs = np.clip(theta[:, :k], 0.01, 0.99)
+    mu, chol = (np.asarray(v, np.float64) for v in _reflectance_prior(fm, cfg))
+    resid = np.log(coeffs / (1 - coeffs)) - mu
+    # ridge: z = L^T (L L^T + eps)^-1 r, row by row
+    z = resid @ np.linalg.solve(chol @ chol.T + 0.01 * np.eye(k), chol)
+    shape760 = float(sif_spectrum(760.0, SifParams(0.0, 1.0)))
+    scale = np.asarray(sif_scale(data["ndvi"], cfg), np.float64) / shape760
+    out = {"reflectance_z": jnp.asarray(z, jnp.float32),
+           "sif_far_red_raw": jnp.asarray(np.clip(theta[:, k] / scale, 0.1, 3.0), jnp.float32)}
+    if has_red:
+        out["sif_red_raw"] = jnp.asarray(
+            np.clip(theta[:, k + 1] / (cfg.sif_red_ratio * scale), 0.1, 3.0), jnp.float32)
+    return out
+
+
+def _toc_model(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool) -> None:
+    """The top-of-canopy patch: per-pixel operators from the measured irradiance."""
+    check_toc_data(fm, cfg, data)
+    n_pix = data["ndvi"].shape[0]
+    mask = data["mask"]
+    # masked pixels may carry any irradiance: keep their operator finite
+    irr = jnp.where((mask > 0)[:, None], jnp.asarray(data["irradiance"], jnp.float32), 1.0)
+    e = irr / jnp.pi
+    coeffs, amp_red, amp_far = _surface_sites(fm, cfg, data["ndvi"], has_red, n_pix, dim=-1)
+    with numpyro.plate("pixel", n_pix):
+        # radiance_from_operator(fm, toc_operator(irr), ...) without its zero terms (path,
+        # higher moments, multiple scattering): a third of the cost
+        r0 = coeffs @ fm.basis_band[0].T  # reflectance at the band centres (P, B)
+        sif = sif_spectrum(fm.band_centre_nm, SifParams(amp_red[:, None], amp_far[:, None]))
+        pred = e * r0 + sif
+        ea = data.get("irradiance_noise_a", data["noise_a"])
+        eb = data.get("irradiance_noise_b", data["noise_b"])
+        extra = r0**2 * (ea * e + eb)
+        _likelihood(pred, data.get("radiance"), mask, data["noise_a"], data["noise_b"],
+                    extra)
 
 
 def _external_operator(fm: ForwardModel, cfg: ModelConfig, external) -> BandOperator:
@@ -336,9 +461,10 @@ def reflectance_weights(fm: ForwardModel, wavelength_nm: float) -> jax.Array:
                                      np.asarray(fm.knots_nm, np.float64))[0], jnp.float32)
 
 
-def _likelihood(pred, obs, mask, noise_a, noise_b):
-    """Heteroscedastic Gaussian noise ``var = a L + b`` per band, masked per pixel."""
-    sd = jnp.sqrt(noise_a * jnp.maximum(pred, 0.0) + noise_b)
+def _likelihood(pred, obs, mask, noise_a, noise_b, extra_var=0.0):
+    """Heteroscedastic Gaussian noise ``var = a L + b (+ extra_var)`` per band, masked per
+    pixel."""
+    sd = jnp.sqrt(noise_a * jnp.maximum(pred, 0.0) + noise_b + extra_var)
     numpyro.sample("radiance", dist.Normal(pred, sd).to_event(1).mask(mask > 0), obs=obs)
 
 

@@ -15,7 +15,7 @@ NUTS with a diagonal metric: trees saturate. So each run is preconditioned first
    pixels);
 3. NUTS in whitened coordinates ``x = mode + S u``, ``S S^T = H^-1`` (the Laplace
    covariance, ``S`` from a Cholesky factor that keeps pixels apart), with NumPyro's
-   diagonal mass-matrix adaptation on the pixels' ``u`` and dense adaptation on the
+   (Stan's) diagonal mass-matrix adaptation on the pixels' ``u`` and dense adaptation on the
    shared ones, to absorb what the Laplace approximation misses;
 4. during sampling the patch's band operator (the fine-grid atmosphere and sensor
    response, most of the cost of a gradient) is replaced by its second-order expansion in
@@ -24,6 +24,15 @@ NUTS with a diagonal metric: trees saturate. So each run is preconditioned first
    (``surrogate_error_sigma``: largest difference over draws, pixels and bands, in noise
    standard deviations; a few hundredths at nominal conditions). ``NutsConfig(operator=
    "exact")`` samples with the exact operator throughout.
+
+Cost (:class:`_Sampler`): NumPyro's NUTS transition (``build_tree``) and warm-up
+adaptation, driven here so that one compiled program serves warm-up and sampling, every
+patch of the same shape and every number of draws (the data, whitening and adaptation
+schedule are arguments; iterations run in calls of ``_CHUNK``). ``S`` is applied by its
+blocks (a pixel's own and the shared columns), and for the built-in atmosphere through
+the expansion the potential is a fused form of the model's (two small matrix products
+for all pixels) that is checked against the model's own potential energy for every patch
+before use, the model's being used otherwise.
 
 The whitening is a change of variables with a constant Jacobian, so the draws are
 draws of the model's posterior (up to MCMC error, which the convergence diagnostics
@@ -47,21 +56,30 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import xarray as xr
 from jax.flatten_util import ravel_pytree
-from numpyro.distributions import constraints
-from numpyro.infer import MCMC, NUTS, Predictive
+from numpyro.infer import Predictive
+from numpyro.infer.hmc import momentum_generator
+from numpyro.infer.hmc_util import (
+    IntegratorState,
+    build_adaptation_schedule,
+    build_tree,
+    dual_averaging,
+    euclidean_kinetic_energy,
+    velocity_verlet,
+    welford_covariance,
+)
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from bayesfluo.instruments import get_instrument
 from bayesfluo.model import (
+    SIF_KNEE,
     ModelConfig,
     _reflectance_prior,
     expand_operator,
@@ -71,6 +89,7 @@ from bayesfluo.model import (
     shared_parameters,
     sif_model,
     sif_scale,
+    toc_initial_values,
 )
 from bayesfluo.patches import noise_coefficients, sun_distance
 from bayesfluo.physics.forward import (
@@ -86,6 +105,12 @@ __all__ = ["NutsConfig", "PatchPosterior", "patch_data", "laplace", "sample_patc
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
+_CHUNK = 100  # NUTS iterations per compiled call (warm-up and sampling)
+_POST_BLOCK = 100  # draws per compiled call of the constrained sites
+_MAX_WINDOWS = 64  # most windows of a warm-up adaptation schedule
+# patch data the fused potential knows (anything else: the model's own potential)
+_FUSED_KEYS = {"radiance", "mask", "ndvi", "geometry", "noise_a", "noise_b",
+               "surface_pressure0", "operator_expansion"}
 PIXEL_SITES = ("reflectance_z", "sif_far_red_raw", "sif_red_raw")
 
 
@@ -124,6 +149,8 @@ class NutsConfig:
     surrogate_check_draws: int = 20
 
     def __post_init__(self):
+        if self.num_samples < 1 or self.num_chains < 1 or self.num_warmup < 0:
+            raise ValueError("NUTS needs num_samples >= 1, num_chains >= 1, num_warmup >= 0")
         if self.operator not in ("taylor", "exact"):
             raise ValueError(f"operator must be 'taylor' or 'exact', not {self.operator!r}")
 
@@ -135,9 +162,24 @@ def patch_data(scene: xr.Dataset, rows: np.ndarray, cols: np.ndarray,
     Geometry is the patch mean (the model has one atmosphere per patch); the noise
     coefficients are the scene's (``noise_a``, ``noise_b`` attributes) or the
     instrument's at ``snr``.
+
+    A top-of-canopy time series (``radiance`` over (time, band), with the measured
+    ``irradiance``) gives the time steps ``rows`` (``cols`` must be 0) as the patch's
+    pixels, with their ``irradiance`` (mW m-2 nm-1); time steps whose radiance or
+    irradiance is not finite, or whose irradiance is not positive, are masked. The
+    irradiance noise is the scene's ``irradiance_noise_a``/``_b`` attributes (variance
+    of ``E/pi``) where given, else the radiance's (:func:`bayesfluo.model.sif_model`).
+
+    Raises
+    ------
+    KeyError
+        If the scene lacks a variable the model needs.
+    ValueError
+        If a time series lacks its irradiance or ``cols`` are not 0.
     """
     rows = np.asarray(rows, dtype=int)
     cols = np.asarray(cols, dtype=int)
+    tower = "time" in scene["radiance"].dims
 
     def pick(name, default=None):
         if name not in scene:
@@ -147,11 +189,23 @@ def patch_data(scene: xr.Dataset, rows: np.ndarray, cols: np.ndarray,
         v = np.asarray(scene[name].values, dtype=np.float64)
         if v.ndim == 0:
             return np.full(rows.size, float(v))
-        if v.ndim == 1:  # (y,) e.g. sensor altitude along track
+        if v.ndim == 1:  # (y,) e.g. sensor altitude along track; (time,) for a tower
             return v[rows]
         return v[rows, cols]
 
-    rad = np.asarray(scene["radiance"].values[rows, cols], dtype=np.float32)
+    if tower:
+        if np.any(cols != 0):
+            raise ValueError("a top-of-canopy time series has one column: give its time "
+                             "steps as rows and 0 as columns")
+        if "irradiance" not in scene:
+            raise ValueError("a top-of-canopy time series needs the measured downwelling "
+                             "'irradiance' (time, band), mW m-2 nm-1")
+        rad = np.asarray(scene["radiance"].transpose("time", "band").values[rows],
+                         dtype=np.float32)
+        irr = np.asarray(scene["irradiance"].transpose("time", "band").values[rows],
+                         dtype=np.float32)
+    else:
+        rad = np.asarray(scene["radiance"].values[rows, cols], dtype=np.float32)
     mask = pick("mask", 1.0) > 0
     mask &= np.all(np.isfinite(rad), axis=-1)
     rad = np.where(np.isfinite(rad), rad, 0.0).astype(np.float32)
@@ -162,15 +216,23 @@ def patch_data(scene: xr.Dataset, rows: np.ndarray, cols: np.ndarray,
         a, b = get_instrument(scene.attrs["instrument"]).noise_coefficients(snr)
     else:
         a, b = noise_coefficients(scene)
-    raa = (pick("saa") - pick("vaa", 0.0)) % 360.0
+    raa = (pick("saa", 0.0 if tower else None) - pick("vaa", 0.0)) % 360.0
     surf = pick("surface_altitude")
-    return dict(
+    out = dict(
         radiance=jnp.asarray(rad), mask=jnp.asarray(mask, jnp.float32),
         ndvi=jnp.asarray(pick("ndvi"), jnp.float32),
-        geometry=patch_geometry(pick("sza"), pick("vza"), raa, surf, pick("sensor_altitude"),
-                                sun_distance(scene)),
+        geometry=patch_geometry(pick("sza"), pick("vza", 0.0 if tower else None), raa, surf,
+                                pick("sensor_altitude"), sun_distance(scene)),
         noise_a=jnp.float32(a), noise_b=jnp.float32(b),
         surface_pressure0=prior_pressure(surf))
+    if tower:
+        ok = np.all(np.isfinite(irr) & (irr > 0), axis=-1)
+        mask &= ok
+        out["mask"] = jnp.asarray(mask, jnp.float32)
+        out["irradiance"] = jnp.asarray(np.where(ok[:, None], irr, 1.0), jnp.float32)
+        out["irradiance_noise_a"] = jnp.float32(scene.attrs.get("irradiance_noise_a", a))
+        out["irradiance_noise_b"] = jnp.float32(scene.attrs.get("irradiance_noise_b", b))
+    return out
 
 
 # --- preconditioning ------------------------------------------------------------------
@@ -193,7 +255,11 @@ def initial_values(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool
     """A starting point for the mode search: the atmosphere and sensor at their prior
     means and, per pixel, reflectance and SIF amplitudes by linear least squares through
     that atmosphere (the radiance is linear in the spline coefficients and the SIF
-    amplitudes but for the small multiple-scattering factor, updated twice)."""
+    amplitudes but for the small multiple-scattering factor, updated twice). A
+    top-of-canopy patch (measured irradiance) starts from
+    :func:`bayesfluo.model.toc_initial_values`."""
+    if data.get("irradiance") is not None:
+        return toc_initial_values(fm, cfg, data, has_red)
     atm, sens, _ = shared_parameters(cfg, data, {n: jnp.float32(0.0) for n in cfg.free})
     op = band_operator(fm, atm, data["geometry"], sens)
     c = fm.band_centre_nm
@@ -242,7 +308,10 @@ class _Compiled:
         flat, self.unravel = ravel_pytree(z)
         self.n = int(flat.size)
         pix, slot = {}, {}
-        offset = 0
+        offset = shared_offset = 0
+        # where each site sits in the whitened order: (name, pixel site?, first, last, shape)
+        # with first/last slots of a pixel site, or indices among the shared latents
+        self.layout = []
         for name in sorted(z):
             v = np.asarray(z[name])
             if name in PIXEL_SITES:
@@ -250,11 +319,15 @@ class _Compiled:
                     np.arange(n_pix).reshape((n_pix,) + (1,) * (v.ndim - 1)), v.shape)
                 k = int(np.prod(v.shape[1:]))
                 loc = np.broadcast_to(np.arange(k).reshape(v.shape[1:]), v.shape) + offset
+                self.layout.append((name, True, offset, offset + k, v.shape))
                 offset += k
                 pix[name], slot[name] = ids.astype(np.float32), loc.astype(np.float32)
             else:
                 pix[name] = np.full(v.shape, -1.0, np.float32)
                 slot[name] = np.full(v.shape, -1.0, np.float32)
+                self.layout.append((name, False, shared_offset, shared_offset + v.size,
+                                    v.shape))
+                shared_offset += v.size
         self.pixel = np.asarray(ravel_pytree(pix)[0]).astype(int)
         self.slot = np.asarray(ravel_pytree(slot)[0]).astype(int)
         shared = np.flatnonzero(self.pixel < 0)
@@ -265,6 +338,71 @@ class _Compiled:
             return potential_energy(sif_model, (fm, cfg, d, has_red), {}, unravel(x))
 
         self.potential = pot
+        layout = self.layout
+
+        def pot_whitened(xp, xs, d):
+            # potential of the pixels' latents xp (P, k) and the shared ones xs, in
+            # whitened order: the sites are slices of them (no gather, whose gradient is
+            # a slow scatter on CPU)
+            z = {name: (xp[:, lo:hi] if per_pixel else xs[lo:hi]).reshape(shape)
+                 for name, per_pixel, lo, hi, shape in layout}
+            return potential_energy(sif_model, (fm, cfg, d, has_red), {}, z)
+
+        self.potential_whitened = pot_whitened
+        mu, chol = _reflectance_prior(fm, cfg)
+        shape760 = sif_spectrum(760.0, SifParams(0.0, 1.0))
+        basis0 = fm.basis_band[0]  # (bands, K)
+        half_log_2pi = 0.5 * np.log(2.0 * np.pi)
+
+        def pot_fused(xp, xs, d):
+            # The potential of pot_whitened for the built-in atmosphere through the
+            # operator's expansion, written out: the radiance is linear in the spline
+            # coefficients and SIF amplitudes but for the multiple-scattering factor, so
+            # the per-pixel work is two small matrix products, where
+            # radiance_from_operator under vmap builds the SIF Taylor terms pixel by
+            # pixel. Checked against pot_whitened before use (_Compiled.fused_ok).
+            z = {name: (xp[:, lo:hi] if per_pixel else xs[lo:hi]).reshape(shape)
+                 for name, per_pixel, lo, hi, shape in layout}
+            zs = jnp.stack([z[f"{n}_z"] for n in cfg.free]) if cfg.free else jnp.zeros(0)
+            refl = z["reflectance_z"]
+            lp = -0.5 * (jnp.sum(refl**2) + jnp.sum(zs**2)) - half_log_2pi * (
+                refl.size + zs.size)
+
+            def soft_half_normal(v):  # value and log density in the softplus coordinate
+                x = SIF_KNEE * jax.nn.softplus(v / SIF_KNEE)
+                return x, jnp.sum(0.5 * np.log(2.0 / np.pi) - 0.5 * x**2
+                                  + jax.nn.log_sigmoid(v / SIF_KNEE))
+
+            scale = sif_scale(d["ndvi"], cfg) / shape760
+            far, lp_far = soft_half_normal(z["sif_far_red_raw"])
+            lp = lp + lp_far
+            op = expand_operator(d["operator_expansion"], zs)
+            c = fm.band_centre_nm
+            emitted = [jnp.sum(op.emitted * sif_taylor(c, SifParams(0.0, 1.0)), 0)]
+            amps = [scale * far]
+            if has_red:
+                red, lp_red = soft_half_normal(z["sif_red_raw"])
+                lp = lp + lp_red
+                emitted.append(jnp.sum(op.emitted * sif_taylor(c, SifParams(1.0, 0.0)), 0))
+                amps.append(cfg.sif_red_ratio * scale * red)
+            coeffs = jax.nn.sigmoid(mu + refl @ chol.T)  # (P, K)
+            design = jnp.concatenate(
+                [jnp.einsum("dbk,db->kb", fm.basis_band, op.reflected), jnp.stack(emitted)])
+            num = jnp.concatenate([coeffs, jnp.stack(amps, -1)], -1) @ design
+            pred = op.path + num / (1.0 - op.rho_dd * (coeffs @ basis0.T))
+            sd = jnp.sqrt(d["noise_a"] * jnp.maximum(pred, 0.0) + d["noise_b"])
+            ll = jnp.sum(-0.5 * ((d["radiance"] - pred) / sd) ** 2 - jnp.log(sd)
+                         - half_log_2pi, -1)
+            return -(lp + jnp.sum(jnp.where(d["mask"] > 0, ll, 0.0)))
+
+        self.potential_fused = pot_fused
+
+        @jax.jit
+        def both(xp, xs, d):  # (m, P, k), (m, n_shared) -> generic and fused potentials
+            return (jax.vmap(pot_whitened, (0, 0, None))(xp, xs, d),
+                    jax.vmap(pot_fused, (0, 0, None))(xp, xs, d))
+
+        self._both = both
         self.vg = jax.jit(jax.value_and_grad(pot))
 
         @jax.jit
@@ -275,41 +413,73 @@ class _Compiled:
         self.hvps = hvps
 
         @jax.jit
-        def post(xs, d):  # (m, n) unconstrained -> constrained sites and deterministics
-            return jax.lax.map(lambda x: constrain_fn(sif_model, (fm, cfg, d, has_red), {},
-                                                      unravel(x), return_deterministic=True),
-                               xs, batch_size=100)
+        def post(xs, d):  # (_POST_BLOCK, n) unconstrained -> constrained sites, deterministics
+            return jax.vmap(lambda x: constrain_fn(sif_model, (fm, cfg, d, has_red), {},
+                                                   unravel(x), return_deterministic=True))(xs)
 
-        self.post = post
+        self._post = post
 
-        n_shared = int(np.sum(self.pixel < 0))
-        self.n_shared = n_shared
+        @jax.jit
+        def predict(latents, key, d):  # (_POST_BLOCK, ...) latents -> radiance draws
+            return Predictive(sif_model, posterior_samples=latents, return_sites=["radiance"])(
+                key, fm, cfg, d, has_red)["radiance"]
 
-        def whitened(d, mode, scale):
-            # whitened coordinates in the order of _whitening: pixels, then shared latents
-            up = numpyro.sample("u_pixel", dist.ImproperUniform(constraints.real, (),
-                                                                (self.n - n_shared,)))
-            us = numpyro.sample("u_shared", dist.ImproperUniform(constraints.real, (),
-                                                                 (n_shared,)))
-            with numpyro.handlers.block():  # the inner model's sites stay inside
-                energy = pot(mode + scale @ jnp.concatenate([up, us]), d)
-            numpyro.factor("log_density", -energy)
+        self._predict = predict
 
-        self.whitened = whitened
+        self.n_shared = int(np.sum(self.pixel < 0))
+        self.n_pixel_latents = (self.n - self.n_shared) // max(n_pix, 1)
+        self.n_pix = n_pix
         self.expansion = jax.jit(lambda d, z0: operator_expansion(fm, cfg, d, z0))
-        self._mcmc = {}
+        self._samplers = {}
 
-    def mcmc(self, nuts: NutsConfig, progress: bool) -> MCMC:
-        key = (nuts, progress)
-        if key not in self._mcmc:
-            kernel = NUTS(self.whitened, target_accept_prob=nuts.target_accept,
-                          max_tree_depth=nuts.max_tree_depth,
-                          dense_mass=[("u_shared",)] if self.n_shared > 1 else False)
-            self._mcmc[key] = MCMC(kernel, num_warmup=nuts.num_warmup,
-                                   num_samples=nuts.num_samples, num_chains=nuts.num_chains,
-                                   chain_method="vectorized", progress_bar=progress,
-                                   jit_model_args=True)
-        return self._mcmc[key]
+    def predictive(self, latents: dict, key: jax.Array, d: dict) -> np.ndarray:
+        """Posterior-predictive radiance (draw, pixel, band) of latent draws (leading
+        dimension: draw), with the model as it is (exact operator unless ``d`` has an
+        expansion), in blocks of a fixed size (compiled once)."""
+        m = len(next(iter(latents.values())))
+        pad = -m % _POST_BLOCK
+        full = {k: jnp.concatenate([v, jnp.broadcast_to(v[:1], (pad,) + v.shape[1:])])
+                for k, v in latents.items()}
+        out = [np.asarray(self._predict({k: v[i:i + _POST_BLOCK] for k, v in full.items()},
+                                        jax.random.fold_in(key, i), d))
+               for i in range(0, m + pad, _POST_BLOCK)]
+        return np.concatenate(out)[:m]
+
+    def post(self, xs: jax.Array, d: dict) -> dict:
+        """Constrained sites and deterministics of unconstrained draws ``xs`` (m, n), in
+        blocks of a fixed size (compiled once whatever ``m``)."""
+        m = xs.shape[0]
+        pad = -m % _POST_BLOCK
+        xs = jnp.concatenate([xs, jnp.broadcast_to(xs[:1], (pad, xs.shape[1]))])
+        outs = [self._post(xs[i:i + _POST_BLOCK], d) for i in range(0, m + pad, _POST_BLOCK)]
+        return {k: jnp.concatenate([o[k] for o in outs])[:m] for k in outs[0]}
+
+    def fused_ok(self, w: _Whitened, d: dict, key: jax.Array) -> bool:
+        """Whether the fused potential applies to the patch data ``d`` (built-in
+        atmosphere through the operator's expansion) and equals the model's, at the mode
+        and at three draws of the Laplace approximation, to float32 rounding."""
+        if set(d) - _FUSED_KEYS or d.get("operator_expansion") is None or not self.n_pix:
+            return False
+        u = jnp.concatenate([jnp.zeros((1, self.n)),
+                             jax.random.normal(key, (3, self.n))]).astype(jnp.float32)
+        xp, xs = jax.vmap(lambda v: _unwhiten(self._split(v), w))(u)
+        generic, fused = (np.asarray(v, np.float64) for v in self._both(xp, xs, d))
+        tol = 1e-5 * np.max(np.abs(generic)) + 1e-3
+        return bool(np.all(np.isfinite(fused)) and np.max(np.abs(fused - generic)) < tol)
+
+    def _split(self, u: jax.Array) -> dict:
+        n_p = self.n - self.n_shared
+        return {"p": u[:n_p], "s": u[n_p:]} if self.n_shared else {"p": u}
+
+    def sampler(self, max_tree_depth: int, fused: bool) -> _Sampler:
+        """The NUTS sampler of this patch shape (compiled on first use), on the fused
+        potential or the model's."""
+        key = (max_tree_depth, fused)
+        if key not in self._samplers:
+            self._samplers[key] = _Sampler(
+                self.potential_fused if fused else self.potential_whitened, self.n_pix,
+                self.n_pixel_latents, self.n_shared, max_tree_depth)
+        return self._samplers[key]
 
 
 _COMPILED: dict = {}
@@ -397,6 +567,12 @@ def laplace(p: _Potential, max_steps: int = 40, tol: float = 0.5
     return x, h, dict(steps=steps, decrement=dec, converged=bool(dec < tol))
 
 
+def _whitened_order(pixel: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    """Model coordinates in whitened order: pixel by pixel (by slot within a pixel, so SIF
+    last), shared latents last."""
+    return np.lexsort((slot, np.where(pixel < 0, np.iinfo(np.int32).max, pixel)))
+
+
 def _whitening(h: np.ndarray, pixel: np.ndarray, slot: np.ndarray) -> np.ndarray:
     """S with S S^T = H^-1 that keeps pixels apart: ``S = P^T R^-1`` with ``R^T R`` the
     Cholesky factorisation of H ordered pixel by pixel (SIF last within a pixel) and the
@@ -406,7 +582,7 @@ def _whitening(h: np.ndarray, pixel: np.ndarray, slot: np.ndarray) -> np.ndarray
     is off (SIF near zero, skewed in log space). Eigenvalues are floored if H is not
     positive definite."""
     h = 0.5 * (h + h.T)
-    order = np.lexsort((slot, np.where(pixel < 0, np.iinfo(np.int32).max, pixel)))
+    order = _whitened_order(pixel, slot)
     hp = h[np.ix_(order, order)]
     try:
         chol = np.linalg.cholesky(hp)
@@ -418,6 +594,211 @@ def _whitening(h: np.ndarray, pixel: np.ndarray, slot: np.ndarray) -> np.ndarray
     s = np.empty_like(sp)
     s[order] = sp
     return s
+
+
+class _Whitened(NamedTuple):
+    """``x = mode + S u`` in blocks, in whitened order (pixel by pixel, shared latents
+    last): pixel ``i``'s latents are ``mode_p[i] + a[i] u_i + e[i] u_shared``, the shared
+    ones ``mode_s + g u_shared``. S has no other non-zero entries (:func:`_whitening`), so
+    a product costs ``P k (k + n_shared)`` instead of ``(P k + n_shared)^2``."""
+
+    mode_p: jax.Array  # (P, k)
+    mode_s: jax.Array  # (n_shared,)
+    a: jax.Array       # (P, k, k)
+    e: jax.Array       # (P, k, n_shared)
+    g: jax.Array       # (n_shared, n_shared)
+
+
+def _whitening_blocks(s: np.ndarray, mode: np.ndarray, pixel: np.ndarray, slot: np.ndarray
+                      ) -> _Whitened:
+    """The blocks of :func:`_whitening`'s ``S`` and the mode, float32."""
+    order = _whitened_order(pixel, slot)
+    n_pix = int(pixel.max()) + 1 if np.any(pixel >= 0) else 0
+    n_p = int(np.sum(pixel >= 0))
+    k = n_p // max(n_pix, 1)
+    sp = np.asarray(s)[order]  # rows and columns in whitened order
+    mo = np.asarray(mode)[order]
+    idx = np.arange(n_pix)
+    a = sp[:n_p, :n_p].reshape(n_pix, k, n_pix, k)[idx, :, idx, :]
+    e = sp[:n_p, n_p:].reshape(n_pix, k, -1)
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    return _Whitened(f32(mo[:n_p].reshape(n_pix, k)), f32(mo[n_p:]), f32(a), f32(e),
+                     f32(sp[n_p:, n_p:]))
+
+
+def _unwhiten(u: dict, w: _Whitened) -> tuple[jax.Array, jax.Array]:
+    """Latents ``(pixels (P, k), shared)`` in whitened order of whitened coordinates
+    ``u = {"p": (P k,), "s": (n_shared,)}`` (``"s"`` absent without shared latents).
+    Products as broadcast sums: XLA fuses them, and for k of a few they beat a batched
+    matrix product on CPU."""
+    n_pix, k = w.a.shape[:2]
+    xp = w.mode_p + jnp.sum(w.a * u["p"].reshape(n_pix, 1, k), -1)
+    if "s" not in u:
+        return xp, w.mode_s
+    return xp + jnp.sum(w.e * u["s"], -1), w.mode_s + jnp.sum(w.g * u["s"], -1)
+
+
+class _Chains(NamedTuple):
+    """NUTS state of each chain (leading dimension: chain)."""
+
+    z: dict
+    potential_energy: jax.Array
+    grad: dict
+    key: jax.Array
+
+
+class _Adapt(NamedTuple):
+    """Warm-up adaptation state of each chain: step size, inverse mass matrix and its
+    square root (diagonal on the pixels' whitened coordinates, dense on the shared ones),
+    dual-averaging and Welford states."""
+
+    step_size: jax.Array
+    inverse_mass_matrix: dict
+    mass_matrix_sqrt: dict
+    dual_averaging: tuple
+    welford: dict
+
+
+class _Sampler:
+    """NUTS (NumPyro's multinomial iterative tree building, ``build_tree``) on the
+    potential in whitened coordinates, chains vectorised, with NumPyro's warm-up
+    adaptation (dual averaging of the step size, Stan's windowed schedule for the mass
+    matrix, regularised as NumPyro does) driven by the schedule as data.
+
+    The patch's data, the whitening and the schedule are arguments of the compiled
+    functions and the iterations run in calls of at most ``_CHUNK``, so one compilation
+    serves every patch of the same shape and every number of warm-up and kept draws.
+    Equivalent to ``MCMC(NUTS(model, dense_mass=[shared]), chain_method="vectorized")``
+    on the whitened model, except that the window-end update of the adaptation is a
+    branch taken once for all chains instead of a select evaluated at every step.
+    """
+
+    def __init__(self, potential, n_pix: int, k: int, n_shared: int, max_tree_depth: int):
+        kinetic = euclidean_kinetic_energy
+        ss_init, ss_update = dual_averaging()
+        mm_init, mm_update, mm_final = welford_covariance(diagonal=False)
+        shapes = {("p",): (n_pix * k,)}
+        if n_shared:
+            shapes[("s",)] = (n_shared, n_shared) if n_shared > 1 else (n_shared,)
+        self.n_p = n_pix * k
+        self.n_shared = n_shared
+
+        def upot(u, w, d):
+            return potential(*_unwhiten(u, w), d)
+
+        def split(u):  # (n,) whitened -> dict
+            z = {"p": u[:self.n_p]}
+            if n_shared:
+                z["s"] = u[self.n_p:]
+            return z
+
+        def init(u0, key, w, d):  # one chain
+            z = split(u0)
+            pe, grad = jax.value_and_grad(upot)(z, w, d)
+            eye = {b: jnp.ones(s) if len(s) == 1 else jnp.eye(s[0]) for b, s in shapes.items()}
+            step = jnp.float32(1.0)
+            return (_Chains(z, pe, grad, key),
+                    _Adapt(step, eye, eye, ss_init(jnp.log(10.0 * step)), mm_init(shapes)))
+
+        def transition(c, a, w, d):  # one chain, one NUTS transition
+            key, k_mom, k_tree = jax.random.split(c.key, 3)
+            r = momentum_generator(c.z, a.mass_matrix_sqrt, k_mom)
+            _, update = velocity_verlet(lambda u: upot(u, w, d), kinetic)
+            tree = build_tree(update, kinetic, IntegratorState(c.z, r, c.potential_energy,
+                                                               c.grad),
+                              a.inverse_mass_matrix, a.step_size, k_tree,
+                              max_delta_energy=1000.0, max_tree_depth=max_tree_depth)
+            info = dict(diverging=tree.diverging, num_steps=tree.num_proposals,
+                        accept_prob=tree.sum_accept_probs / tree.num_proposals,
+                        energy=tree.z_proposal_energy, potential_energy=tree.z_proposal_pe,
+                        step_size=a.step_size)
+            return _Chains(tree.z_proposal, tree.z_proposal_pe, tree.z_proposal_grad,
+                           key), info
+
+        def adapt(a, accept_prob, z, middle, last, target):  # one chain, after a transition
+            ss = ss_update(target - accept_prob, a.dual_averaging)
+            step = jnp.exp(jnp.where(last, ss[1], ss[0]))  # the average at the end
+            fi = jnp.finfo(step.dtype)
+            step = jnp.clip(step, fi.tiny, fi.max)
+            mm = jax.lax.cond(middle, lambda m: mm_update(z, m), lambda m: m, a.welford)
+            return a._replace(step_size=step, dual_averaging=ss, welford=mm)
+
+        def window_end(a):  # one chain: new mass matrix, step-size averaging restarts
+            imm, sqrt, _ = mm_final(a.welford, regularize=True)
+            return a._replace(inverse_mass_matrix=imm, mass_matrix_sqrt=sqrt,
+                              welford=mm_init(shapes),
+                              dual_averaging=ss_init(jnp.log(10.0) + jnp.log(a.step_size)))
+
+        chains = jax.vmap(transition, (0, 0, None, None))
+
+        def record(c, info):
+            u = jnp.concatenate([c.z["p"], c.z["s"]], -1) if n_shared else c.z["p"]
+            return dict(info, u=u)
+
+        @jax.jit
+        def iterate(c, a, window, t0, t1, warm, ends, n_windows, n_warmup, target, w, d):
+            # iterations t0 .. t1 - 1 (at most _CHUNK), adapting if warm; one program for
+            # warm-up and sampling, so NUTS is compiled once
+            out = jax.eval_shape(lambda: record(*chains(c, a, w, d)))
+            buf = jax.tree.map(lambda s: jnp.zeros((_CHUNK,) + s.shape, s.dtype), out)
+
+            def adapt_all(t, a, window, z, accept_prob):
+                middle = (window > 0) & (window < n_windows - 1)
+                a = jax.vmap(adapt, (0, 0, 0, None, None, None))(
+                    a, accept_prob, z, middle, t == n_warmup - 1, target)
+                at_end = t == ends[window]
+                a = jax.lax.cond(at_end & middle, jax.vmap(window_end), lambda x: x, a)
+                return a, jnp.where(at_end, window + 1, window)
+
+            def body(t, carry):
+                c, a, window, buf = carry
+                c, info = chains(c, a, w, d)
+                a, window = jax.lax.cond(warm, adapt_all, lambda t, a, wi, z, p: (a, wi),
+                                         t, a, window, c.z, info["accept_prob"])
+                buf = jax.tree.map(lambda b, v: b.at[t - t0].set(v), buf, record(c, info))
+                return c, a, window, buf
+
+            return jax.lax.fori_loop(t0, t1, body, (c, a, window, buf))
+
+        self._init = jax.jit(jax.vmap(init, (0, 0, None, None)))
+        self._iterate = iterate
+
+    def run(self, key: jax.Array, u0: jax.Array, w: _Whitened, d: dict, num_warmup: int,
+            num_samples: int, target_accept: float, progress: bool = False) -> dict:
+        """Warm up and draw from ``u0`` (chain, n): whitened draws ``u`` (chain, draw, n)
+        and the sample statistics (chain, draw)."""
+        c, a = self._init(u0, jax.random.split(key, u0.shape[0]), w, d)
+        sched = np.asarray(build_adaptation_schedule(num_warmup), np.int32).reshape(-1, 2)
+        if len(sched) > _MAX_WINDOWS:
+            raise ValueError(f"num_warmup={num_warmup} gives more than {_MAX_WINDOWS} "
+                             "adaptation windows")
+        ends = np.full(_MAX_WINDOWS, -1, np.int32)
+        ends[:len(sched)] = sched[:, 1]
+        window = jnp.int32(0)
+        i32, f32 = jnp.int32, jnp.float32
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=num_warmup + num_samples, desc="NUTS warm-up")
+        args = (jnp.asarray(ends), i32(len(sched)), i32(num_warmup), f32(target_accept), w, d)
+        for t0 in range(0, num_warmup, _CHUNK):
+            t1 = min(t0 + _CHUNK, num_warmup)
+            c, a, window, _ = self._iterate(c, a, window, i32(t0), i32(t1), True, *args)
+            if bar is not None:
+                bar.update(t1 - t0)
+        if bar is not None:
+            bar.set_description("NUTS sampling")
+        out = []
+        for t0 in range(0, num_samples, _CHUNK):
+            n = min(_CHUNK, num_samples - t0)
+            c, a, window, buf = self._iterate(c, a, window, i32(0), i32(n), False, *args)
+            out.append(jax.tree.map(lambda b, n=n: np.asarray(b[:n]), buf))
+            if bar is not None:
+                bar.update(n)
+        if bar is not None:
+            bar.close()
+        # (draw, chain, ...) -> (chain, draw, ...)
+        return {k: np.swapaxes(np.concatenate([o[k] for o in out]), 0, 1) for k in out[0]}
 
 
 # --- sampling -------------------------------------------------------------------------
@@ -453,15 +834,13 @@ def sample_patch(fm: ForwardModel, cfg: ModelConfig, data: dict, key: jax.Array,
         at_mode = p.unravel(m)
         z0 = jnp.stack([at_mode[f"{n}_z"] for n in cfg.free]) if cfg.free else jnp.zeros(0)
         run_data = dict(data, operator_expansion=p.compiled.expansion(data, z0))
-    mcmc = p.compiled.mcmc(nuts, progress)
-    ns = p.compiled.n_shared
-    mcmc.run(k_run, run_data, m, s,
-             init_params={"u_pixel": u0[:, :mode.size - ns], "u_shared": u0[:, mode.size - ns:]},
-             extra_fields=("diverging", "num_steps", "accept_prob", "energy",
-                           "potential_energy", "adapt_state.step_size"))
-    draws = jax.block_until_ready(mcmc.get_samples(group_by_chain=True))
-    u = jnp.concatenate([draws["u_pixel"], draws["u_shared"]], axis=-1)  # (chain, draw, n)
-    extra = mcmc.get_extra_fields(group_by_chain=True)
+    w = _whitening_blocks(np.asarray(s), mode, p.pixel, p.slot)
+    fused = p.compiled.fused_ok(w, run_data, jax.random.fold_in(k_init, 1))
+    linfo["fused_potential"] = fused
+    res = p.compiled.sampler(nuts.max_tree_depth, fused).run(
+        k_run, u0, w, run_data, nuts.num_warmup, nuts.num_samples, nuts.target_accept,
+        progress)
+    u = jnp.asarray(res["u"])  # (chain, draw, n), whitened order
     t2 = time.perf_counter()
 
     x = m + jnp.einsum("ij,cdj->cdi", s, u)
@@ -471,21 +850,19 @@ def sample_patch(fm: ForwardModel, cfg: ModelConfig, data: dict, key: jax.Array,
         linfo["surrogate_error_sigma"] = surrogate_error(
             fm, cfg, data, run_data["operator_expansion"], samples,
             nuts.surrogate_check_draws)
-    steps = np.asarray(extra["num_steps"])
-    stats = dict(diverging=np.asarray(extra["diverging"]), n_steps=steps,
+    steps = res["num_steps"]
+    stats = dict(diverging=res["diverging"], n_steps=steps,
                  tree_depth=np.ceil(np.log2(steps + 1)).astype(np.int32),
-                 acceptance_rate=np.asarray(extra["accept_prob"]),
-                 energy=np.asarray(extra["energy"]), lp=-np.asarray(extra["potential_energy"]),
-                 step_size=np.asarray(extra["adapt_state.step_size"]))
+                 acceptance_rate=res["accept_prob"], energy=res["energy"],
+                 lp=-res["potential_energy"], step_size=res["step_size"])
     pred, pdraw = None, np.arange(0)
     if nuts.predictive_draws > 0:
         pdraw = np.unique(np.linspace(0, nuts.num_samples - 1, nuts.predictive_draws
                                       ).round().astype(int))
         latents = {k: v[:, pdraw].reshape((-1,) + v.shape[2:]) for k, v in samples.items()
                    if k.endswith("_z") or k.endswith("_raw")}
-        pp = Predictive(sif_model, posterior_samples=latents, return_sites=["radiance"])(
-            k_pred, fm, cfg, dict(data, radiance=None), has_red)["radiance"]
-        pred = np.asarray(pp).reshape((nuts.num_chains, pdraw.size) + pp.shape[1:])
+        pp = p.compiled.predictive(latents, k_pred, dict(data, radiance=None))
+        pred = pp.reshape((nuts.num_chains, pdraw.size) + pp.shape[1:])
     t3 = time.perf_counter()
     timing = dict(laplace_s=t1 - t0, nuts_s=t2 - t1, post_s=t3 - t2, total_s=t3 - t0)
     return PatchPosterior(samples, stats, pred, pdraw, timing, linfo)
@@ -581,19 +958,36 @@ def nuts_reference(scene: xr.Dataset, rows, cols, *, patch_size: int = 8,
     """NUTS reference posteriors of scene pixels, grouped into patches that share an
     atmosphere (square blocks of ``patch_size`` pixels of the scene).
 
+    A top-of-canopy time series (``radiance`` over (time, band), with ``irradiance``):
+    ``rows`` are time steps (``cols`` 0), sampled in blocks of ``patch_size**2``
+    consecutive time steps (as many as an image patch holds); they share nothing (the
+    measured irradiance replaces the atmosphere: ``config.free`` is set empty and the
+    exact operator is used), so blocks only batch the work. In the DataTree ``y`` is then
+    the time index and ``x`` is 0.
+
     Returns the DataTree described in the module docstring.
     """
+    import dataclasses
+
     rows, cols = np.asarray(rows), np.asarray(cols)
     inst = scene.attrs["instrument"]
     fm = model if model is not None else build_forward_model(inst)
     cfg = config or ModelConfig()
     has_red = bool(float(fm.band_centre_nm[0]) < 690.0)
-    groups = _patches(rows, cols, patch_size)
+    tower = "time" in scene["radiance"].dims
+    if tower:
+        cfg = cfg.replace(free=())
+        nuts = dataclasses.replace(nuts, operator="exact")
+        block = rows // (patch_size * patch_size)
+        groups = [np.flatnonzero(block == b) for b in np.unique(block)]
+    else:
+        groups = _patches(rows, cols, patch_size)
     key = jax.random.PRNGKey(seed)
     results = []
     for i, idx in enumerate(groups):
         if progress:
-            print(f"patch {i + 1}/{len(groups)}: {idx.size} pixels", flush=True)
+            print(f"patch {i + 1}/{len(groups)}: {idx.size} "
+                  f"{'time steps' if tower else 'pixels'}", flush=True)
         data = patch_data(scene, rows[idx], cols[idx], snr)
         results.append(sample_patch(fm, cfg, data, jax.random.fold_in(key, i), nuts,
                                     has_red, progress))
@@ -603,6 +997,8 @@ def nuts_reference(scene: xr.Dataset, rows, cols, *, patch_size: int = 8,
     dt.attrs.update(instrument=inst, seed=seed, source="bayesfluo nuts",
                     num_warmup=nuts.num_warmup, num_samples=nuts.num_samples,
                     num_chains=nuts.num_chains)
+    if tower:
+        dt.attrs["layout"] = "top-of-canopy time series: constant_data y is the time index"
     return dt
 
 

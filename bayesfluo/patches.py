@@ -10,6 +10,7 @@ pixels whose input is unusable.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -109,11 +110,44 @@ _EXPANSION_VALUES: dict = {}
 _EXPANSIONS: dict = {}
 
 
-@jax.jit
-def _features(exp, rad, anc, sza, vza, surf, sens, mean, sd):
-    """Encoder input of pixels: the reference spectrum expanded at their geometries and
-    :func:`bayesfluo.guide.pixel_features`, in one compiled pass."""
-    return pixel_features(rad, anc, mean, sd, expand_reference(exp, sza, vza, surf, sens))
+@partial(jax.jit, static_argnames=("patch_size", "n_cols", "n_patches", "with_radiance"))
+def _prepare(exp, rad, mask_flag, sza, vza, raa, surf, sens, ndvi, noise, limits, mean, sd, *,
+             patch_size: int, n_cols: int, n_patches: int, with_radiance: bool):
+    """Input flags and guide inputs of image rows in one compiled pass, cut into patches.
+
+    ``rad`` (rows, nx, B) as read; ``mask_flag`` (rows, nx) the ``masked`` bit of each
+    pixel; the geometry (degrees, m) and NDVI (rows, nx); ``noise`` = (a, b, reference
+    radiance); ``limits`` = (lowest, saturation) radiance. Returns the input flags (the
+    bits of :data:`INPUT_FLAGS`) and, in patches (``n_patches``, P, ...; padding pixels
+    flagged ``masked``, zero otherwise), the flags, the encoder's features
+    (:func:`bayesfluo.guide.pixel_features` with the reference spectrum expanded at each
+    pixel's geometry; zero where flagged), NDVI and (``with_radiance``) the radiance
+    (zero where flagged).
+    """
+    flag = (mask_flag
+            | jnp.where(jnp.all(jnp.isfinite(rad), -1), 0, INPUT_FLAGS["not_finite"])
+            | jnp.where(jnp.any(rad < limits[0], -1), INPUT_FLAGS["negative"], 0)
+            | jnp.where(jnp.any(rad >= limits[1], -1) & jnp.isfinite(limits[1]),
+                        INPUT_FLAGS["saturated"], 0))
+    ok = (flag == 0)[..., None]
+    rad = jnp.where(ok, rad, 0.0)
+    anc = ancillary_inputs(sza, vza, raa, surf, sens, noise[0], noise[1], ndvi, noise[2])
+    feats = pixel_features(rad, anc, mean, sd, expand_reference(exp, sza, vza, surf, sens))
+    feats = jnp.where(ok, feats, 0.0)
+
+    def cut(a, fill=0):
+        s = patch_size
+        ny, nx = a.shape[:2]
+        a = jnp.pad(a, [(0, n_patches // n_cols * s - ny), (0, n_cols * s - nx)]
+                    + [(0, 0)] * (a.ndim - 2), constant_values=fill)
+        a = a.reshape((n_patches // n_cols, s, n_cols, s) + a.shape[2:])
+        return jnp.moveaxis(a, 2, 1).reshape((n_patches, s * s) + a.shape[4:])
+
+    out = dict(flag=flag, input_flag=cut(flag, INPUT_FLAGS["masked"]), features=cut(feats),
+               ndvi=cut(ndvi))
+    if with_radiance:
+        out["radiance"] = cut(rad)
+    return out
 
 
 def _expansion_about(fm: ForwardModel, cfg: ModelConfig, centre: tuple):
@@ -174,36 +208,45 @@ def patch_inputs(scene: xr.Dataset, grid: PatchGrid, rows: slice, feature_mean,
     sun-distance factor), ``noise_a``, ``noise_b``, ``surface_pressure0`` (N,), and
     ``input_flag`` (N, P; bits of :data:`INPUT_FLAGS`, padding pixels 1).
     """
+    return _patch_inputs(scene, grid, rows, feature_mean, feature_sd, reference_radiance, fm,
+                         cfg, centre)
+
+
+def _patch_inputs(scene: xr.Dataset, grid: PatchGrid, rows: slice, feature_mean, feature_sd,
+                  reference_radiance: float, fm: ForwardModel, cfg: ModelConfig,
+                  centre: tuple | None = None, *, n_patches: int | None = None,
+                  with_radiance: bool = True, device: bool = False) -> dict:
+    """:func:`patch_inputs`, padded with masked patches to ``n_patches`` patches (if
+    given); with ``device``, ``features``, ``mask``, ``ndvi``, ``radiance`` and
+    ``input_flag`` stay JAX arrays (no host copy), and ``radiance`` is left out without
+    ``with_radiance``. Padding patches take the last patch's geometry, noise and prior
+    pressure."""
     rad = np.asarray(scene["radiance"].transpose("y", "x", "band").values[rows], np.float32)
-    flag = np.zeros(rad.shape[:2], np.int32)
-    if "mask" in scene:
-        flag |= np.where(_pixel_values(scene, "mask", rows) > 0, 0, INPUT_FLAGS["masked"])
-    finite = np.all(np.isfinite(rad), -1)
-    flag |= np.where(finite, 0, INPUT_FLAGS["not_finite"])
+    ny, nx = rad.shape[:2]
+    n_real = -(-ny // grid.patch_size) * grid.n_cols
+    n_patches = n_patches or n_real
+    mask_flag = (np.where(_pixel_values(scene, "mask", rows) > 0, 0, INPUT_FLAGS["masked"])
+                 .astype(np.int32) if "mask" in scene else np.zeros((ny, nx), np.int32))
     a, b = noise_coefficients(scene)
     # dark targets (water) legitimately dip below zero by noise: only radiance more than
     # five read-noise sd below zero is an error
     neg_limit = -5.0 * np.sqrt(b) if b > 0 else 0.0
-    with np.errstate(invalid="ignore"):
-        flag |= np.where(np.any(rad < neg_limit, -1), INPUT_FLAGS["negative"], 0)
-        sat = scene["radiance"].attrs.get("saturation_radiance")
-        if sat is not None:
-            flag |= np.where(np.any(rad >= float(sat), -1), INPUT_FLAGS["saturated"], 0)
-    rad = np.where(flag[..., None] == 0, rad, 0.0).astype(np.float32)
+    sat = scene["radiance"].attrs.get("saturation_radiance")
+    sat = np.inf if sat is None else float(sat)
     sza = _pixel_values(scene, "sza", rows)
     vza = _pixel_values(scene, "vza", rows)
     raa = (_pixel_values(scene, "saa", rows, 0.0) - _pixel_values(scene, "vaa", rows, 0.0)) % 360
     surf = _pixel_values(scene, "surface_altitude", rows)
     sens = _pixel_values(scene, "sensor_altitude", rows)
     ndvi = np.nan_to_num(_pixel_values(scene, "ndvi", rows), nan=0.0)
-    anc = np.asarray(ancillary_inputs(sza, vza, raa, surf, sens, a, b, ndvi,
-                                      reference_radiance))
     centre = reference_centre(scene) if centre is None else centre
     exp = _expansion_about(fm, cfg, tuple(float(c) for c in centre))
-    feats = np.asarray(_features(exp, rad, anc, *(np.asarray(v, np.float32) for v in
-                                                  (sza, vza, surf, sens)),
-                                 feature_mean, feature_sd))
-    feats = np.where(flag[..., None] == 0, feats, 0.0).astype(np.float32)
+    f32 = partial(np.asarray, dtype=np.float32)
+    prep = _prepare(exp, rad, mask_flag, *map(f32, (sza, vza, raa, surf, sens, ndvi)),
+                    f32([a, b, reference_radiance]), f32([neg_limit, sat]),
+                    f32(feature_mean), f32(feature_sd), patch_size=grid.patch_size,
+                    n_cols=grid.n_cols, n_patches=n_patches, with_radiance=with_radiance)
+    flag = np.asarray(prep["flag"])
 
     P = grid.to_patches  # noqa: N806
     flag_p = P(flag, fill=INPUT_FLAGS["masked"])
@@ -216,16 +259,23 @@ def patch_inputs(scene: xr.Dataset, grid: PatchGrid, rows: slice, feature_mean,
         any_ok = mask_p.sum(1) > 0
         m_ok = (vp * mask_p).sum(1) / w
         m_all = vp.sum(1) / np.maximum(P(np.ones_like(v)).sum(1), 1.0)
-        return np.where(any_ok, m_ok, m_all)
+        m = np.where(any_ok, m_ok, m_all)
+        return np.pad(m, (0, n_patches - n_real), mode="edge")
 
-    n = flag_p.shape[0]
     geom = (patch_mean(sza), patch_mean(vza), patch_mean(raa), patch_mean(surf),
-            patch_mean(sens), np.full(n, sun_distance(scene)))
-    return dict(radiance=P(rad), mask=mask_p, ndvi=P(ndvi).astype(np.float32),
-                features=P(feats), geometry=tuple(g.astype(np.float32) for g in geom),
-                noise_a=np.full(n, a, np.float32), noise_b=np.full(n, b, np.float32),
-                surface_pressure0=np.asarray(prior_pressure_vec(geom[3]), np.float32),
-                input_flag=flag_p)
+            patch_mean(sens), np.full(n_patches, sun_distance(scene)))
+    out = dict(mask=(prep["input_flag"] == 0).astype(jnp.float32), ndvi=prep["ndvi"],
+               features=prep["features"],
+               geometry=tuple(g.astype(np.float32) for g in geom),
+               noise_a=np.full(n_patches, a, np.float32),
+               noise_b=np.full(n_patches, b, np.float32),
+               surface_pressure0=np.asarray(prior_pressure_vec(geom[3]), np.float32),
+               input_flag=prep["input_flag"])
+    if with_radiance:
+        out["radiance"] = prep["radiance"]
+    if not device:
+        out = {k: v if isinstance(v, tuple) else np.asarray(v) for k, v in out.items()}
+    return out
 
 
 def prior_pressure_vec(surface_altitude_m) -> np.ndarray:

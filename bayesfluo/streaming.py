@@ -146,7 +146,7 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
     plan = plan_retrieval(scene, guide, opt, retriever.fm)
     executor = executor or LocalExecutor(retriever)
     attrs = result_attrs(guide, source=source or scene.encoding.get("source", ""),
-                         model_name=model_name, elapsed_s=0.0)
+                         model_name=model_name, elapsed_s=0.0, refined=opt.refine)
     if fmt == "zarr":
         with atomic_dir(out) as store:
             _stream(scene, store, plan, opt, executor, scene_path, progress, attrs, t0, guide)

@@ -6,10 +6,14 @@ Run:  python benchmarks/bench_nuts.py [--warmup 500 --samples 500 --pixels 64]
 Prints pixels per second (target: >= 1), compile time (a 2 + 2 draw run of the same
 shapes, minus nothing: it is almost all compilation), time to the Laplace preconditioner,
 peak resident memory, the effective samples per second of F760 (bulk ESS summed over the
-pixels / wall time) and the convergence figures. Baselines measured in the same run on the
-same patch: (1) NumPyro's NUTS as it comes (diagonal mass-matrix adaptation, start at the
-prior median, exact operator) with ``--baseline-draws`` warm-up and kept draws (default
-100: at 500 + 500 it runs for the better part of an hour), compared by ESS per second;
+pixels / wall time) and the convergence figures (R-hat and bulk ESS of the shared latents
+too). The machine is often shared: ``cpu_s`` (process CPU time of the main run) is less
+sensitive to other load than the wall time. ``--save FILE.npz`` keeps the main run's F760
+and shared-latent draws, to compare posteriors between versions. Baselines measured in
+the same run on the same patch: (1) NumPyro's NUTS as it comes (diagonal mass-matrix
+adaptation, start at the prior median, exact operator) with ``--baseline-draws`` warm-up
+and kept draws (default 100: at 500 + 500 it runs for the better part of an hour),
+compared by ESS per second;
 (2) bayesfluo's preconditioned NUTS with the exact fine-grid operator in place of its
 expansion (``--exact``, same draws as the main run).
 """
@@ -33,8 +37,11 @@ def main() -> None:
     ap.add_argument("--baseline-draws", type=int, default=100)
     ap.add_argument("--exact", action="store_true",
                     help="also run with the exact operator (slow)")
+    ap.add_argument("--save", default=None,
+                    help="write the main run's F760 and shared-latent draws (npz) here")
     args = ap.parse_args()
 
+    import arviz as az
     import jax
     import numpy as np
     from numpyro.infer import MCMC, NUTS
@@ -50,15 +57,15 @@ def main() -> None:
     data, truth = simulate_patch(fm, cfg, jax.random.PRNGKey(2024), n_pixels=args.pixels)
     key = jax.random.PRNGKey(0)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     sample_patch(fm, cfg, data, key, NutsConfig(num_warmup=2, num_samples=2,
                                                 num_chains=args.chains, predictive_draws=2))
-    t_compile = time.perf_counter() - t0
+    t_compile, c_compile = time.perf_counter() - t0, time.process_time() - c0
 
     nc = NutsConfig(num_warmup=args.warmup, num_samples=args.samples, num_chains=args.chains)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     post = sample_patch(fm, cfg, data, key, nc)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     conv = to_datatree([post], [data], fm, max_tree_depth=nc.max_tree_depth)
     conv = conv["convergence"].to_dataset()
     ess = float(conv.ess_bulk.sum())
@@ -67,6 +74,8 @@ def main() -> None:
         "pixels": args.pixels, "chains": args.chains, "warmup": args.warmup,
         "samples": args.samples, "wall_s": round(wall, 1),
         "pixels_per_s": round(args.pixels / wall, 3), "compile_s": round(t_compile, 1),
+        "cpu_s": round(cpu, 1), "compile_cpu_s": round(c_compile, 1),
+        "pixels_per_cpu_s": round(args.pixels / cpu, 3),
         "laplace_s": round(post.timing["laplace_s"], 1),
         "nuts_s": round(post.timing["nuts_s"], 1),
         "mean_leapfrog_steps": round(float(post.stats["n_steps"].mean()), 1),
@@ -74,12 +83,22 @@ def main() -> None:
         "ess_bulk_f760_median": round(float(conv.ess_bulk.median()), 0),
         "ess_f760_per_s": round(ess / wall, 1),
         "r_hat_max": round(float(conv.r_hat_max.max()), 4),
+        "r_hat_f760_max": round(float(conv.r_hat.max()), 4),
+        "r_hat_shared": {n: round(float(az.rhat(np.asarray(post.samples[n]))), 4)
+                         for n in cfg.free},
+        "ess_bulk_shared": {n: round(float(az.ess(np.asarray(post.samples[n]))), 0)
+                            for n in cfg.free},
+        "pixels_per_s_incl_compile": round(args.pixels / (wall + t_compile), 3),
         "converged_fraction": round(float(conv.converged.mean()), 3),
         "surrogate_error_sigma": round(post.laplace.get("surrogate_error_sigma", 0.0), 4),
         "f760_abs_err_over_sd_median": round(float(np.median(
             np.abs(f.mean(0) - truth["f760"]) / f.std(0))), 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
+    if args.save:
+        np.savez(args.save, f760=post.samples["f760"],
+                 **{n: post.samples[n] for n in cfg.free},
+                 n_steps=post.stats["n_steps"], diverging=post.stats["diverging"])
     if not args.no_baseline:
         # baseline: plain NumPyro NUTS (diagonal adaptation, init to median), same budget
         t0 = time.perf_counter()
@@ -89,7 +108,6 @@ def main() -> None:
                   num_chains=args.chains, chain_method="vectorized", progress_bar=False)
         mc.run(jax.random.PRNGKey(0), fm, cfg, data, extra_fields=("num_steps",))
         bwall = time.perf_counter() - t0
-        import arviz as az
         bd = az.from_dict({"posterior": {"f760": np.asarray(
             mc.get_samples(group_by_chain=True)["f760"])}}, dims={"f760": ["pixel"]})
         bess = az.ess(bd, var_names=["f760"]).to_dataset()["f760"].values

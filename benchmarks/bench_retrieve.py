@@ -5,8 +5,16 @@ Prints pixels per second and peak memory, on a HyPlant FLUO O2-A scene held in m
   (a) posterior summaries alone (``RetrieveOptions(quality=False)``),
   (b) with the residual-based quality flag (one exact band operator per patch),
 and, measured in the same run on the same pixels, the bare forward pass of the encoder
-(features already on the device) and a plain 4-layer, 256-wide MLP: the limits.
-Each case runs in its own process so its peak memory (max RSS) is its own.
+(:meth:`bayesfluo.guide.Encoder.encode` on features already on the device) and a plain
+4-layer, 256-wide MLP: the limits. Each case runs in its own process so its peak memory
+(max RSS) is its own. On a shared machine, compare the ratios of one run, not absolute
+rates across runs.
+
+XLA CPU settings tried and not adopted (no gain beyond run-to-run noise on a 2-core AMD
+EPYC with AVX2, jax 0.12): ``--xla_cpu_experimental_xnn_graph_fusion_mode=
+XNN_GRAPH_FUSION_MODE_GREEDY`` (bit-identical outputs, same speed),
+``--xla_cpu_experimental_{xnn,ynn,onednn}_fusion_type=LIBRARY_FUSION_TYPE_DOT``,
+``--xla_cpu_use_onednn=true``, ``--xla_cpu_use_thunk_runtime=false``.
 
     python benchmarks/bench_retrieve.py [--size 256] [--repeat 3]
 """
@@ -54,7 +62,18 @@ def _case(name: str, size: int, repeat: int) -> dict:
     scene.attrs = tile.attrs
     n_pix = size * size
     r = Retriever(guide)
-    if name in ("summaries", "quality"):
+    if name == "refined":
+        # Laplace refinement of every patch: ~100x slower than the guide, so measured
+        # on the 64 x 64 tile
+        opt = RetrieveOptions(quality=False, refine=True, chunk_pixels=4096)
+        retrieve(tile, guide, opt, retriever=r, progress=False)       # compile
+        t = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            retrieve(tile, guide, opt, retriever=r, progress=False)
+            t.append(time.perf_counter() - t0)
+        n_pix = 64 * 64
+    elif name in ("summaries", "quality"):
         opt = RetrieveOptions(quality=name == "quality", chunk_pixels=65536)
         retrieve(scene, guide, opt, retriever=r, progress=False)       # compile
         t = []
@@ -96,13 +115,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=256, help="scene side (multiple of 64)")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--refined", action="store_true",
+                   help="also (c): summaries after the Laplace refinement (64 x 64 pixels)")
     p.add_argument("--case", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.case:
         print(json.dumps(_case(a.case, a.size, a.repeat)))
         return
     rows = []
-    for case in ("encoder", "mlp4x256", "summaries", "quality"):
+    cases = ["encoder", "mlp4x256", "summaries", "quality"] + (["refined"] if a.refined else [])
+    for case in cases:
         out = subprocess.run([sys.executable, __file__, "--case", case, "--size", str(a.size),
                               "--repeat", str(a.repeat)], check=True, capture_output=True,
                              text=True).stdout
@@ -114,7 +136,8 @@ def main() -> None:
     names = {"encoder": "bare encoder forward pass (the limit)",
              "mlp4x256": "plain 4-layer 256-wide MLP (reference)",
              "summaries": "(a) retrieve: posterior summaries",
-             "quality": "(b) retrieve: summaries + quality flag"}
+             "quality": "(b) retrieve: summaries + quality flag",
+             "refined": "(c) retrieve: Laplace-refined summaries"}
     for r in rows:
         print(f"{names[r['case']]:44s} {r['pixels_per_s']:10,.0f} "
               f"{r['pixels_per_s'] / bare:15.2f} {r['peak_mb']:8.0f}")

@@ -33,18 +33,21 @@ def _coverage90(ds):
 def main() -> None:
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from bayesfluo.diagnostics.guide_check import compare_with_nuts, evaluate_simulated
     from bayesfluo.guide import load_guide
     from bayesfluo.models import resolve_model
     from bayesfluo.physics.forward import build_forward_model
+    from bayesfluo.refine import RefineOptions
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="hyplant-fluo-o2a")
     p.add_argument("--patches", type=int, default=20)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--card", action="store_true", help="write the model card (README.md)")
+    p.add_argument("--refine", action="store_true",
+                   help="also evaluate the guide after its Laplace refinement (--refine of "
+                        "bayesfluo retrieve)")
     p.add_argument("--no-bound", action="store_true",
                    help="skip the Cramer-Rao bound (slow for DESIS's fine grid)")
     a = p.parse_args()
@@ -55,13 +58,45 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cond = {} if guide.instrument == "hyplant-fluo-o2a" else {"height_m": 400000.0}
-    ds = evaluate_simulated(guide, fm, a.patches, seed=a.seed, with_bound=not a.no_bound,
-                            **cond)
-    if a.no_bound:
-        ds["crb_shared"] = ds.sd_f760 * np.nan
+    variants = {"": None}
+    if a.refine:
+        variants["refined_"] = RefineOptions()
+    summ = dict(model=mdir.name, instrument=guide.instrument)
+    nuts_file = out / f"{guide.instrument}_validation.nc"
+    crb = None
+    for prefix, refine in variants.items():
+        t1 = time.perf_counter()
+        ds = evaluate_simulated(guide, fm, a.patches, seed=a.seed,
+                                with_bound=crb is None and not a.no_bound, refine=refine,
+                                **cond)
+        if crb is not None:
+            ds["crb_shared"] = crb
+        elif a.no_bound:
+            ds["crb_shared"] = ds.sd_f760 * np.nan
+        crb = ds["crb_shared"]
+        summ[prefix + "simulated_s"] = round(time.perf_counter() - t1, 1)
+        summ.update({prefix + k: v for k, v in _metrics(ds, guide).items()})
+        _plot_recovery(ds, guide, summ[prefix + "rmse_all"],
+                       out / f"guide_{mdir.name}_{prefix}recovery.png", bool(prefix))
+        if nuts_file.exists():
+            cmp = compare_with_nuts(guide, fm, xr.open_dataset(nuts_file), refine=refine)
+            m = _nuts_metrics(cmp)
+            summ.update({prefix + k: v for k, v in m.items()})
+            _plot_vs_nuts(cmp, m, out / f"guide_{mdir.name}_{prefix}vs_nuts.png", bool(prefix))
+    summ["wall_s"] = round(time.perf_counter() - t0, 1)
+    (out / f"guide_{mdir.name}_summary.json").write_text(json.dumps(summ, indent=1))
+    for k, v in summ.items():
+        print(f"{k:44s} {v}")
+    if a.card:
+        _write_card(mdir, guide, summ)
+        print(f"wrote {mdir / 'README.md'}")
+
+
+def _metrics(ds: xr.Dataset, guide) -> dict:
+    """RMSE, bias, coverage and sds of F760 and the shared latents against the truth."""
     e = ds.mean_f760 - ds.truth_f760
     veg = ds.ndvi > 0.3
-    summ = dict(model=mdir.name, instrument=guide.instrument, n_pixels=int(ds.sizes["pixel"]),
+    summ = dict(n_pixels=int(ds.sizes["pixel"]),
                 rmse_all=float(np.sqrt((e**2).mean())),
                 rmse_vegetated=float(np.sqrt((e[veg] ** 2).mean())),
                 bias=float(e.mean()),
@@ -74,59 +109,61 @@ def main() -> None:
         summ[f"{n}_mean_sd"] = float(ds[f"sd_{n}"].mean())
         summ[f"{n}_coverage90"] = float(
             (np.abs(ds[f"mean_{n}"] - ds[f"truth_{n}"]) <= 1.645 * ds[f"sd_{n}"]).mean())
-    n = summ["n_pixels"]
-    lo, hi = _binomial_band(n, 0.9)
+    lo, hi = _binomial_band(summ["n_pixels"], 0.9)
     summ["coverage90_band_independent"] = [lo, hi]
+    return summ
+
+
+def _nuts_metrics(cmp: xr.Dataset) -> dict:
+    veg = cmp.ndvi > 0.3
+    return dict(vs_nuts_pixels=int(cmp.sizes["pixel"]),
+                vs_nuts_median_abs_z=float(np.median(np.abs(cmp.z))),
+                vs_nuts_median_sd_ratio=float(np.median(cmp.sd_ratio)),
+                vs_nuts_median_abs_z_vegetated=float(np.median(np.abs(cmp.z[veg]))),
+                vs_nuts_median_sd_ratio_vegetated=float(np.median(cmp.sd_ratio[veg])))
+
+
+def _plot_recovery(ds, guide, rmse, path, refined: bool) -> None:
+    import matplotlib.pyplot as plt
+    name = "refined guide" if refined else "guide"
     fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
     c = ax[0].scatter(ds.truth_f760, ds.mean_f760, c=ds.ndvi, s=5, cmap="YlGn", vmin=0, vmax=0.9)
     m = float(ds.truth_f760.max())
     ax[0].plot([0, m], [0, m], "k--", lw=0.8)
     ax[0].set_xlabel("true F760")
-    ax[0].set_ylabel("guide posterior mean")
-    ax[0].set_title(f"{guide.instrument}: {n} fresh pixels (RMSE {summ['rmse_all']:.3f})")
+    ax[0].set_ylabel(f"{name} posterior mean")
+    ax[0].set_title(f"{guide.instrument}: {ds.sizes['pixel']} fresh pixels (RMSE {rmse:.3f})")
     fig.colorbar(c, ax=ax[0], label="NDVI")
     ax[1].scatter(ds.crb_shared, ds.sd_f760, c=ds.ndvi, s=5, cmap="YlGn", vmin=0, vmax=0.9)
     mm = float(max(ds.crb_shared.max(), ds.sd_f760.max()))
     ax[1].plot([0, mm], [0, mm], "k--", lw=0.8)
     ax[1].set_xlabel("Cramer-Rao bound of F760 (patch atmosphere)")
-    ax[1].set_ylabel("guide posterior sd")
+    ax[1].set_ylabel(f"{name} posterior sd")
     fig.tight_layout()
-    fig.savefig(out / f"guide_{mdir.name}_recovery.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
-    nuts_file = out / f"{guide.instrument}_validation.nc"
-    if nuts_file.exists():
-        cmp = compare_with_nuts(guide, fm, xr.open_dataset(nuts_file))
-        summ["vs_nuts_pixels"] = int(cmp.sizes["pixel"])
-        summ["vs_nuts_median_abs_z"] = float(np.median(np.abs(cmp.z)))
-        summ["vs_nuts_median_sd_ratio"] = float(np.median(cmp.sd_ratio))
-        summ["vs_nuts_median_abs_z_vegetated"] = float(np.median(np.abs(cmp.z[cmp.ndvi > 0.3])))
-        summ["vs_nuts_median_sd_ratio_vegetated"] = float(
-            np.median(cmp.sd_ratio[cmp.ndvi > 0.3]))
-        fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
-        ax[0].errorbar(cmp.nuts_mean, cmp.guide_mean, xerr=cmp.nuts_sd, fmt="o", ms=2,
-                       lw=0.3, alpha=0.6)
-        m = float(cmp.nuts_mean.max())
-        ax[0].plot([0, m], [0, m], "k--", lw=0.8)
-        ax[0].set_xlabel("NUTS posterior mean of F760 (+- sd)")
-        ax[0].set_ylabel("guide posterior mean")
-        ax[0].set_title(f"median |guide - NUTS| / sd_NUTS = {summ['vs_nuts_median_abs_z']:.2f}")
-        ax[1].scatter(cmp.nuts_sd, cmp.guide_sd, c=cmp.ndvi, s=6, cmap="YlGn", vmin=0, vmax=0.9)
-        mm = float(max(cmp.nuts_sd.max(), cmp.guide_sd.max()))
-        ax[1].plot([0, mm], [0, mm], "k--", lw=0.8)
-        ax[1].set_xlabel("NUTS posterior sd of F760")
-        ax[1].set_ylabel("guide posterior sd")
-        ax[1].set_title(f"median sd ratio = {summ['vs_nuts_median_sd_ratio']:.2f}")
-        fig.tight_layout()
-        fig.savefig(out / f"guide_{mdir.name}_vs_nuts.png", dpi=110)
-        plt.close(fig)
-    summ["wall_s"] = round(time.perf_counter() - t0, 1)
-    (out / f"guide_{mdir.name}_summary.json").write_text(json.dumps(summ, indent=1))
-    for k, v in summ.items():
-        print(f"{k:36s} {v}")
-    if a.card:
-        _write_card(mdir, guide, summ)
-        print(f"wrote {mdir / 'README.md'}")
+
+def _plot_vs_nuts(cmp, m: dict, path, refined: bool) -> None:
+    import matplotlib.pyplot as plt
+    name = "refined guide" if refined else "guide"
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
+    ax[0].errorbar(cmp.nuts_mean, cmp.guide_mean, xerr=cmp.nuts_sd, fmt="o", ms=2,
+                   lw=0.3, alpha=0.6)
+    mx = float(cmp.nuts_mean.max())
+    ax[0].plot([0, mx], [0, mx], "k--", lw=0.8)
+    ax[0].set_xlabel("NUTS posterior mean of F760 (+- sd)")
+    ax[0].set_ylabel(f"{name} posterior mean")
+    ax[0].set_title(f"median |{name} - NUTS| / sd_NUTS = {m['vs_nuts_median_abs_z']:.2f}")
+    ax[1].scatter(cmp.nuts_sd, cmp.guide_sd, c=cmp.ndvi, s=6, cmap="YlGn", vmin=0, vmax=0.9)
+    mm = float(max(cmp.nuts_sd.max(), cmp.guide_sd.max()))
+    ax[1].plot([0, mm], [0, mm], "k--", lw=0.8)
+    ax[1].set_xlabel("NUTS posterior sd of F760")
+    ax[1].set_ylabel(f"{name} posterior sd")
+    ax[1].set_title(f"median sd ratio = {m['vs_nuts_median_sd_ratio']:.2f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _write_card(mdir: Path, guide, summ: dict) -> None:
@@ -155,11 +192,34 @@ def _write_card(mdir: Path, guide, summ: dict) -> None:
         rows.append(("against NUTS: median sd_guide / sd_NUTS",
                      f"{summ['vs_nuts_median_sd_ratio']:.2f} (vegetated "
                      f"{summ['vs_nuts_median_sd_ratio_vegetated']:.2f})"))
+    if "refined_rmse_all" in summ:
+        rows += [("**Laplace-refined (`--refine`)**: F760 RMSE, all / vegetated",
+                  f"{summ['refined_rmse_all']:.3f} / {summ['refined_rmse_vegetated']:.3f}"),
+                 ("refined: 90 % interval of F760 holds the truth",
+                  f"{summ['refined_coverage90']:.1%} of {summ['refined_n_pixels']} pixels"),
+                 ("refined: mean posterior sd of F760, all / vegetated",
+                  f"{summ['refined_mean_sd']:.3f} / {summ['refined_mean_sd_vegetated']:.3f}")]
+        rows += [(f"refined: {n}: RMSE of the patch mean / mean posterior sd",
+                  f"{summ[f'refined_{n}_rmse']:.4g} / {summ[f'refined_{n}_mean_sd']:.4g}")
+                 for n in cfg.free]
+        if "refined_vs_nuts_pixels" in summ:
+            rows += [("refined against NUTS: median abs(mean - mean_NUTS) / sd_NUTS",
+                      f"{summ['refined_vs_nuts_median_abs_z']:.2f} (vegetated "
+                      f"{summ['refined_vs_nuts_median_abs_z_vegetated']:.2f})"),
+                     ("refined against NUTS: median sd / sd_NUTS",
+                      f"{summ['refined_vs_nuts_median_sd_ratio']:.2f} (vegetated "
+                      f"{summ['refined_vs_nuts_median_sd_ratio_vegetated']:.2f})")]
     table = "\n".join(f"| {a} | {b} |" for a, b in rows)
     ranges = "\n".join(f"| {k} | {v[0]:g} to {v[1]:g} |" for k, v in r.items())
     figs = [f"![](../../docs/validation/guide_{mdir.name}_recovery.png)"]
     if "vs_nuts_pixels" in summ:
         figs.append(f"![](../../docs/validation/guide_{mdir.name}_vs_nuts.png)")
+    if "refined_vs_nuts_pixels" in summ:
+        figs.append(f"![](../../docs/validation/guide_{mdir.name}_refined_vs_nuts.png)")
+    n_patches = summ["n_pixels"] // 64
+    opt = " --refine" if "refined_rmse_all" in summ else ""
+    old = (mdir / "README.md").read_text() if (mdir / "README.md").exists() else ""
+    limits = old[old.index("## Limits"):] if "## Limits" in old else ""
     text = f"""# {mdir.name}: amortized guide for {guide.instrument}
 
 Trained guide of bayesfluo (`bayesfluo retrieve scene.nc --model {mdir.name}`): an MLP
@@ -195,7 +255,8 @@ Outside these ranges the retrieval flags pixels `out_of_distribution`; fine-tune
 scenes (`finetune_steps`, `scenes` and `start_from` in a training TOML) to adapt.
 
 ## Validation
-`python benchmarks/validate_guide.py --model {mdir.name} --card` (nominal conditions of
+`python benchmarks/validate_guide.py --model {mdir.name} --patches {n_patches} --card{opt}`
+(nominal conditions of
 issue 3: sun zenith 30 deg, surface at 100 m, SNR 150 with shot noise, patches of 64 pixels
 of which a quarter bare, truth from the prior; fresh seeds):
 
@@ -204,8 +265,9 @@ of which a quarter bare, truth from the prior; fresh seeds):
 {table}
 
 {chr(10).join(figs)}
-"""
-    (mdir / "README.md").write_text(text)
+
+{limits}"""
+    (mdir / "README.md").write_text(text.rstrip() + "\n")
 
 
 def _binomial_band(n: int, p: float, rate: float = 1e-4) -> tuple[float, float]:

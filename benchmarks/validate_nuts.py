@@ -1,20 +1,29 @@
 """Validation of the NUTS posteriors at nominal conditions (issue 3): SBC, coverage, F760
-RMSE against the Cramer-Rao bound, patch-mean calibration, convergence.
+RMSE against the Cramer-Rao bound, posterior against prior width, patch-mean
+calibration, convergence.
 
 Run:  python benchmarks/validate_nuts.py --patches 4 [--instrument hyplant-fluo-o2a]
           [--out docs/validation]
+      python benchmarks/validate_nuts.py --instrument desis --patches 2
+      python benchmarks/validate_nuts.py --instrument flox --patches 6
 
-Each patch is 64 pixels drawn from the prior (a quarter bare) at HyPlant FLUO 600 m,
-sun zenith 30 deg, SNR 150 shot-noise-only, sampled with 4 chains x 500 draws after 500
-warm-up. Writes ``<out>/<instrument>_validation.nc`` (per-pixel and per-patch results),
-``summary.json`` and figures (rank histograms, coverage curve, F760 recovery), and prints
-the summary. SBC and coverage verdicts are binomial tests at false-failure rate 1e-4.
+Conditions per instrument (:data:`bayesfluo.diagnostics.sbc.CONDITIONS`): HyPlant FLUO
+O2-A at 600 m, sun zenith 30 deg, SNR 150 shot-noise-only; DESIS at 400 km, sun zenith
+30 deg, its own noise model (SNR 150, 10 % read noise); FloX-like tower at 5 m with
+measured irradiance, sun zenith 30-65 deg through an afternoon, SNR 300 (10 % read
+noise), patches being blocks of time steps. Patches of 64 pixels (time steps) drawn from
+the prior (a quarter bare), sampled with 4 chains x 500 draws after 500 warm-up. Writes
+``<out>/<instrument>_validation.nc`` (per-pixel and per-patch results),
+``<instrument>_summary.json`` and figures (rank histograms, coverage curve, F760
+recovery), and prints the summary. SBC and coverage verdicts are binomial tests at
+false-failure rate 1e-4.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +34,10 @@ def main() -> None:
     ap.add_argument("--patches", type=int, default=4)
     ap.add_argument("--pixels", type=int, default=64)
     ap.add_argument("--instrument", default="hyplant-fluo-o2a")
-    ap.add_argument("--snr", type=float, default=150.0)
+    ap.add_argument("--snr", type=float,
+                    help="signal-to-noise ratio at 100 mW m-2 sr-1 nm-1 (default: the "
+                         "instrument's nominal conditions, 150 for HyPlant and DESIS, 300 "
+                         "for FloX)")
     ap.add_argument("--height", type=float,
                     help="sensor height above ground, m (default 600 for HyPlant, the "
                          "instrument's own otherwise)")
@@ -38,7 +50,7 @@ def main() -> None:
     import numpy as np
 
     from bayesfluo.diagnostics.calibration import coverage_test, sbc_test
-    from bayesfluo.diagnostics.sbc import validate
+    from bayesfluo.diagnostics.sbc import CONDITIONS, validate
     from bayesfluo.io import write_dataset
     from bayesfluo.nuts import ESS_MIN, RHAT_MAX, NutsConfig
     from bayesfluo.physics import build_forward_model
@@ -50,19 +62,31 @@ def main() -> None:
     from bayesfluo.instruments import get_instrument
 
     fm = build_forward_model(args.instrument)
-    height = args.height or (600.0 if args.instrument.startswith("hyplant")
-                             else get_instrument(args.instrument).altitude_m)
+    cond = dict(n_pixels=args.pixels)
+    if args.snr is not None:
+        cond["snr"] = args.snr
+    if args.height is not None:
+        cond["height_m"] = args.height
+    elif args.instrument not in CONDITIONS:
+        cond["height_m"] = (600.0 if args.instrument.startswith("hyplant")
+                            else get_instrument(args.instrument).altitude_m)
     t0 = time.perf_counter()
     ds = validate(fm, args.patches, nuts=NutsConfig(num_warmup=args.warmup,
                                                     num_samples=args.samples,
                                                     predictive_draws=0),
-                  seed=args.seed, n_pixels=args.pixels, snr=args.snr, height_m=height)
+                  seed=args.seed, **cond)
     wall = time.perf_counter() - t0
+    load = os.getloadavg()
     tag = f"{args.instrument}"
     write_dataset(ds, out / f"{tag}_validation.nc")
     n_rank = int(ds.attrs["n_rank_draws"])
     summary = {"instrument": args.instrument, "patches": args.patches,
-               "pixels": int(ds.sizes["pixel"]), "wall_s": round(wall, 0), "sbc": {}}
+               "pixels": int(ds.sizes["pixel"]), "wall_s": round(wall, 0),
+               "load_average_1_5_15min_at_end": [round(v, 2) for v in load],
+               "conditions": {k: ds.attrs[k] for k in ("height_m", "sza_deg", "snr",
+                                                       "shot_noise_only", "bare_fraction")
+                              if k in ds.attrs},
+               "sbc": {}}
     for v in [v for v in ds.data_vars if v.startswith("rank_")]:
         dim = ds[v].dims[0]
         if ds.sizes[dim] < 40:
@@ -79,7 +103,8 @@ def main() -> None:
                                 for c in coverage_test(hits)}
     err = ds["mean_f760"] - ds["truth_f760"]
     veg = ds["ndvi"] > 0.35
-    for name, sel in (("all", slice(None)), ("vegetated", veg.values)):
+    for name, sel in (("all", slice(None)), ("vegetated", veg.values),
+                      ("bare", ~veg.values)):
         summary[f"f760_{name}"] = {
             "rmse": round(float(np.sqrt((err[sel] ** 2).mean())), 4),
             "bias": round(float(err[sel].mean()), 4),
@@ -87,7 +112,12 @@ def main() -> None:
                                                             .mean())), 4),
             "rms_crb_atmosphere_known": round(float(np.sqrt((ds["crb_known"][sel] ** 2)
                                                             .mean())), 4),
-            "mean_posterior_sd": round(float(ds["sd_f760"][sel].mean()), 4)}
+            "mean_posterior_sd": round(float(ds["sd_f760"][sel].mean()), 4),
+            "mean_prior_sd": round(float(ds["prior_sd_f760"][sel].mean()), 4),
+            "mean_posterior_over_prior_sd": round(float(
+                (ds["sd_f760"][sel] / ds["prior_sd_f760"][sel]).mean()), 3),
+            "coverage_90": round(float(ds["hit_f760"].sel(level=0.9)[sel].mean()), 3),
+            "n": int(np.asarray(ds["ndvi"][sel]).size)}
         summary[f"f760_{name}"]["rmse_over_crb"] = round(
             summary[f"f760_{name}"]["rmse"] / summary[f"f760_{name}"][
                 "rms_crb_patch_atmosphere"], 3)
@@ -111,7 +141,35 @@ def main() -> None:
     plot_sbc_ranks(ds, out / f"{tag}_sbc_ranks.png")
     plot_coverage(ds, out / f"{tag}_coverage.png")
     plot_f760_recovery(ds, out / f"{tag}_f760_recovery.png")
+    _plot_width(ds, out / f"{tag}_posterior_width.png", args.instrument)
     print(json.dumps(summary, indent=1))
+
+
+def _plot_width(ds, path, title: str) -> None:
+    """Posterior sd of F760 against its Cramer-Rao bound and against its prior sd, per
+    pixel, coloured by NDVI: a weakly identified pixel has a posterior as wide as its
+    prior, not narrower than the bound allows."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sd, crb, prior = (ds[v].values for v in ("sd_f760", "crb_shared", "prior_sd_f760"))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
+    for ax, ref, label in ((axes[0], crb, "Cramer-Rao bound of F760"),
+                           (axes[1], prior, "prior sd of F760")):
+        sc = ax.scatter(ref, sd, c=ds["ndvi"].values, s=8, cmap="viridis", vmin=0, vmax=0.85)
+        lo, hi = min(ref.min(), sd.min()) * 0.8, max(ref.max(), sd.max()) * 1.2
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel=f"{label} (mW m-2 sr-1 nm-1)",
+               ylabel="posterior sd of F760")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    fig.colorbar(sc, ax=axes[1], label="NDVI")
+    fig.suptitle(f"{title}: posterior width of F760 ({ds.sizes['pixel']} pixels)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -134,3 +134,18 @@ def test_save_load_round_trip(tmp_path):
     a, b = g.encoder(x, jnp.ones(64)), h.encoder(x, jnp.ones(64))
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+
+def _tril_reference(raw, n):
+    """Lower-triangular factor by scatter (row-major), exp of the clipped diagonal."""
+    idx = np.tril_indices(n)
+    m = jnp.zeros(raw.shape[:-1] + (n, n), raw.dtype).at[..., idx[0], idx[1]].set(raw)
+    diag = jnp.exp(jnp.clip(jnp.diagonal(m, axis1=-2, axis2=-1), -12.0, 3.0))
+    eye = jnp.eye(n, dtype=bool)
+    return jnp.where(eye, diag[..., None, :] * eye, m)
+
+
+def test_tril_matches_the_scatter_construction():
+    raw = jax.random.normal(jax.random.PRNGKey(3), (4, 5, 28)) * 4.0
+    np.testing.assert_array_equal(np.asarray(_tril(raw, 7)), np.asarray(_tril_reference(raw, 7)))

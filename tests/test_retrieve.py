@@ -1,12 +1,15 @@
 """Whole-scene retrieval with the shipped guide: bad pixels, chunking, output format,
 calibration at nominal conditions, the CLI and the demo."""
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
 
 from bayesfluo.cli import main
-from bayesfluo.guide import load_guide
+from bayesfluo.guide import GuideOutput, load_guide, summaries
 from bayesfluo.io import write_dataset
 from bayesfluo.models import resolve_model
 from bayesfluo.retrieve import QUALITY_FLAGS, RetrieveOptions, Retriever, retrieve
@@ -187,3 +190,178 @@ def test_nadir_scene_retrieves(scene, guide, retriever, result):
     assert np.all(np.isfinite(res.f760_mean.values[ok]))
     assert np.all(np.isfinite(res.f760_sd.values[ok]))
     assert float(np.median(np.abs(res.f760_mean - result.f760_mean).values[ok])) < 0.5
+
+
+# --- the optimised retrieval against straightforward reference evaluations -------------
+
+def reference_encode(enc, features, mask):
+    """The encoder's definition, one patch (P, F) at a time, one pixel at a time through
+    the equinox modules, the per-pixel head on the concatenation [h_i, pooled, m_s]."""
+    def patch(x, mk):
+        h = jax.vmap(enc.trunk)(x)
+        w = mk[:, None]
+        pooled = jnp.sum(h * w, 0) / jnp.maximum(jnp.sum(w), 1.0)
+        scores = jnp.where(w > 0, jax.vmap(enc.attention)(h), -1e9)
+        att = jax.nn.softmax(scores, axis=0) * w
+        att = att / jnp.maximum(att.sum(0), 1e-9)
+        s, d = enc.n_shared, enc.n_local
+        out_s = enc.patch_head(jnp.concatenate([pooled, (att.T @ h).ravel()]))
+        pooled_x = jnp.sum(x * w, 0) / jnp.maximum(jnp.sum(w), 1.0)
+        m_s = out_s[:s] + enc.shared_linear(pooled_x)[:s]
+        ctx = jnp.concatenate([pooled, m_s])
+        out = jax.vmap(lambda hi: enc.pixel_head(jnp.concatenate([hi, ctx])))(h)
+        return GuideOutput(m_s, _tril_reference(out_s[s:s + s * (s + 1) // 2], s),
+                           out[:, :d] + jax.vmap(enc.local_linear)(x),
+                           _tril_reference(out[:, d:d + d * (d + 1) // 2], d),
+                           out[:, d + d * (d + 1) // 2:].reshape(-1, d, s))
+    return jax.jit(jax.vmap(patch))(features, mask)
+
+
+def reference_summaries(q, fm, cfg, ndvi, p0):
+    """Summaries from the full marginal covariance ``L L^T + A L_s L_s^T A^T`` of each
+    pixel (matrix products), F760 by the same quadrature (:func:`_quantity`)."""
+    from bayesfluo.guide import _knee_softplus, _quantity
+    from bayesfluo.model import _reflectance_prior, reflectance_weights, shared_parameters
+    from bayesfluo.model import sif_scale as scale_of
+    from bayesfluo.physics.surface import SifParams, sif_spectrum
+    k = fm.n_basis
+    cov_s = q.shared_tril @ jnp.swapaxes(q.shared_tril, -1, -2)
+    cov = (q.local_tril @ jnp.swapaxes(q.local_tril, -1, -2)
+           + q.coupling @ cov_s[:, None] @ jnp.swapaxes(q.coupling, -1, -2))
+    sd = jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
+    scale = scale_of(ndvi, cfg)
+    out = {"f760": _quantity(q.local_loc[..., k], sd[..., k],
+                             lambda v: scale[..., None] * _knee_softplus(v))}
+    far = SifParams(0.0, 1.0)
+    ratio = sif_spectrum(far.centre_far_red, far) / sif_spectrum(760.0, far)
+    out["sif_peak"] = {s: v * ratio for s, v in out["f760"].items()}
+    mu, chol = _reflectance_prior(fm, cfg)
+    w = reflectance_weights(fm, 760.0)
+    c = jax.nn.sigmoid(mu + q.local_loc[..., :k] @ chol.T)
+    grad = (w * c * (1 - c)) @ chol
+    sd_r = jnp.sqrt(jnp.einsum("...i,...ij,...j->...", grad, cov[..., :k, :k], grad))
+    r = c @ w
+    out["reflectance760"] = dict(mean=r, sd=sd_r, q05=r - 1.6448536 * sd_r, q50=r,
+                                 q95=r + 1.6448536 * sd_r)
+    s_sd = jnp.sqrt(jnp.diagonal(cov_s, axis1=-2, axis2=-1))
+    for i, n in enumerate(cfg.free):
+        def phys(v, n=n):
+            return shared_parameters(cfg, {"surface_pressure0": p0[:, None]},
+                                     {m: v for m in cfg.free})[2][n]
+        out[n] = _quantity(q.shared_loc[:, i], s_sd[:, i], phys)
+    return out
+
+
+@pytest.fixture(scope="module")
+def shipped_inputs(guide, model_o2a, scene):
+    """The shipped guide and its inputs for the 20 x 13 scene (6 patches, the edge ones
+    partly padding), one more patch partly and one wholly masked."""
+    from bayesfluo.instruments import get_instrument
+    from bayesfluo.patches import PatchGrid, patch_inputs
+    d = patch_inputs(scene, PatchGrid((20, 13), 8), slice(None), guide.feature_mean,
+                     guide.feature_sd, get_instrument(guide.instrument).reference_radiance,
+                     model_o2a, guide.config)
+    mask = d["mask"].copy()
+    mask[0, ::3] = 0.0
+    mask[2] = 0.0
+    return guide, d, mask
+
+
+def test_batched_encoder_equals_the_reference_evaluation(shipped_inputs):
+    """The batched encoder (split head, shared products, no scatter) gives the outputs of
+    the straightforward per-pixel evaluation with the shipped weights, to float32 rounding
+    (rtol 1e-4; atol 1e-5 of each output's largest magnitude), masked patches included;
+    one patch through ``__call__`` too."""
+    g, d, mask = shipped_inputs
+    want = reference_encode(g.encoder, jnp.asarray(d["features"]), jnp.asarray(mask))
+    got = eqx.filter_jit(type(g.encoder).encode)(g.encoder, jnp.asarray(d["features"]),
+                                          jnp.asarray(mask))
+    one = g.encoder(jnp.asarray(d["features"][0]), jnp.asarray(mask[0]))
+    for name in GuideOutput.__dataclass_fields__:
+        w, v = np.asarray(getattr(want, name)), np.asarray(getattr(got, name))
+        assert v.shape == w.shape, name
+        np.testing.assert_allclose(v, w, rtol=1e-4, atol=1e-5 * np.abs(w).max(), err_msg=name)
+        np.testing.assert_allclose(np.asarray(getattr(one, name)), w[0], rtol=1e-4,
+                                   atol=1e-5 * np.abs(w).max(), err_msg=name)
+
+
+def test_summaries_equal_the_full_covariance_reference(model_o2a, shipped_inputs):
+    """:func:`summaries` (marginal variances without forming the covariance matrices)
+    equals the summaries from full covariance matrices, on the shipped guide's output."""
+    g, d, mask = shipped_inputs
+    q = g.encoder.encode(jnp.asarray(d["features"]), jnp.asarray(mask))
+    nd, p0 = jnp.asarray(d["ndvi"]), jnp.asarray(d["surface_pressure0"])
+    got = jax.jit(lambda q: summaries(q, model_o2a, g.config, nd, p0))(q)
+    want = jax.jit(lambda q: reference_summaries(q, model_o2a, g.config, nd, p0))(q)
+    assert set(got) == set(want)
+    for name, st in want.items():
+        for stat, w in st.items():
+            w = np.asarray(w)
+            np.testing.assert_allclose(np.asarray(got[name][stat]), w, rtol=1e-4,
+                                       atol=1e-6 * np.abs(w).max(), err_msg=name + stat)
+
+
+def _tril_reference(raw, n):
+    """Lower-triangular factor by scatter (row-major), exp of the clipped diagonal."""
+    idx = np.tril_indices(n)
+    m = jnp.zeros(raw.shape[:-1] + (n, n), raw.dtype).at[..., idx[0], idx[1]].set(raw)
+    diag = jnp.exp(jnp.clip(jnp.diagonal(m, axis1=-2, axis2=-1), -12.0, 3.0))
+    eye = jnp.eye(n, dtype=bool)
+    return jnp.where(eye, diag[..., None, :] * eye, m)
+
+
+def test_retrieve_equals_the_reference_evaluation(scene, guide, model_o2a, result):
+    """Every output of :func:`retrieve` (one compiled pass per chunk: inputs, encoder,
+    summaries, flags) equals, to float32 rounding (rtol 1e-4, atol 1e-5 of the map's
+    largest magnitude), the straightforward evaluation: the encoder's features pixel by
+    pixel in the image, the per-pixel reference encoder, full-covariance summaries, the
+    fit at the reference posterior mean."""
+    from bayesfluo.guide import (
+        ancillary_inputs,
+        expand_reference,
+        pixel_features,
+        reference_expansion,
+    )
+    from bayesfluo.instruments import get_instrument
+    from bayesfluo.patches import (
+        PatchGrid,
+        noise_coefficients,
+        patch_inputs,
+        reference_centre,
+    )
+    from bayesfluo.retrieve import predicted_radiance
+    assert np.all(result["input_flag"].values == 0)
+    ref_rad = get_instrument(guide.instrument).reference_radiance
+    grid = PatchGrid((20, 13), guide.patch_size)
+    rad = scene["radiance"].transpose("y", "x", "band").values.astype(np.float32)
+    a, b = noise_coefficients(scene)
+    geo = {v: scene[v].broadcast_like(scene["ndvi"]).transpose("y", "x").values
+           if v in scene else np.zeros((20, 13))
+           for v in ("sza", "vza", "saa", "vaa", "surface_altitude", "sensor_altitude")}
+    anc = ancillary_inputs(geo["sza"], geo["vza"], (geo["saa"] - geo["vaa"]) % 360,
+                           geo["surface_altitude"], geo["sensor_altitude"], a, b,
+                           scene["ndvi"].values, ref_rad)
+    exp = reference_expansion(model_o2a, guide.config, *reference_centre(scene))
+    g32 = {k: jnp.asarray(v, jnp.float32) for k, v in geo.items()}
+    feats = pixel_features(rad, anc, guide.feature_mean, guide.feature_sd, expand_reference(
+        exp, g32["sza"], g32["vza"], g32["surface_altitude"], g32["sensor_altitude"]))
+    feats = grid.to_patches(np.asarray(feats))
+    d = patch_inputs(scene, grid, slice(None), guide.feature_mean, guide.feature_sd, ref_rad,
+                     model_o2a, guide.config)
+    np.testing.assert_allclose(d["features"], feats, rtol=1e-4, atol=1e-4)
+    mask = grid.to_patches(np.ones((20, 13), np.float32))
+    q = reference_encode(guide.encoder, jnp.asarray(feats), jnp.asarray(mask))
+    want = jax.jit(lambda q, nd, p0: reference_summaries(q, model_o2a, guide.config, nd, p0))(
+        q, jnp.asarray(d["ndvi"]), jnp.asarray(d["surface_pressure0"]))
+    maps = {f"{n}_{s}": np.asarray(v) for n, st in want.items() for s, v in st.items()}
+    chi2 = jax.jit(lambda q, d: predicted_radiance(model_o2a, guide.config, False, q, d))(
+        q, {k: d[k] for k in ("geometry", "surface_pressure0", "ndvi")})
+    var = a * np.maximum(chi2, 0.0) + b
+    maps["fit_chi2"] = np.mean((d["radiance"] - np.asarray(chi2)) ** 2 / var, -1)
+    assert set(maps) | {"quality_flag", "input_flag", "f760_draws"} == set(result.data_vars)
+    for k, v in maps.items():
+        if v.ndim == 1:
+            v = np.repeat(v[:, None], grid.patch_size**2, 1)
+        w = grid.to_image(v, 20)
+        np.testing.assert_allclose(result[k].values, w, rtol=1e-4,
+                                   atol=1e-5 * np.abs(w).max(), err_msg=k)

@@ -36,14 +36,17 @@ from bayesfluo.physics.atmosphere import AtmosphereParams
 from bayesfluo.physics.forward import (
     ForwardModel,
     Geometry,
+    band_operator,
     build_forward_model,
     radiance,
+    radiance_from_operator,
     standard_pressure_hpa,
 )
 from bayesfluo.physics.sensor import SensorParams
 from bayesfluo.physics.surface import SifParams, sif_spectrum
 
-__all__ = ["LATENTS", "fisher_information", "cramer_rao_f760", "patch_cramer_rao_f760"]
+__all__ = ["LATENTS", "fisher_information", "cramer_rao_f760", "patch_cramer_rao_f760",
+           "toc_cramer_rao_f760"]
 
 LATENTS = ("reflectance", "sif_far_red", "sif_red", "surface_pressure", "aot550", "angstrom",
            "diffuse_path", "spectral_shift", "fwhm_scale")
@@ -175,29 +178,52 @@ def patch_cramer_rao_f760(model: ForwardModel, data: dict, values: dict,
     n_pix = coeffs.shape[0]
     amp_far = np.asarray(values["sif_far_red"], np.float64)
     amp_red = np.asarray(values.get("sif_red", np.zeros(n_pix)), np.float64)
-    rest = [np.broadcast_to(np.asarray(values[name], np.float64), (n_pix,))
-            for name in LATENTS[3:]]
-    theta = np.column_stack([coeffs, amp_far, amp_red] + rest)
+    s0 = np.array([float(np.mean(values[name])) for name in LATENTS[3:]])
+    glob_names = list(shared)
+    gi = np.array([LATENTS[3:].index(name) for name in glob_names], int)
+    theta_local = np.column_stack([coeffs, amp_far, amp_red])
     geom = data["geometry"]
+    # One band operator for the patch and its first derivatives in the shared latents
+    # (the fine-grid part, computed once); each pixel's radiance and Jacobian then follow
+    # from the cheap per-pixel part. radiance() is exactly radiance_from_operator of
+    # band_operator(), so this is the same Jacobian as differentiating radiance().
     with jax.enable_x64(True):
         g64 = Geometry(*(jnp.asarray(x, jnp.float64) for x in geom))
+        base = jnp.asarray(s0)
 
-        def fwd(t):
-            coef, sif, atm, sens = _unpack(model, t, {})
-            return radiance(model, coef, sif, atm, g64, sens)
+        def op_of(v):
+            sv = base.at[gi].set(v)
+            atm = AtmosphereParams(sv[0], sv[1], sv[2], sv[3])
+            return band_operator(model, atm, g64, SensorParams(sv[4], sv[5]))
 
-        th = jnp.asarray(theta)
-        jac = np.asarray(jax.vmap(jax.jacfwd(fwd))(th), np.float64)  # (P, B, n_theta)
-        lrad = np.asarray(jax.vmap(fwd)(th), np.float64)
-    var = float(data["noise_a"]) * np.maximum(lrad, 0.0) + float(data["noise_b"])
+        v0 = base[gi]
+        op0 = op_of(v0)
+        jop = jax.jacfwd(op_of)(v0)  # leaves (..., n_shared)
+
+        def fwd(t, v):
+            op = jax.tree.map(lambda o, j: o + j @ (v - v0), op0, jop)
+            return radiance_from_operator(model, op, t[:k], SifParams(t[k + 1], t[k]))
+
+        th = jnp.asarray(theta_local)
+        jl_all, jg_all = jax.vmap(jax.jacfwd(fwd, argnums=(0, 1)), in_axes=(0, None))(th, v0)
+        lrad = np.asarray(jax.vmap(fwd, in_axes=(0, None))(th, v0), np.float64)
+        jl_all, jg_all = (np.asarray(a, np.float64) for a in (jl_all, jg_all))
+    return _patch_bound(jl_all, jg_all, lrad, data, has_red, k)
+
+
+def _patch_bound(jl_all, jg_all, lrad, data, has_red, k, extra_var=0.0):
+    """Cramer-Rao bounds from per-pixel Jacobians in the local latents (P, B, K + 2) and
+    the shared ones (P, B, S) (see :func:`patch_cramer_rao_f760`)."""
+    n_pix = lrad.shape[0]
+    var = (float(data["noise_a"]) * np.maximum(lrad, 0.0) + float(data["noise_b"])
+           + extra_var)
     local = list(range(k + 1)) + ([k + 1] if has_red else [])
-    glob = [k + 2 + LATENTS[3:].index(name) for name in shared]
-    nl, ng = len(local), len(glob)
+    nl, ng = len(local), jg_all.shape[-1]
     n = n_pix * nl + ng
     fisher = np.zeros((n, n))
     for i in range(n_pix):
-        j = jac[i] / np.sqrt(var[i])[:, None]
-        jl, jg = j[:, local], j[:, glob]
+        w = 1.0 / np.sqrt(var[i])[:, None]
+        jl, jg = jl_all[i][:, local] * w, jg_all[i] * w
         sl = slice(i * nl, (i + 1) * nl)
         fisher[sl, sl] = jl.T @ jl
         fisher[sl, n_pix * nl:] = jl.T @ jg
@@ -211,3 +237,37 @@ def patch_cramer_rao_f760(model: ForwardModel, data: dict, values: dict,
     return {"shared": shape760 * np.sqrt(np.diag(cov)[amp]),
             "known": shape760 * np.sqrt(known),
             "shared_latents": np.sqrt(np.diag(cov)[n_pix * nl:])}
+
+
+def toc_cramer_rao_f760(model: ForwardModel, data: dict, values: dict,
+                        has_red: bool = False) -> dict[str, np.ndarray]:
+    """Cramer-Rao bound of each pixel's (time step's) F760 at the top of the canopy, with
+    the measured irradiance ``data["irradiance"]`` (:func:`bayesfluo.model.toc_operator`):
+    ``L = E/pi R + F``, noise variance ``a L + b`` plus the irradiance's own noise carried
+    through (``R^2 (a_E E/pi + b_E)``, as in :func:`bayesfluo.model.sif_model`). There
+    are no shared latents: ``"shared"`` equals ``"known"``; ``"shared_latents"`` is empty.
+    """
+    from bayesfluo.model import toc_operator
+
+    k = model.n_basis
+    coeffs = np.asarray(values["reflectance_coeffs"], np.float64)
+    n_pix = coeffs.shape[0]
+    amp_far = np.asarray(values["sif_far_red"], np.float64)
+    amp_red = np.asarray(values.get("sif_red", np.zeros(n_pix)), np.float64)
+    with jax.enable_x64(True):
+        op = toc_operator(jnp.asarray(data["irradiance"]))
+        op = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), op)
+
+        def fwd(t, o):
+            return radiance_from_operator(model, o, t[:k], SifParams(t[k + 1], t[k]))
+
+        th = jnp.asarray(np.column_stack([coeffs, amp_far, amp_red]))
+        jl = np.asarray(jax.vmap(jax.jacfwd(fwd))(th, op), np.float64)
+        lrad = np.asarray(jax.vmap(fwd)(th, op), np.float64)
+        e = np.asarray(op.reflected[:, 0], np.float64)  # E/pi
+    r0 = coeffs @ np.asarray(model.basis_band[0], np.float64).T
+    ea = float(data.get("irradiance_noise_a", data["noise_a"]))
+    eb = float(data.get("irradiance_noise_b", data["noise_b"]))
+    out = _patch_bound(jl, np.zeros(jl.shape[:2] + (0,)), lrad, data, has_red, k,
+                       extra_var=r0**2 * (ea * e + eb))
+    return out

@@ -5,7 +5,8 @@ nominal conditions (:data:`bayesfluo.diagnostics.sbc.NOMINAL`, seeds not used in
 training), applies the guide and returns per-pixel truth, posterior summaries and the
 Cramer-Rao bound. :func:`compare_with_nuts` regenerates the patches of a NUTS validation
 run (:func:`bayesfluo.diagnostics.sbc.validate`, same seed) and puts the guide's F760
-posterior beside NUTS's.
+posterior beside NUTS's. Both take ``refine`` to evaluate the guide after its Laplace
+refinement (:mod:`bayesfluo.refine`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from bayesfluo.guide import (
 )
 from bayesfluo.instruments import get_instrument
 from bayesfluo.physics.forward import ForwardModel
+from bayesfluo.refine import RefineOptions, laplace_refine, patch_model_data
 
 __all__ = ["patch_batch", "evaluate_simulated", "compare_with_nuts"]
 
 
 def patch_batch(guide: AmortizedGuide, fm: ForwardModel, datas: list[dict]) -> dict:
     """Stack single-patch model data (as :func:`simulate_patch` returns) into the guide's
-    batched inputs: ``features``, ``mask``, ``ndvi``, ``surface_pressure0``."""
+    batched inputs: ``features``, ``mask``, ``ndvi``, ``surface_pressure0``, and the
+    model's ``radiance``, ``geometry``, ``noise_a``, ``noise_b`` (for the refinement)."""
     ref = get_instrument(guide.instrument).reference_radiance
     feats = []
     for d in datas:
@@ -45,22 +48,34 @@ def patch_batch(guide: AmortizedGuide, fm: ForwardModel, datas: list[dict]) -> d
                                     ref_log))
     return dict(features=jnp.stack(feats), mask=jnp.stack([d["mask"] for d in datas]),
                 ndvi=jnp.stack([d["ndvi"] for d in datas]),
+                radiance=jnp.stack([d["radiance"] for d in datas]),
+                geometry=jax.tree.map(lambda *g: jnp.stack([jnp.asarray(v, jnp.float32)
+                                                            for v in g]),
+                                      *[d["geometry"] for d in datas]),
+                noise_a=jnp.stack([jnp.asarray(d["noise_a"]) for d in datas]),
+                noise_b=jnp.stack([jnp.asarray(d["noise_b"]) for d in datas]),
                 surface_pressure0=jnp.stack([jnp.asarray(d["surface_pressure0"])
                                              for d in datas]))
 
 
-def _apply(guide, fm, batch):
+def _apply(guide, fm, batch, refine: RefineOptions | None = None):
+    """The guide's output and summaries for a batch (refined when ``refine`` is given)."""
     from bayesfluo.retrieve import Retriever
     r = Retriever(guide, fm)
     q = r.encode(batch["features"], batch["mask"])
+    if refine is not None:
+        fn = jax.jit(lambda qq, dd: laplace_refine(fm, guide.config, guide.has_red, qq, dd,
+                                                   refine))
+        q, _ = fn(q, patch_model_data(batch))
     return q, jax.device_get(r.summarise(q, batch["ndvi"], batch["surface_pressure0"]))
 
 
 def evaluate_simulated(guide: AmortizedGuide, fm: ForwardModel, n_patches: int, *,
                        seed: int = 12345, with_bound: bool = True, progress: bool = True,
-                       **conditions) -> xr.Dataset:
+                       refine: RefineOptions | None = None, **conditions) -> xr.Dataset:
     """Per-pixel truth and guide posterior of F760 on ``n_patches`` fresh simulated patches
-    at nominal conditions (overridable by keyword, as :func:`simulate_patch`).
+    at nominal conditions (overridable by keyword, as :func:`simulate_patch`); with
+    ``refine``, the posterior after :func:`bayesfluo.refine.laplace_refine`.
 
     Variables (pixel): ``truth_f760``, ``mean_f760``, ``sd_f760``, ``q05_f760``,
     ``q95_f760``, ``ndvi``, ``patch_of_pixel``, and ``crb_shared`` (the Cramer-Rao bound with the
@@ -78,7 +93,7 @@ def evaluate_simulated(guide: AmortizedGuide, fm: ForwardModel, n_patches: int, 
         datas.append(d)
         truths.append(t)
     batch = patch_batch(guide, fm, datas)
-    q, s = _apply(guide, fm, batch)
+    q, s = _apply(guide, fm, batch, refine)
     out = {"truth_f760": np.concatenate([t["f760"] for t in truths]),
            "ndvi": np.asarray(batch["ndvi"]).ravel(),
            "patch_of_pixel": np.repeat(np.arange(n_patches), batch["ndvi"].shape[1])}
@@ -105,12 +120,13 @@ def evaluate_simulated(guide: AmortizedGuide, fm: ForwardModel, n_patches: int, 
     return ds
 
 
-def compare_with_nuts(guide: AmortizedGuide, fm: ForwardModel, nuts_validation: xr.Dataset
-                      ) -> xr.Dataset:
+def compare_with_nuts(guide: AmortizedGuide, fm: ForwardModel, nuts_validation: xr.Dataset,
+                      refine: RefineOptions | None = None) -> xr.Dataset:
     """The guide's F760 posterior on the pixels of a NUTS validation run (the output of
     :func:`bayesfluo.diagnostics.sbc.validate`, whose patches are regenerated from its
     seed), beside NUTS's: ``nuts_mean``, ``nuts_sd``, ``guide_mean``, ``guide_sd``,
-    ``truth``, ``z`` = (guide mean - NUTS mean) / NUTS sd, ``sd_ratio``."""
+    ``truth``, ``z`` = (guide mean - NUTS mean) / NUTS sd, ``sd_ratio``; with
+    ``refine``, the guide refined by :func:`bayesfluo.refine.laplace_refine`."""
     a = nuts_validation.attrs
     cond = {k: a[k] for k in ("height_m", "surface_altitude_m", "sza_deg", "snr",
                               "bare_fraction") if k in a}
@@ -126,7 +142,7 @@ def compare_with_nuts(guide: AmortizedGuide, fm: ForwardModel, nuts_validation: 
             raise ValueError(f"patch {i} does not regenerate the NUTS run's truth; was it "
                              "made with another model configuration or version?")
         datas.append(d)
-    _, s = _apply(guide, fm, patch_batch(guide, fm, datas))
+    _, s = _apply(guide, fm, patch_batch(guide, fm, datas), refine)
     gm = np.asarray(s["f760"]["mean"]).ravel()
     gs = np.asarray(s["f760"]["sd"]).ravel()
     nm = nuts_validation["mean_f760"].values
