@@ -93,6 +93,7 @@ from bayesfluo.physics.surface import SifParams, bspline_basis, sif_spectrum
 __all__ = ["ModelConfig", "sif_model", "scene_model", "reflectance_weights",
            "shared_parameters", "OperatorExpansion",
            "operator_expansion", "expand_operator", "SoftplusHalfNormal", "sif_scale",
+           "start_values",
            "patch_geometry", "prior_pressure", "ATMOSPHERE_LATENTS", "SENSOR_LATENTS",
            "toc_operator", "check_toc_data", "toc_initial_values"]
 
@@ -376,13 +377,22 @@ def toc_initial_values(fm: ForwardModel, cfg: ModelConfig, data: dict,
     resid = np.log(coeffs / (1 - coeffs)) - mu
     # ridge: z = L^T (L L^T + eps)^-1 r, row by row
     z = resid @ np.linalg.solve(chol @ chol.T + 0.01 * np.eye(k), chol)
+    return start_values(cfg, data, z, theta[:, k:], has_red)
+
+
+def start_values(cfg: ModelConfig, data: dict, z, amplitudes, has_red: bool) -> dict:
+    """Latents of a mode search's start from per-pixel estimates: reflectance prior
+    coordinates ``z`` (P, K) and SIF peak amplitudes (P, 1 or 2: far-red, red) in
+    mW m-2 sr-1 nm-1, turned into the model's raw amplitude coordinates (clipped to
+    0.1-3 prior scales)."""
     shape760 = float(sif_spectrum(760.0, SifParams(0.0, 1.0)))
     scale = np.asarray(sif_scale(data["ndvi"], cfg), np.float64) / shape760
     out = {"reflectance_z": jnp.asarray(z, jnp.float32),
-           "sif_far_red_raw": jnp.asarray(np.clip(theta[:, k] / scale, 0.1, 3.0), jnp.float32)}
+           "sif_far_red_raw": jnp.asarray(np.clip(amplitudes[:, 0] / scale, 0.1, 3.0),
+                                          jnp.float32)}
     if has_red:
         out["sif_red_raw"] = jnp.asarray(
-            np.clip(theta[:, k + 1] / (cfg.sif_red_ratio * scale), 0.1, 3.0), jnp.float32)
+            np.clip(amplitudes[:, 1] / (cfg.sif_red_ratio * scale), 0.1, 3.0), jnp.float32)
     return out
 
 

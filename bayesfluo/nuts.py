@@ -89,6 +89,7 @@ from bayesfluo.model import (
     shared_parameters,
     sif_model,
     sif_scale,
+    start_values,
     toc_initial_values,
 )
 from bayesfluo.patches import noise_coefficients, sun_distance
@@ -281,13 +282,7 @@ def initial_values(fm: ForwardModel, cfg: ModelConfig, data: dict, has_red: bool
     coeffs = np.clip(theta[:, :k], 0.01, 0.99)
     mu, chol = (np.asarray(a, np.float64) for a in _reflectance_prior(fm, cfg))
     z = np.linalg.solve(chol, (np.log(coeffs / (1 - coeffs)) - mu).T).T
-    shape760 = float(sif_spectrum(760.0, SifParams(0.0, 1.0)))
-    scale = np.asarray(sif_scale(data["ndvi"], cfg), np.float64) / shape760
-    out = {"reflectance_z": jnp.asarray(z, jnp.float32),
-           "sif_far_red_raw": jnp.asarray(np.clip(theta[:, k] / scale, 0.1, 3.0), jnp.float32)}
-    if has_red:
-        out["sif_red_raw"] = jnp.asarray(
-            np.clip(theta[:, k + 1] / (cfg.sif_red_ratio * scale), 0.1, 3.0), jnp.float32)
+    out = start_values(cfg, data, z, theta[:, k:], has_red)
     for name in ("surface_pressure", "aot550", "diffuse_path", "spectral_shift",
                  "fwhm_scale"):
         if name in cfg.free:

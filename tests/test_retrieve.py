@@ -15,6 +15,8 @@ from bayesfluo.models import resolve_model
 from bayesfluo.retrieve import QUALITY_FLAGS, RetrieveOptions, Retriever, retrieve
 from bayesfluo.simulate import simulate_scene
 
+from .test_guide import _tril_reference
+
 
 @pytest.fixture(scope="module")
 def guide():
@@ -299,15 +301,6 @@ def test_summaries_equal_the_full_covariance_reference(model_o2a, shipped_inputs
             w = np.asarray(w)
             np.testing.assert_allclose(np.asarray(got[name][stat]), w, rtol=1e-4,
                                        atol=1e-6 * np.abs(w).max(), err_msg=name + stat)
-
-
-def _tril_reference(raw, n):
-    """Lower-triangular factor by scatter (row-major), exp of the clipped diagonal."""
-    idx = np.tril_indices(n)
-    m = jnp.zeros(raw.shape[:-1] + (n, n), raw.dtype).at[..., idx[0], idx[1]].set(raw)
-    diag = jnp.exp(jnp.clip(jnp.diagonal(m, axis1=-2, axis2=-1), -12.0, 3.0))
-    eye = jnp.eye(n, dtype=bool)
-    return jnp.where(eye, diag[..., None, :] * eye, m)
 
 
 def test_retrieve_equals_the_reference_evaluation(scene, guide, model_o2a, result):
