@@ -82,9 +82,8 @@ def test_hessian_blocks_equal_dense_hessian(setup):
     xs = jnp.asarray([0.3, -0.2, 0.1], jnp.float32)
     # an expansion with the model's operator and made-up slopes and curvatures: the
     # block structure is the model's whatever the operator (and this is cheap)
-    op = jax.jit(lambda d: band_operator(fm, *shared_parameters(
-        cfg, d, {n: jnp.float32(0.0) for n in cfg.free})[:1], d["geometry"],
-        shared_parameters(cfg, d, {n: jnp.float32(0.0) for n in cfg.free})[1]))(data)
+    atm, sens, _ = shared_parameters(cfg, data, {n: jnp.float32(0.0) for n in cfg.free})
+    op = band_operator(fm, atm, data["geometry"], sens)
     keys = iter(jax.random.split(jax.random.PRNGKey(1), 16))
     exp = OperatorExpansion(
         xs - 0.2, op,
