@@ -62,19 +62,14 @@ def _case(name: str, size: int, repeat: int) -> dict:
     scene.attrs = tile.attrs
     n_pix = size * size
     r = Retriever(guide)
-    if name == "refined":
-        # Laplace refinement of every patch: ~100x slower than the guide, so measured
-        # on the 64 x 64 tile
-        opt = RetrieveOptions(quality=False, refine=True, chunk_pixels=4096)
-        retrieve(tile, guide, opt, retriever=r, progress=False)       # compile
-        t = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            retrieve(tile, guide, opt, retriever=r, progress=False)
-            t.append(time.perf_counter() - t0)
-        n_pix = 64 * 64
-    elif name in ("summaries", "quality"):
-        opt = RetrieveOptions(quality=name == "quality", chunk_pixels=65536)
+    if name in ("summaries", "quality", "refined"):
+        if name == "refined":
+            # Laplace refinement of every patch: ~500x slower than the guide, so measured
+            # on the 64 x 64 tile
+            scene, n_pix = tile, 64 * 64
+            opt = RetrieveOptions(quality=False, refine=True, chunk_pixels=4096)
+        else:
+            opt = RetrieveOptions(quality=name == "quality", chunk_pixels=65536)
         retrieve(scene, guide, opt, retriever=r, progress=False)       # compile
         t = []
         for _ in range(repeat):
