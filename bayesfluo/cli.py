@@ -319,9 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--refine", action="store_true",
                    help="refine each patch's posterior from the guide's to the Laplace "
                         "approximation at the model's mode (bayesfluo.refine): agrees "
-                        "with NUTS (median 0.07 sd against the guide's 0.40); about 500x "
+                        "with NUTS (median 0.08 sd against the guide's 0.36); about 800x "
                         "slower than the guide alone")
-    r.add_argument("--chunk-pixels", type=int, default=32768,
+    r.add_argument("--chunk-pixels", type=int, default=8192,
                    help="pixels per chunk (bounds memory: the scene is read and written "
                    "chunk by chunk)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")

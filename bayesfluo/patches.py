@@ -124,10 +124,15 @@ def _prepare(exp, rad, mask_flag, sza, vza, raa, surf, sens, ndvi, noise, limits
     pixel's geometry; zero where flagged), NDVI and (``with_radiance``) the radiance
     (zero where flagged).
     """
+    # negative and saturated judged on a pixel's finite values (an infinity is not a
+    # saturation reading); one min and one max reduction instead of three any/all passes
+    finite = jnp.isfinite(rad)
+    lo = jnp.min(jnp.where(finite, rad, jnp.inf), -1)
+    hi = jnp.max(jnp.where(finite, rad, -jnp.inf), -1)
     flag = (mask_flag
-            | jnp.where(jnp.all(jnp.isfinite(rad), -1), 0, INPUT_FLAGS["not_finite"])
-            | jnp.where(jnp.any(rad < limits[0], -1), INPUT_FLAGS["negative"], 0)
-            | jnp.where(jnp.any(rad >= limits[1], -1) & jnp.isfinite(limits[1]),
+            | jnp.where(jnp.isfinite(jnp.sum(rad, -1)), 0, INPUT_FLAGS["not_finite"])
+            | jnp.where(lo < limits[0], INPUT_FLAGS["negative"], 0)
+            | jnp.where((hi >= limits[1]) & jnp.isfinite(limits[1]),
                         INPUT_FLAGS["saturated"], 0))
     ok = (flag == 0)[..., None]
     rad = jnp.where(ok, rad, 0.0)

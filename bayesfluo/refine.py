@@ -2,7 +2,7 @@
 
 The encoder of :mod:`bayesfluo.guide` reads a patch's posterior in one pass, but an
 amortized network pays an *amortization gap*: for the shipped HyPlant guide its F760 means
-differ from NUTS's by a median 0.40 posterior sd, mostly because it reads the patch's
+differ from NUTS's by a median 0.36 posterior sd, mostly because it reads the patch's
 shared atmosphere less sharply than the data allow. This module closes the gap patch by
 patch, starting from the guide:
 

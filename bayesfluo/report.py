@@ -375,6 +375,15 @@ def _validation_sections(ds: xr.Dataset, model_dir, checks, secs) -> None:
     if 0.9 in hits:
         checks.append(_coverage_check(hits[0.9], "90 % interval of F760 (stated range)",
                                       alpha))
+    if "hit_patch_mean_f760" in ds and 0.9 in hits:
+        # the patches' shared atmospheres correlate their pixels' errors: the mean over a
+        # patch is calibrated only if the posterior carries that correlation
+        ph = ds["hit_patch_mean_f760"].sel(level=0.9).values.astype(bool)
+        [r] = coverage_test({0.9: ph}, alpha)
+        checks.append(Check(f"90 % interval of the patch-mean F760 holds the truth "
+                            f"({ph.size} patches)", f"{r.observed:.1%}",
+                            f"binomial band [{r.lower:.1%}, {r.upper:.1%}] (false-failure "
+                            f"rate {alpha:g})", "pass" if r.passed else "fail"))
     div = int(ds["divergences"].sum()) if "divergences" in ds else 0
     checks.extend(_convergence_checks(ds, div))
     c = _Section("calibration", "Calibration")

@@ -105,7 +105,9 @@ class RetrieveOptions:
     seed : int
         Seed of the draws.
     chunk_pixels : int
-        About how many pixels go through the encoder at once (memory bound).
+        About how many pixels go through the encoder at once (whole patch rows; memory
+        bound). Small chunks keep the encoder's activations in the CPU's caches: on 2
+        cores, 8,192 pixels ran 1.2-1.6x faster than 32,768 or 65,536.
     poor_fit_rate : float
         False-flag rate of ``poor_fit`` on data the model explains: the threshold is the
         ``1 - poor_fit_rate`` quantile of ``fit_chi2`` on the model's own simulations,
@@ -130,7 +132,7 @@ class RetrieveOptions:
     quality: bool = True
     n_draws: int = 0
     seed: int = 0
-    chunk_pixels: int = 32768
+    chunk_pixels: int = 8192
     poor_fit_rate: float = 1e-3
     ood_sigma: float = 8.0
     min_patch_pixels: int = 8

@@ -69,7 +69,7 @@ def _case(name: str, size: int, repeat: int) -> dict:
             scene, n_pix = tile, 64 * 64
             opt = RetrieveOptions(quality=False, refine=True, chunk_pixels=4096)
         else:
-            opt = RetrieveOptions(quality=name == "quality", chunk_pixels=65536)
+            opt = RetrieveOptions(quality=name == "quality")
         retrieve(scene, guide, opt, retriever=r, progress=False)       # compile
         t = []
         for _ in range(repeat):
@@ -82,7 +82,7 @@ def _case(name: str, size: int, repeat: int) -> dict:
                          get_instrument(guide.instrument).reference_radiance, r.fm,
                          guide.config)
         f, m = jnp.asarray(d["features"]), jnp.asarray(d["mask"])
-        chunk = 65536 // guide.n_pixels
+        chunk = RetrieveOptions().chunk_pixels // guide.n_pixels
         jax.block_until_ready(r.encode(f[:chunk], m[:chunk]))
         t = []
         for _ in range(repeat):
@@ -92,13 +92,14 @@ def _case(name: str, size: int, repeat: int) -> dict:
             t.append(time.perf_counter() - t0)
     elif name == "mlp4x256":
         mlp = eqx.nn.MLP(guide.feature_mean.size, 16, 256, 4, key=jax.random.PRNGKey(0))
-        f = jax.random.normal(jax.random.PRNGKey(1), (65536, guide.feature_mean.size))
+        chunk = RetrieveOptions().chunk_pixels
+        f = jax.random.normal(jax.random.PRNGKey(1), (chunk, guide.feature_mean.size))
         fn = jax.jit(jax.vmap(mlp))
         jax.block_until_ready(fn(f))
         t = []
         for _ in range(repeat):
             t0 = time.perf_counter()
-            for _ in range(0, n_pix, 65536):
+            for _ in range(0, n_pix, chunk):
                 jax.block_until_ready(fn(f))
             t.append(time.perf_counter() - t0)
     best = min(t)

@@ -6,10 +6,10 @@
    (HyPlant FLUO O2-A, 600 m, sun zenith 30 deg, SNR 150 shot noise; seeds not used in
    training): F760 RMSE against the Cramer-Rao bound, coverage of the 50/80/90/95 %
    intervals, the shared latents;
-2. (HyPlant) the 256 pixels of the NUTS validation run (docs/validation/...nc, regenerated
+2. (HyPlant) the pixels of the NUTS validation run (docs/validation/...nc, regenerated
    from its seed): the guide's F760 mean and sd against NUTS's, with scatter plots;
 3. the same simulations for DESIS when ``--model desis``.
-Figures and a summary JSON go to docs/validation/guide_<model>_*.
+Figures and a summary JSON go to ``--out`` (docs/validation)/guide_<model>_*.
 """
 
 from __future__ import annotations
@@ -48,13 +48,18 @@ def main() -> None:
     p.add_argument("--refine", action="store_true",
                    help="also evaluate the guide after its Laplace refinement (--refine of "
                         "bayesfluo retrieve)")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "validation",
+                   help="where the figures and the summary go (default docs/validation)")
+    p.add_argument("--nuts", type=Path,
+                   help="NUTS validation file to compare with (default "
+                        "docs/validation/<instrument>_validation.nc)")
     p.add_argument("--no-bound", action="store_true",
                    help="skip the Cramer-Rao bound (slow for DESIS's fine grid)")
     a = p.parse_args()
     mdir = resolve_model(a.model)
     guide = load_guide(mdir)
     fm = build_forward_model(guide.instrument)
-    out = ROOT / "docs" / "validation"
+    out = a.out
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cond = {} if guide.instrument == "hyplant-fluo-o2a" else {"height_m": 400000.0}
@@ -62,7 +67,7 @@ def main() -> None:
     if a.refine:
         variants["refined_"] = RefineOptions()
     summ = dict(model=mdir.name, instrument=guide.instrument)
-    nuts_file = out / f"{guide.instrument}_validation.nc"
+    nuts_file = a.nuts or ROOT / "docs" / "validation" / f"{guide.instrument}_validation.nc"
     crb = None
     for prefix, refine in variants.items():
         t1 = time.perf_counter()

@@ -149,3 +149,37 @@ def _tril_reference(raw, n):
 def test_tril_matches_the_scatter_construction():
     raw = jax.random.normal(jax.random.PRNGKey(3), (4, 5, 28)) * 4.0
     np.testing.assert_array_equal(np.asarray(_tril(raw, 7)), np.asarray(_tril_reference(raw, 7)))
+
+
+def test_reference_expansion_is_the_taylor_series_and_tracks_the_exact_reference(model_o2a):
+    """The encoder's reference spectrum at each pixel's geometry: the float32 evaluation of
+    the second-order series equals value + J d + d' H d / 2 in float64 numpy, and stays
+    close to the exact grey-surface log radiance over a scene's spread of
+    geometries (sun zenith +-3 deg, view zenith 0-12 deg, terrain +-150 m)."""
+    from bayesfluo.guide import (
+        _geometry_coordinates,
+        expand_reference,
+        reference_expansion,
+        reference_log_radiance,
+    )
+
+    cfg = ModelConfig()
+    centre = (30.0, 6.0, 200.0, 800.0)
+    exp = reference_expansion(model_o2a, cfg, *centre)
+    rng = np.random.default_rng(5)
+    n = 12
+    sza = rng.uniform(27.0, 33.0, n).astype(np.float32)
+    vza = rng.uniform(0.0, 12.0, n).astype(np.float32)
+    surf = rng.uniform(50.0, 350.0, n).astype(np.float32)
+    sens = np.full(n, 800.0, np.float32)
+    got = np.asarray(expand_reference(exp, sza, vza, surf, sens), np.float64)
+    d = np.asarray(_geometry_coordinates(sza, vza, surf, sens), np.float64) - np.asarray(
+        exp.g0, np.float64)
+    jac, hess = np.asarray(exp.jac, np.float64), np.asarray(exp.hess, np.float64)
+    series = (np.asarray(exp.value, np.float64) + d @ jac.T
+              + 0.5 * np.einsum("bjk,nj,nk->nb", hess, d, d))
+    np.testing.assert_allclose(got, series, atol=2e-5)
+    exact = np.asarray(reference_log_radiance(model_o2a, cfg, sza, vza, surf, sens))
+    change = np.abs(exact - np.asarray(exp.value)).max()
+    assert change > 0.02                     # the geometries do change the reference
+    assert np.abs(got - exact).max() < 0.05 * change

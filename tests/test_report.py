@@ -171,12 +171,16 @@ def test_validation_report_via_cli(tmp_path, capsys):
     summary = json.loads((VALIDATION.parent / "hyplant-fluo-o2a_summary.json").read_text())
     checks = _checks(text)
     for name, s in summary["sbc"].items():
-        row = f"SBC ranks of {name} (256 pixels, {s['bins']} bins)"
+        row = f"SBC ranks of {name} ({summary['pixels']} pixels, {s['bins']} bins)"
         assert checks[row] == ("pass" if s["passed"] else "fail"), row
     for level, s in summary["coverage_f760"].items():
         row = f"{float(level):.0%} interval of F760 holds the truth"
         assert checks[row] == ("pass" if s["passed"] else "fail"), row
         assert f"<td>{row}</td><td>{s['observed']:.1%}</td>" in text
+    pm = summary["patch_mean_f760"]
+    row = f"90 % interval of the patch-mean F760 holds the truth ({pm['n']} patches)"
+    assert checks[row] == ("pass" if pm["coverage"]["0.90"]["passed"] else "fail")
+    assert f"<td>{row}</td><td>{pm['coverage']['0.90']['observed']:.1%}</td>" in text
     div = summary["convergence"]["divergences"]
     assert checks["divergent transitions"] == ("pass" if div == 0 else "fail")
     assert f"<td>divergent transitions</td><td>{div}</td>" in text
