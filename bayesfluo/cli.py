@@ -16,7 +16,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     import xarray as xr
 
     from bayesfluo.io import write_dataset
-    from bayesfluo.simulate import simulate_scene
+    from bayesfluo.scene.simulate import simulate_scene
 
     surface = None
     if args.surface:
@@ -24,21 +24,23 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             surface = xr.load_dataset(args.surface)
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot read surface spectra {args.surface}: {err}") from err
-    atmosphere = None
+    atmosphere = fm = None
     if args.atmosphere:
-        from bayesfluo.io.modtran import read_table
+        from bayesfluo.io.tables import external_atmosphere, read_table
+        from bayesfluo.physics.forward import build_forward_model
 
-        atmosphere = read_table(args.atmosphere)
+        fm = build_forward_model(args.instrument)
+        atmosphere = external_atmosphere(fm, read_table(args.atmosphere))
     t0 = time.perf_counter()
     ds = simulate_scene(args.instrument, args.size, seed=args.seed, surface=surface,
                         sza_deg=args.sza, altitude_m=args.altitude,
                         snr=np.inf if args.no_noise else args.snr, progress=not args.quiet,
-                        atmosphere=atmosphere)
+                        model=fm, atmosphere=atmosphere)
     write_dataset(ds, args.out)
     print(f"wrote {args.out}: {args.instrument}, {dict(ds.sizes)}, "
           f"{time.perf_counter() - t0:.1f} s")
     if args.plot:
-        from bayesfluo.plotting import plot_scene
+        from bayesfluo.report.plotting import plot_scene
 
         plot_scene(ds, args.plot)
         print(f"wrote {args.plot}")
@@ -47,8 +49,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_atmosphere(args: argparse.Namespace) -> int:
     from bayesfluo.instruments import get_instrument
-    from bayesfluo.io.modtran import write_table
-    from bayesfluo.physics.external import export_atmosphere
+    from bayesfluo.io.tables import export_atmosphere, write_table
     from bayesfluo.physics.forward import (
         Geometry,
         build_forward_model,
@@ -84,7 +85,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from bayesfluo.train import TrainConfig, TrainingDiverged, train
+    from bayesfluo.inference.train import TrainConfig, TrainingDiverged, train
 
     overrides = {}
     if args.out:
@@ -93,8 +94,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["devices"] = args.devices
     tc = TrainConfig.from_toml(args.config, **overrides)
     t0 = time.perf_counter()
+    scenes = None
+    if tc.finetune_steps:
+        from bayesfluo.io import read_scene
+
+        scenes = [read_scene(p) for p in tc.scenes]
     try:
-        guide = train(tc, progress=not args.quiet)
+        guide = train(tc, progress=not args.quiet, scenes=scenes)
     except TrainingDiverged as err:
         print(f"bayesfluo train: stopped: {err}", file=sys.stderr)
         return 3
@@ -121,12 +127,12 @@ def _parse_geometry(text: str | None) -> dict | None:
 
 
 def _cmd_retrieve(args: argparse.Namespace) -> int:
-    from bayesfluo.batch import EXTENSIONS, is_batch, run_batch
-    from bayesfluo.distributed import executor_context
-    from bayesfluo.guide import load_guide
+    from bayesfluo.inference.guide import load_guide
     from bayesfluo.io.writers import output_format
-    from bayesfluo.models import resolve_model
-    from bayesfluo.retrieve import RetrieveOptions, Retriever, retrieve_file
+    from bayesfluo.retrieval.api import RetrieveOptions, Retriever, retrieve_file
+    from bayesfluo.retrieval.batch import EXTENSIONS, is_batch, run_batch
+    from bayesfluo.retrieval.executors import executor_context
+    from bayesfluo.shipped import resolve_model
 
     opts = RetrieveOptions(quality=not args.no_quality, n_draws=args.draws, seed=args.seed,
                            chunk_pixels=args.chunk_pixels, refine=args.refine)
@@ -164,8 +170,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
 
 
 def _cmd_nuts(args: argparse.Namespace) -> int:
+    from bayesfluo.inference.nuts import NutsConfig, nuts_reference, parse_pixels
     from bayesfluo.io import read_scene, write_datatree
-    from bayesfluo.nuts import NutsConfig, nuts_reference, parse_pixels
 
     scene = read_scene(args.scene)
     if "time" in scene["radiance"].dims:  # a tower: --pixels are time steps 't0:t1' or 't;t'
@@ -193,7 +199,7 @@ def _cmd_nuts(args: argparse.Namespace) -> int:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from bayesfluo.baselines import run_baseline
+    from bayesfluo.inference.baselines import run_baseline
     from bayesfluo.io import read_scene, write_dataset
 
     scene = read_scene(args.scene)
@@ -208,7 +214,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from bayesfluo.report import write_report
+    from bayesfluo.report.html import write_report
 
     t0 = time.perf_counter()
     out = write_report(args.run, args.out, scene=args.scene, model=args.model)
@@ -280,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     t = sub.add_parser("train", help="train an amortized guide (TOML configuration)")
-    t.add_argument("config", help="TOML file (see models/*/train.toml)")
+    t.add_argument("config", help="TOML file (see bayesfluo/data/models/*/train.toml)")
     t.add_argument("--out", help="output model directory (overrides the file's)")
     t.add_argument("--devices", type=int, help="devices for data parallelism")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -318,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the fit check (poor_fit flag, fit_chi2)")
     r.add_argument("--refine", action="store_true",
                    help="refine each patch's posterior from the guide's to the Laplace "
-                        "approximation at the model's mode (bayesfluo.refine): agrees "
+                        "approximation at the model's mode (bayesfluo.inference.refine): agrees "
                         "with NUTS (median 0.08 sd against the guide's 0.36); about 800x "
                         "slower than the guide alone")
     r.add_argument("--chunk-pixels", type=int, default=8192,

@@ -28,12 +28,12 @@ def run_demo(out_dir: str | Path = "bayesfluo-demo", instrument: str = "hyplant-
     """Simulate a demo scene, retrieve it with the shipped model (or ``model``), write the
     scene, the result and a PNG of the F760 maps into ``out_dir``; print and return the
     scores and timings."""
-    from bayesfluo.guide import load_guide
+    from bayesfluo.inference.guide import load_guide
     from bayesfluo.io import write_dataset
-    from bayesfluo.models import resolve_model
-    from bayesfluo.plotting import plot_retrieval
-    from bayesfluo.retrieve import retrieve
-    from bayesfluo.simulate import simulate_scene
+    from bayesfluo.report.plotting import plot_retrieval
+    from bayesfluo.retrieval.api import retrieve
+    from bayesfluo.scene.simulate import simulate_scene
+    from bayesfluo.shipped import resolve_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

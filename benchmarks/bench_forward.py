@@ -122,7 +122,7 @@ def _case(name: str, quick: bool) -> dict:
 
 def _simulate(instrument: str, size: str) -> dict:
     from bayesfluo.physics import build_forward_model
-    from bayesfluo.simulate import simulate_scene
+    from bayesfluo.scene.simulate import simulate_scene
 
     m = build_forward_model(instrument)
     t0 = time.perf_counter()

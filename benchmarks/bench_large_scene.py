@@ -42,7 +42,7 @@ def write_scene(path: Path, size_gb: float, seed: int = 0) -> tuple[int, int]:
     import dask.array as da
     import xarray as xr
 
-    from bayesfluo.simulate import simulate_scene
+    from bayesfluo.scene.simulate import simulate_scene
 
     strip = simulate_scene("hyplant-fluo-o2a", (STRIP_ROWS, N_COLS), seed=seed)
     nb = strip.sizes["band"]

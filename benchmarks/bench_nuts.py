@@ -46,27 +46,27 @@ def main() -> None:
     import numpy as np
     from numpyro.infer import MCMC, NUTS
 
-    from bayesfluo.diagnostics.sbc import NOMINAL, simulate_patch
-    from bayesfluo.model import ModelConfig, sif_model
-    from bayesfluo.nuts import NutsConfig, sample_patch, to_datatree
-    from bayesfluo.physics import build_forward_model
+    from bayesfluo.diagnostics.sbc import NOMINAL
+    from bayesfluo.inference.nuts import NutsConfig, sample_patch, to_datatree
+    from bayesfluo.model import ModelConfig, SifModel
+    from bayesfluo.scene.prior import simulate_patch
 
     warnings.simplefilter("ignore", RuntimeWarning)
-    fm = build_forward_model(NOMINAL["instrument"])
     cfg = ModelConfig()
-    data, truth = simulate_patch(fm, cfg, jax.random.PRNGKey(2024), n_pixels=args.pixels)
+    model = SifModel.for_instrument(NOMINAL["instrument"], cfg)
+    data, truth = simulate_patch(model, jax.random.PRNGKey(2024), n_pixels=args.pixels)
     key = jax.random.PRNGKey(0)
 
     t0, c0 = time.perf_counter(), time.process_time()
-    sample_patch(fm, cfg, data, key, NutsConfig(num_warmup=2, num_samples=2,
-                                                num_chains=args.chains, predictive_draws=2))
+    sample_patch(model, data, key, NutsConfig(num_warmup=2, num_samples=2,
+                                              num_chains=args.chains, predictive_draws=2))
     t_compile, c_compile = time.perf_counter() - t0, time.process_time() - c0
 
     nc = NutsConfig(num_warmup=args.warmup, num_samples=args.samples, num_chains=args.chains)
     t0, c0 = time.perf_counter(), time.process_time()
-    post = sample_patch(fm, cfg, data, key, nc)
+    post = sample_patch(model, data, key, nc)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    conv = to_datatree([post], [data], fm, max_tree_depth=nc.max_tree_depth)
+    conv = to_datatree([post], [data], model, max_tree_depth=nc.max_tree_depth)
     conv = conv["convergence"].to_dataset()
     ess = float(conv.ess_bulk.sum())
     f = post.samples["f760"].reshape(-1, args.pixels)
@@ -102,11 +102,11 @@ def main() -> None:
     if not args.no_baseline:
         # baseline: plain NumPyro NUTS (diagonal adaptation, init to median), same budget
         t0 = time.perf_counter()
-        mc = MCMC(NUTS(sif_model, max_tree_depth=nc.max_tree_depth,
+        mc = MCMC(NUTS(model.program, max_tree_depth=nc.max_tree_depth,
                        target_accept_prob=nc.target_accept),
                   num_warmup=args.baseline_draws, num_samples=args.baseline_draws,
                   num_chains=args.chains, chain_method="vectorized", progress_bar=False)
-        mc.run(jax.random.PRNGKey(0), fm, cfg, data, extra_fields=("num_steps",))
+        mc.run(jax.random.PRNGKey(0), data, extra_fields=("num_steps",))
         bwall = time.perf_counter() - t0
         bd = az.from_dict({"posterior": {"f760": np.asarray(
             mc.get_samples(group_by_chain=True)["f760"])}}, dims={"f760": ["pixel"]})
@@ -123,11 +123,11 @@ def main() -> None:
                                              / max(res["baseline"]["ess_f760_per_s"], 1e-9), 1)
     if args.exact:
         t0 = time.perf_counter()
-        ex = sample_patch(fm, cfg, data, key, NutsConfig(
+        ex = sample_patch(model, data, key, NutsConfig(
             num_warmup=args.warmup, num_samples=args.samples, num_chains=args.chains,
             operator="exact"))
         ewall = time.perf_counter() - t0
-        ec = to_datatree([ex], [data], fm)["convergence"].to_dataset()
+        ec = to_datatree([ex], [data], model)["convergence"].to_dataset()
         res["exact_operator"] = {
             "wall_s": round(ewall, 1), "pixels_per_s": round(args.pixels / ewall, 3),
             "ess_f760_per_s": round(float(ec.ess_bulk.sum()) / ewall, 1),

@@ -5,7 +5,7 @@ Prints pixels per second and peak memory, on a HyPlant FLUO O2-A scene held in m
   (a) posterior summaries alone (``RetrieveOptions(quality=False)``),
   (b) with the residual-based quality flag (one exact band operator per patch),
 and, measured in the same run on the same pixels, the bare forward pass of the encoder
-(:meth:`bayesfluo.guide.Encoder.encode` on features already on the device) and a plain
+(:meth:`bayesfluo.inference.guide.Encoder.encode` on features already on the device) and a plain
 4-layer, 256-wide MLP: the limits. Each case runs in its own process so its peak memory
 (max RSS) is its own. On a shared machine, compare the ratios of one run, not absolute
 rates across runs.
@@ -35,12 +35,12 @@ def _case(name: str, size: int, repeat: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from bayesfluo.guide import load_guide
+    from bayesfluo.inference.guide import guide_inputs, load_guide
     from bayesfluo.instruments import get_instrument
-    from bayesfluo.models import resolve_model
-    from bayesfluo.patches import PatchGrid, patch_inputs
-    from bayesfluo.retrieve import RetrieveOptions, Retriever, retrieve
-    from bayesfluo.simulate import simulate_scene
+    from bayesfluo.retrieval.api import RetrieveOptions, Retriever, retrieve
+    from bayesfluo.scene.grid import PatchGrid
+    from bayesfluo.scene.simulate import simulate_scene
+    from bayesfluo.shipped import resolve_model
 
     guide = load_guide(resolve_model("hyplant-fluo-o2a"))
     tile = simulate_scene("hyplant-fluo-o2a", (64, 64), seed=0)
@@ -78,10 +78,9 @@ def _case(name: str, size: int, repeat: int) -> dict:
             t.append(time.perf_counter() - t0)
     elif name == "encoder":
         grid = PatchGrid((size, size), guide.patch_size)
-        d = patch_inputs(scene, grid, slice(None), guide.feature_mean, guide.feature_sd,
-                         get_instrument(guide.instrument).reference_radiance, r.fm,
-                         guide.config)
-        f, m = jnp.asarray(d["features"]), jnp.asarray(d["mask"])
+        d = guide_inputs(scene, grid, slice(None), r.model, guide.feature_mean,
+                         guide.feature_sd, get_instrument(guide.instrument).reference_radiance)
+        f, m = jnp.asarray(d.features), jnp.asarray(d.patches.mask)
         chunk = RetrieveOptions().chunk_pixels // guide.n_pixels
         jax.block_until_ready(r.encode(f[:chunk], m[:chunk]))
         t = []

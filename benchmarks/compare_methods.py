@@ -2,16 +2,16 @@
 
 For each instrument (HyPlant FLUO O2-A, DESIS, a FloX-like tower) and signal-to-noise
 level (the instrument's nominal SNR times each ``--snr-factors``), one scene is simulated
-noise-free by the fine-grid physics (``bayesfluo.simulate``) and noise of that SNR is
+noise-free by the fine-grid physics (``bayesfluo.scene.simulate``) and noise of that SNR is
 added (seeded). Every method runs on the same radiance:
 
-* ``sfld``, ``3fld``, ``ifld``: Fraunhofer line depth (:mod:`bayesfluo.baselines.fld`);
-* ``sfm``: spectral fitting at the prior atmosphere (:mod:`bayesfluo.baselines.sfm`);
+* ``sfld``, ``3fld``, ``ifld``: Fraunhofer line depth (:mod:`bayesfluo.inference.baselines.fld`);
+* ``sfm``: spectral fitting at the prior atmosphere (:mod:`bayesfluo.inference.baselines.sfm`);
 * ``oe``: optimal estimation at the prior atmosphere; ``oe-atmosphere``: with each
   pixel's surface pressure, AOT and spectral shift retrieved too
-  (:mod:`bayesfluo.baselines.oe`);
-* ``bayesfluo``: the amortized guide shipped in ``models/`` (HyPlant O2-A and DESIS; there
-  is no FloX guide, so the FloX rows compare with ``oe`` instead).
+  (:mod:`bayesfluo.inference.baselines.oe`);
+* ``bayesfluo``: the amortized guide shipped in ``bayesfluo/data/models/`` (HyPlant O2-A
+  and DESIS; there is no FloX guide, so the FloX rows compare with ``oe`` instead).
 
 Columns: F760 RMSE and bias against the truth (mW m-2 sr-1 nm-1), coverage of the 90 %
 interval where the method gives one, pixels per second (the second call, after
@@ -33,7 +33,7 @@ own prior predictive (:func:`prior_scene`, rows "model's prior"), and for it and
 simulated scene the script prints how iFLD, SFM and OE compare with bayesfluo's
 posterior mean on well-identified pixels (NDVI > 0.5, unflagged, posterior sd < 0.3
 mW m-2 sr-1 nm-1), also with each pixel's true atmosphere
-(:func:`bayesfluo.baselines.pixels.true_operators`).
+(:func:`bayesfluo.inference.baselines.pixels.true_operators`).
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ import jax.numpy as jnp
 import numpy as np
 import psutil
 
-from bayesfluo.baselines import BASELINES, run_baseline
+from bayesfluo.inference.baselines import BASELINES, run_baseline
 from bayesfluo.instruments import get_instrument
 from bayesfluo.physics import build_forward_model
 from bayesfluo.physics.sensor import add_noise
-from bayesfluo.simulate import simulate_scene
+from bayesfluo.scene.simulate import simulate_scene
 
 SHIPPED = {"hyplant-fluo-o2a": "hyplant-fluo-o2a", "desis": "desis"}
 
@@ -85,7 +85,7 @@ class PeakRss:
 
 def with_noise(clean, snr: float, seed: int):
     """A copy of a noise-free scene with the instrument's noise at ``snr`` (as
-    :func:`bayesfluo.simulate.simulate_scene` adds it)."""
+    :func:`bayesfluo.scene.simulate.simulate_scene` adds it)."""
     a, b = get_instrument(clean.attrs["instrument"]).noise_coefficients(snr)
     k_rad, k_irr = jax.random.split(jax.random.PRNGKey(seed))
     s = clean.copy()
@@ -141,7 +141,7 @@ def run_case(inst: str, scene, methods, fm, guide=None) -> list[dict]:
         res, pps, mb = timed(lambda m=m: run_baseline(scene, m, fm=fm), n)
         rows.append(dict(method=m, pps=pps, mb=mb, result=res, **scores(res, scene)))
     if guide is not None:
-        from bayesfluo.retrieve import RetrieveOptions, Retriever, retrieve
+        from bayesfluo.retrieval.api import RetrieveOptions, Retriever, retrieve
 
         r = Retriever(guide, fm)
         opt = RetrieveOptions(quality=False)
@@ -155,27 +155,29 @@ def run_case(inst: str, scene, methods, fm, guide=None) -> list[dict]:
 def prior_scene(fm, cfg, n_side: int, seed: int):
     """A scene of ``n_side`` x ``n_side`` patches of 8 x 8 pixels, each drawn from
     bayesfluo's prior predictive at nominal conditions
-    (:func:`bayesfluo.diagnostics.sbc.simulate_patch`: 600 m, sun zenith 30 deg, SNR 150
+    (:func:`bayesfluo.scene.prior.simulate_patch`: 600 m, sun zenith 30 deg, SNR 150
     shot noise, a quarter of the pixels bare), laid out on the guide's patch grid: data
     the model explains exactly, where its posterior is calibrated."""
     import xarray as xr
 
-    from bayesfluo.diagnostics.sbc import simulate_patch
-    from bayesfluo.patches import PatchGrid
+    from bayesfluo.model import SifModel
+    from bayesfluo.scene.grid import PatchGrid
+    from bayesfluo.scene.prior import simulate_patch
 
     key = jax.random.PRNGKey(seed)
-    datas, truths = zip(*[simulate_patch(fm, cfg, jax.random.fold_in(key, i))
+    model = SifModel(fm, cfg)
+    datas, truths = zip(*[simulate_patch(model, jax.random.fold_in(key, i))
                           for i in range(n_side * n_side)], strict=True)
     if cfg.fixed.get("fwhm_scale", 1.0) != 1.0 or "diffuse_path" in cfg.free:
         raise ValueError("prior_scene supports the default fixed FWHM and diffuse path")
     grid = PatchGrid((8 * n_side, 8 * n_side), 8)
     img = lambda v: grid.to_image(np.stack(v), 8 * n_side)  # noqa: E731
-    rad = img([np.asarray(d["radiance"]) for d in datas]).astype(np.float32)
-    g = datas[0]["geometry"]
+    rad = img([np.asarray(d.radiance) for d in datas]).astype(np.float32)
+    g = datas[0].geometry
     yx = ("y", "x")
     ds = xr.Dataset({
         "radiance": (yx + ("band",), rad, {"units": "mW m-2 sr-1 nm-1"}),
-        "ndvi": (yx, img([np.asarray(d["ndvi"]) for d in datas])),
+        "ndvi": (yx, img([np.asarray(d.ndvi) for d in datas])),
         "mask": (yx, np.ones(rad.shape[:2], np.int8)),
         "true_f760": (yx, img([t["f760"] for t in truths])),
         **{f"true_{n}": (yx, img([np.full(64, float(t[n]) if n in t else cfg.fixed[n])
@@ -191,8 +193,8 @@ def prior_scene(fm, cfg, n_side: int, seed: int):
         "sensor_altitude": float(g.sensor_altitude_m)},
         coords={"wavelength": ("band", np.asarray(fm.band_centre_nm, np.float64),
                                {"units": "nm", "medium": "air"})},
-        attrs={"instrument": fm.instrument, "noise_a": float(datas[0]["noise_a"]),
-               "noise_b": float(datas[0]["noise_b"]), "snr": 150.0})
+        attrs={"instrument": fm.instrument, "noise_a": float(datas[0].noise_a),
+               "noise_b": float(datas[0].noise_b), "snr": 150.0})
     return ds
 
 
@@ -223,7 +225,7 @@ def throughput(scene, methods, fm, guide=None) -> list[dict]:
         _, pps, mb = timed(lambda m=m: run_baseline(scene, m, fm=fm), n)
         rows.append(dict(method=m, pps=pps, mb=mb))
     if guide is not None:
-        from bayesfluo.retrieve import RetrieveOptions, Retriever, retrieve
+        from bayesfluo.retrieval.api import RetrieveOptions, Retriever, retrieve
 
         r = Retriever(guide, fm)
         opt = RetrieveOptions(quality=False)
@@ -259,8 +261,8 @@ def agreement(rows: list[dict], scene, true_atmosphere: bool = True) -> str:
              f"sd < 0.3; mean sd {np.mean(sd[good]):.3f}; bayesfluo error/sd: median "
              f"{np.median(np.abs(mean - t)[good] / sd[good]):.2f})"]
     if true_atmosphere:
-        from bayesfluo.baselines import fld_retrieve, scene_pixels, sfm_retrieve
-        from bayesfluo.baselines.pixels import true_operators
+        from bayesfluo.inference.baselines import fld_retrieve, scene_pixels, sfm_retrieve
+        from bayesfluo.inference.baselines.pixels import true_operators
         fm = build_forward_model(scene.attrs["instrument"])
         px1 = scene_pixels(scene, 1, fm)
         ops = true_operators(scene, fm)
@@ -334,8 +336,8 @@ def main(argv=None) -> int:
               f"{time.perf_counter() - t0:.0f} s", flush=True)
         guide = None
         if inst in SHIPPED:
-            from bayesfluo.guide import load_guide
-            from bayesfluo.models import resolve_model
+            from bayesfluo.inference.guide import load_guide
+            from bayesfluo.shipped import resolve_model
             guide = load_guide(resolve_model(SHIPPED[inst]))
         nominal = get_instrument(inst).snr
         for k, f in enumerate(factors):

@@ -22,16 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayesfluo.io.modtran import read_table, write_table
+from bayesfluo.io.tables import export_atmosphere, external_atmosphere, read_table, write_table
+from bayesfluo.model.table_prior import ExternalModel, PerturbationPrior
 from bayesfluo.physics.atmosphere import AtmosphereParams
-from bayesfluo.physics.external import (
-    ExternalModel,
-    PerturbationPrior,
-    band_operator_external,
-    export_atmosphere,
-    external_atmosphere,
-    radiance_exact_external,
-)
+from bayesfluo.physics.external import band_operator_external, radiance_exact_external
 from bayesfluo.physics.forward import (
     Geometry,
     radiance,
@@ -58,9 +52,9 @@ def perturbation_experiment(fm, steps: int, seed: int = 3) -> dict:
     from numpyro.infer.util import initialize_model
 
     from bayesfluo.instruments import get_instrument
-    from bayesfluo.model import ModelConfig, sif_model
+    from bayesfluo.model import ModelConfig, Patch, SifModel
     from bayesfluo.physics.sensor import add_noise
-    from bayesfluo.simulate import random_surface, surface_reflectance
+    from bayesfluo.scene.simulate import random_surface, surface_reflectance
 
     surf = random_surface((4, 4), np.random.default_rng(seed))
     n = surf.cover.size
@@ -73,16 +67,16 @@ def perturbation_experiment(fm, steps: int, seed: int = 3) -> dict:
     clean = jax.vmap(lambda r, f: radiance_exact(fm, r, f, _atm(), GEOM))(r_fine, f_fine)
     a, b = get_instrument(fm.instrument).noise_coefficients()
     obs = add_noise(jax.random.PRNGKey(seed), clean, a, b)
-    data = dict(radiance=obs, mask=jnp.ones(n), ndvi=ndvi, geometry=GEOM, noise_a=a,
-                noise_b=b, surface_pressure0=jnp.float32(1000.0))
+    patch = Patch(radiance=obs, mask=jnp.ones(n), ndvi=ndvi, geometry=GEOM, noise_a=a,
+                  noise_b=b, surface_pressure0=jnp.float32(1000.0))
     cfg = ModelConfig(free=())
     wrong = external_atmosphere(fm, export_atmosphere(fm, _atm(1.015, 0.20), GEOM))
     right = external_atmosphere(fm, export_atmosphere(fm, _atm(), GEOM))
 
     def fit(ext, prior):
-        d = {**data, "external": ExternalModel(ext, prior)}
+        model = SifModel(fm, cfg, table=ExternalModel(ext, prior))
         info, potential, post, _ = initialize_model(
-            jax.random.PRNGKey(0), sif_model, model_args=(fm, cfg, d),
+            jax.random.PRNGKey(0), model.program, model_args=(patch,),
             init_strategy=init_to_median)
         x0, unravel = ravel_pytree(info.z)
         f = lambda x: potential(unravel(x))  # noqa: E731

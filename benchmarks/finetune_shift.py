@@ -39,12 +39,12 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bayesfluo.guide import load_guide
-    from bayesfluo.io import write_dataset
-    from bayesfluo.models import resolve_model
-    from bayesfluo.retrieve import retrieve
-    from bayesfluo.simulate import simulate_scene
-    from bayesfluo.train import TrainConfig, train
+    from bayesfluo.inference.guide import load_guide
+    from bayesfluo.inference.train import TrainConfig, train
+    from bayesfluo.io import read_scene, write_dataset
+    from bayesfluo.retrieval.api import retrieve
+    from bayesfluo.scene.simulate import simulate_scene
+    from bayesfluo.shipped import resolve_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shift", type=float, default=0.25)
@@ -62,7 +62,8 @@ def main() -> None:
         tuned = train(TrainConfig(out=str(Path(tmp) / "tuned"), start_from=str(base_dir),
                                   pretrain_steps=0, scenes=(str(path),),
                                   finetune_steps=a.steps, finetune_batch_patches=4,
-                                  checkpoint_every=100), progress=True)
+                                  checkpoint_every=100), progress=True,
+                      scenes=[read_scene(path)])
         wall = time.perf_counter() - t0
         hist = np.loadtxt(Path(tmp) / "tuned" / "history.csv", delimiter=",", skiprows=1,
                           usecols=(1, 2))

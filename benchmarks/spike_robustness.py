@@ -27,11 +27,11 @@ def main() -> None:
     p.add_argument("--sd", type=float, nargs="+", default=[15.0, 40.0])
     a = p.parse_args()
 
-    from bayesfluo.guide import load_guide
-    from bayesfluo.models import resolve_model
-    from bayesfluo.patches import noise_coefficients
-    from bayesfluo.retrieve import QUALITY_FLAGS, RetrieveOptions, Retriever, retrieve
-    from bayesfluo.simulate import simulate_scene
+    from bayesfluo.inference.guide import load_guide
+    from bayesfluo.retrieval.api import QUALITY_FLAGS, RetrieveOptions, Retriever, retrieve
+    from bayesfluo.scene.grid import noise_coefficients
+    from bayesfluo.scene.simulate import simulate_scene
+    from bayesfluo.shipped import resolve_model
 
     scene = simulate_scene("hyplant-fluo-o2a", (20, 13), seed=2)
     guide = load_guide(resolve_model(a.model))

@@ -35,10 +35,9 @@ def main() -> None:
     matplotlib.use("Agg")
 
     from bayesfluo.diagnostics.guide_check import compare_with_nuts, evaluate_simulated
-    from bayesfluo.guide import load_guide
-    from bayesfluo.models import resolve_model
-    from bayesfluo.physics.forward import build_forward_model
-    from bayesfluo.refine import RefineOptions
+    from bayesfluo.inference.guide import load_guide
+    from bayesfluo.inference.refine import RefineOptions
+    from bayesfluo.shipped import resolve_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="hyplant-fluo-o2a")
@@ -58,7 +57,6 @@ def main() -> None:
     a = p.parse_args()
     mdir = resolve_model(a.model)
     guide = load_guide(mdir)
-    fm = build_forward_model(guide.instrument)
     out = a.out
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -71,7 +69,7 @@ def main() -> None:
     crb = None
     for prefix, refine in variants.items():
         t1 = time.perf_counter()
-        ds = evaluate_simulated(guide, fm, a.patches, seed=a.seed,
+        ds = evaluate_simulated(guide, a.patches, seed=a.seed,
                                 with_bound=crb is None and not a.no_bound, refine=refine,
                                 **cond)
         if crb is not None:
@@ -84,7 +82,7 @@ def main() -> None:
         _plot_recovery(ds, guide, summ[prefix + "rmse_all"],
                        out / f"guide_{mdir.name}_{prefix}recovery.png", bool(prefix))
         if nuts_file.exists():
-            cmp = compare_with_nuts(guide, fm, xr.open_dataset(nuts_file), refine=refine)
+            cmp = compare_with_nuts(guide, xr.open_dataset(nuts_file), refine=refine)
             m = _nuts_metrics(cmp)
             summ.update({prefix + k: v for k, v in m.items()})
             _plot_vs_nuts(cmp, m, out / f"guide_{mdir.name}_{prefix}vs_nuts.png", bool(prefix))
@@ -216,11 +214,11 @@ def _write_card(mdir: Path, guide, summ: dict) -> None:
                       f"{summ['refined_vs_nuts_median_sd_ratio_vegetated']:.2f})")]
     table = "\n".join(f"| {a} | {b} |" for a, b in rows)
     ranges = "\n".join(f"| {k} | {v[0]:g} to {v[1]:g} |" for k, v in r.items())
-    figs = [f"![](../../docs/validation/guide_{mdir.name}_recovery.png)"]
+    figs = [f"![](../../../../docs/validation/guide_{mdir.name}_recovery.png)"]
     if "vs_nuts_pixels" in summ:
-        figs.append(f"![](../../docs/validation/guide_{mdir.name}_vs_nuts.png)")
+        figs.append(f"![](../../../../docs/validation/guide_{mdir.name}_vs_nuts.png)")
     if "refined_vs_nuts_pixels" in summ:
-        figs.append(f"![](../../docs/validation/guide_{mdir.name}_refined_vs_nuts.png)")
+        figs.append(f"![](../../../../docs/validation/guide_{mdir.name}_refined_vs_nuts.png)")
     n_patches = summ["n_pixels"] // 64
     opt = " --refine" if "refined_rmse_all" in summ else ""
     old = (mdir / "README.md").read_text() if (mdir / "README.md").exists() else ""

@@ -55,10 +55,10 @@ def main() -> None:
 
     from bayesfluo.diagnostics.calibration import coverage_test, sbc_test
     from bayesfluo.diagnostics.sbc import CONDITIONS, validate
+    from bayesfluo.inference.nuts import ESS_MIN, RHAT_MAX, NutsConfig
     from bayesfluo.io import write_dataset
-    from bayesfluo.nuts import ESS_MIN, RHAT_MAX, NutsConfig
     from bayesfluo.physics import build_forward_model
-    from bayesfluo.plotting_diagnostics import plot_coverage, plot_f760_recovery, plot_sbc_ranks
+    from bayesfluo.report.diagnostic_plots import plot_coverage, plot_f760_recovery, plot_sbc_ranks
 
     warnings.simplefilter("ignore", RuntimeWarning)
     out = Path(args.out)

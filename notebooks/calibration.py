@@ -35,8 +35,8 @@ import numpy as np
 import xarray as xr
 
 from bayesfluo.diagnostics.calibration import coverage_test, sbc_test
-from bayesfluo.plotting_diagnostics import plot_coverage, plot_sbc_ranks
-from bayesfluo.report_figures import plot_rank_ecdf
+from bayesfluo.report.diagnostic_plots import plot_coverage, plot_sbc_ranks
+from bayesfluo.report.figures import plot_rank_ecdf
 
 val = xr.load_dataset(VALIDATION)
 n_rank = int(val.attrs["n_rank_draws"])
@@ -84,15 +84,14 @@ assert 0.85 <= hits[0.9].mean() <= 0.95
 
 # %%
 from bayesfluo.diagnostics.guide_check import compare_with_nuts
-from bayesfluo.guide import load_guide
-from bayesfluo.models import resolve_model
-from bayesfluo.physics.forward import build_forward_model
-from bayesfluo.report_figures import plot_guide_vs_nuts
+from bayesfluo.inference.guide import load_guide
+from bayesfluo.report.figures import plot_guide_vs_nuts
+from bayesfluo.shipped import resolve_model
 
 npx = int(val.attrs["n_pixels"])
 sub = val.isel(patch=slice(0, GUIDE_PATCHES), pixel=slice(0, GUIDE_PATCHES * npx))
 guide = load_guide(resolve_model("hyplant-fluo-o2a"))
-cmp = compare_with_nuts(guide, build_forward_model(guide.instrument), sub)
+cmp = compare_with_nuts(guide, sub)
 fig = plot_guide_vs_nuts(cmp)
 z_med = float(np.median(np.abs(cmp.z)))
 ratio = float(np.median(cmp.sd_ratio))

@@ -77,14 +77,14 @@ assert bounds["desis"]["atmosphere known"] > 5 * bounds["hyplant-fluo-o2a"]["atm
 
 # %%
 from bayesfluo.diagnostics.guide_check import evaluate_simulated
-from bayesfluo.guide import load_guide
-from bayesfluo.models import resolve_model
+from bayesfluo.inference.guide import load_guide
+from bayesfluo.shipped import resolve_model
 
 evals = {}
 for name, cond in (("hyplant-fluo-o2a", {}), ("desis", {"height_m": 400000.0})):
     g = load_guide(resolve_model(name))
-    evals[name] = evaluate_simulated(g, build_forward_model(g.instrument), PATCHES,
-                                     seed=77, with_bound=False, progress=False, **cond)
+    evals[name] = evaluate_simulated(g, PATCHES, seed=77, with_bound=False, progress=False,
+                                     **cond)
 prior_sd = g.config.sif_scale * np.sqrt(1 - 2 / np.pi)
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
 for name, ds in evals.items():

@@ -29,11 +29,11 @@ N_DRAWS = 200
 import matplotlib.pyplot as plt
 import numpy as np
 
-from bayesfluo.guide import load_guide
-from bayesfluo.models import resolve_model
-from bayesfluo.report_figures import pick_pixels, plot_spectral_fit, posterior_mean_fit
-from bayesfluo.retrieve import RetrieveOptions, retrieve
-from bayesfluo.simulate import simulate_scene
+from bayesfluo.inference.guide import load_guide
+from bayesfluo.report.figures import pick_pixels, plot_spectral_fit, posterior_mean_fit
+from bayesfluo.retrieval.api import RetrieveOptions, retrieve
+from bayesfluo.scene.simulate import simulate_scene
+from bayesfluo.shipped import resolve_model
 
 scene = simulate_scene("hyplant-fluo-o2a", SIZE, seed=SEED, progress=False)
 guide = load_guide(resolve_model("hyplant-fluo-o2a"))

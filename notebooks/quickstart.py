@@ -29,11 +29,11 @@ SEED = 0
 # %%
 import numpy as np
 
-from bayesfluo.guide import load_guide
-from bayesfluo.models import resolve_model
-from bayesfluo.plotting import plot_retrieval
-from bayesfluo.retrieve import RetrieveOptions, retrieve
-from bayesfluo.simulate import simulate_scene
+from bayesfluo.inference.guide import load_guide
+from bayesfluo.report.plotting import plot_retrieval
+from bayesfluo.retrieval.api import RetrieveOptions, retrieve
+from bayesfluo.scene.simulate import simulate_scene
+from bayesfluo.shipped import resolve_model
 
 scene = simulate_scene("hyplant-fluo-o2a", SIZE, seed=SEED, progress=False)
 scene

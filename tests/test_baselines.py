@@ -27,13 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bayesfluo.baselines import fld_retrieve, oe_retrieve, run_baseline, sfm_retrieve
-from bayesfluo.baselines.fld import O2A, select_bands
-from bayesfluo.baselines.oe import gaussian_prior
-from bayesfluo.baselines.pixels import Pixels, prior_operators, scene_pixels
-from bayesfluo.baselines.sfm import fit_pixels, summarise_state
-from bayesfluo.model import ModelConfig, _reflectance_prior
-from bayesfluo.patches import sun_distance
+from bayesfluo.inference.baselines import fld_retrieve, oe_retrieve, run_baseline, sfm_retrieve
+from bayesfluo.inference.baselines.fld import O2A, select_bands
+from bayesfluo.inference.baselines.oe import gaussian_prior
+from bayesfluo.inference.baselines.pixels import Pixels, prior_operators, scene_pixels
+from bayesfluo.inference.baselines.sfm import fit_pixels, summarise_state
+from bayesfluo.model import ModelConfig, Patch, SifModel
 from bayesfluo.physics import (
     AtmosphereParams,
     Geometry,
@@ -43,7 +42,8 @@ from bayesfluo.physics import (
     radiance_from_operator,
 )
 from bayesfluo.physics.surface import sif_spectrum
-from bayesfluo.simulate import simulate_scene
+from bayesfluo.scene.grid import sun_distance
+from bayesfluo.scene.simulate import simulate_scene
 
 
 @pytest.fixture(scope="module")
@@ -109,20 +109,24 @@ def test_3fld_and_ifld_remove_most_of_the_slope_bias(clean_scene, true_operators
         assert np.sqrt(np.mean(err[m] ** 2)) < 0.5 * np.sqrt(np.mean(err["sfld"] ** 2))
 
 
-def _own_model_pixels(fm, n_pix, seed, snr=150.0):
+def _own_model_pixels(model, n_pix, seed, snr=150.0):
     """Radiance of ``n_pix`` vegetated pixels from the model's own forward model through
     the prior-atmosphere operator of one patch; returns (pixels, operators, true F760,
     noise-free radiance)."""
+    fm = model.fm
     rng = np.random.default_rng(seed)
     inst_a, inst_b = 0.9 * (100 / snr) ** 2 / 100, 0.1 * (100 / snr) ** 2
     geom = Geometry(*(np.full(1, v, np.float32) for v in (30.0, 5.0, 20.0, 100.0, 700.0,
                                                           1.0)))
-    px = Pixels(np.zeros((1, n_pix, fm.n_bands), np.float32), np.ones((1, n_pix), bool),
-                np.full((1, n_pix), 0.8, np.float32), None, geom,
-                np.full(1, 1001.3, np.float32), inst_a, inst_b,
-                np.asarray(fm.band_centre_nm), False, None)
-    ops = prior_operators(fm, px, ModelConfig())
-    mu, chol = _reflectance_prior(fm, ModelConfig())  # reflectance drawn from the prior
+    patches = Patch(radiance=np.zeros((1, n_pix, fm.n_bands), np.float32),
+                    mask=np.ones((1, n_pix), np.float32),
+                    ndvi=np.full((1, n_pix), 0.8, np.float32), geometry=geom,
+                    noise_a=np.full(1, inst_a, np.float32),
+                    noise_b=np.full(1, inst_b, np.float32),
+                    surface_pressure0=np.full(1, 1001.3, np.float32))
+    px = Pixels(patches, np.asarray(fm.band_centre_nm), False, None)
+    ops = prior_operators(model, px)
+    mu, chol = model.reflectance_prior()  # reflectance drawn from the prior
     coeffs = jax.nn.sigmoid(mu + jnp.asarray(rng.standard_normal((n_pix, fm.n_basis)),
                                              jnp.float32) @ chol.T)
     far = jnp.asarray(rng.uniform(1.0, 4.0, n_pix), jnp.float32)
@@ -134,31 +138,31 @@ def _own_model_pixels(fm, n_pix, seed, snr=150.0):
 
 
 def test_sfm_and_oe_recover_f760_from_the_models_own_radiance(model_o2a):
-    fm = model_o2a
-    px, ops, truth, rad = _own_model_pixels(fm, 8, seed=0)
-    px.radiance = rad[None]
-    sfm = summarise_state(fm, fit_pixels(fm, px, ops), with_sd=False)
+    model = SifModel(model_o2a, ModelConfig())
+    px, ops, truth, rad = _own_model_pixels(model, 8, seed=0)
+    px = px.replace(radiance=rad[None])
+    sfm = summarise_state(model, fit_pixels(model, px, ops), with_sd=False)
     np.testing.assert_allclose(sfm["f760_mean"][0], truth, atol=2e-3)
-    prior = gaussian_prior(fm, px)
+    prior = gaussian_prior(model, px)
     weak = prior._replace(precision=prior.precision * 1e-6)
-    oe_weak = summarise_state(fm, fit_pixels(fm, px, ops, weak), with_sd=False)
+    oe_weak = summarise_state(model, fit_pixels(model, px, ops, weak), with_sd=False)
     np.testing.assert_allclose(oe_weak["f760_mean"][0], truth, atol=2e-3)
-    oe = summarise_state(fm, fit_pixels(fm, px, ops, prior), with_sd=True)
+    oe = summarise_state(model, fit_pixels(model, px, ops, prior), with_sd=True)
     z = np.abs(oe["f760_mean"][0] - truth) / oe["f760_sd"][0]
     assert np.all(z < 0.75) and np.mean(z) < 0.3, z
 
 
 def test_oe_sd_matches_the_scatter_over_noise_realisations(model_o2a):
-    fm = model_o2a
+    model = SifModel(model_o2a, ModelConfig())
     n = 300
-    px, ops, truth, rad = _own_model_pixels(fm, 1, seed=1)
+    px, ops, truth, rad = _own_model_pixels(model, 1, seed=1)
     clean = np.repeat(rad, n, 0)
     noise = np.random.default_rng(7).standard_normal(clean.shape)
-    px = Pixels(np.asarray(clean + np.sqrt(px.noise_a * clean + px.noise_b) * noise,
-                           np.float32)[None], np.ones((1, n), bool),
-                np.full((1, n), 0.8, np.float32), None, px.geometry, px.surface_pressure0,
-                px.noise_a, px.noise_b, px.wavelength, False, None)
-    oe = summarise_state(fm, fit_pixels(fm, px, ops, gaussian_prior(fm, px)), with_sd=True)
+    px = px.replace(radiance=np.asarray(clean + np.sqrt(px.noise_a * clean + px.noise_b)
+                                        * noise, np.float32)[None],
+                    mask=np.ones((1, n), np.float32), ndvi=np.full((1, n), 0.8, np.float32))
+    oe = summarise_state(model, fit_pixels(model, px, ops, gaussian_prior(model, px)),
+                         with_sd=True)
     ratio = np.std(oe["f760_mean"], ddof=1) / np.mean(oe["f760_sd"])
     assert 0.85 < ratio < 1.15, ratio
     assert abs(np.mean(oe["f760_mean"]) - truth[0]) < 4 * np.mean(oe["f760_sd"]) / np.sqrt(n)

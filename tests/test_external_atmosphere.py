@@ -9,19 +9,24 @@ import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bayesfluo.io.modtran import read_table, read_table_text, write_table
-from bayesfluo.physics.atmosphere import AtmosphereParams
-from bayesfluo.physics.external import (
-    ExternalModel,
-    Perturbation,
-    PerturbationPrior,
-    band_operator_external,
+from bayesfluo.io.tables import (
+    TABLE_VARIABLES,
     export_atmosphere,
     external_atmosphere,
-    perturb,
-    radiance_exact_external,
+    read_table,
+    read_table_text,
     transfer_table,
     validate_table,
+    write_table,
+)
+from bayesfluo.model.table_prior import ExternalModel, PerturbationPrior
+from bayesfluo.physics.atmosphere import AtmosphereParams
+from bayesfluo.physics.external import (
+    TABLE_TERMS,
+    Perturbation,
+    band_operator_external,
+    perturb,
+    radiance_exact_external,
 )
 from bayesfluo.physics.forward import (
     Geometry,
@@ -221,30 +226,30 @@ def test_perturbation(model_o2a, exported):
 
 
 def test_model_with_external_table(model_o2a, exported):
-    """sif_model samples the table perturbations (and no built-in atmosphere latents);
-    with perturbations at 1 its mean radiance is the table's."""
+    """The model's program samples the table perturbations (and no built-in atmosphere
+    latents); with perturbations at 1 its mean radiance is the table's."""
     from numpyro.handlers import condition, seed, trace
 
-    from bayesfluo.model import ModelConfig, sif_model
+    from bayesfluo.model import ModelConfig, Patch, SifModel
 
     fm = model_o2a
     ext = external_atmosphere(fm, exported)
     n = 3
-    data = dict(radiance=None, mask=jnp.ones(n), ndvi=jnp.full(n, 0.7), geometry=GEOM,
-                noise_a=1e-3, noise_b=1e-3, surface_pressure0=jnp.float32(1000.0),
-                external=ExternalModel(ext, PerturbationPrior()))
+    patch = Patch(radiance=None, mask=jnp.ones(n), ndvi=jnp.full(n, 0.7), geometry=GEOM,
+                  noise_a=1e-3, noise_b=1e-3, surface_pressure0=jnp.float32(1000.0))
     cfg = ModelConfig()  # surface_pressure, aot550 free: ignored with a table
+    model = SifModel(fm, cfg, table=ExternalModel(ext, PerturbationPrior()))
     cond = {"table_tau_scale_z": 0.0, "table_up_scale_z": jnp.zeros(1),
             "table_path_scale_z": 0.0, "spectral_shift_z": 0.0}
 
     @eqx.filter_jit
-    def run(data):  # fm closed over: the model reads its knots with NumPy
-        t = trace(seed(condition(sif_model, cond), 0)).get_trace(fm, cfg, data)
+    def run(patch):  # the model closed over: it reads its knots with NumPy
+        t = trace(seed(condition(model.program, cond), 0)).get_trace(patch)
         sites = {k: v["value"] for k, v in t.items() if v["type"] == "sample"}
         return sites, t["reflectance_coeffs"]["value"], t["sif_far_red"]["value"], \
             t["radiance"]["fn"].mean
 
-    sites, coeffs, amp, mean = run(data)
+    sites, coeffs, amp, mean = run(patch)
     names = set(sites)
     assert {"table_tau_scale_z", "table_up_scale_z", "table_path_scale_z",
             "spectral_shift_z"} <= names
@@ -292,7 +297,7 @@ def test_simulate_through_table(model_o2a):
     through a table exported for that pixel's true atmosphere and geometry: the same
     noise-free radiance (float32 rounding, 2e-6 relative)."""
     from bayesfluo.physics.solar import earth_sun_distance_factor
-    from bayesfluo.simulate import simulate_scene
+    from bayesfluo.scene.simulate import simulate_scene
 
     fm = model_o2a
     kw = dict(size=(1, 1), seed=5, snr=np.inf, model=fm, day_of_year=200)
@@ -304,7 +309,7 @@ def test_simulate_through_table(model_o2a):
         v("sza"), v("vza"), (v("saa") - v("vaa")) % 360.0, v("surface_altitude"),
         v("sensor_altitude"), float(earth_sun_distance_factor(200)))))
     table = export_atmosphere(fm, atm, geom)
-    got = simulate_scene("hyplant-fluo-o2a", atmosphere=table, **kw)
+    got = simulate_scene("hyplant-fluo-o2a", atmosphere=external_atmosphere(fm, table), **kw)
     assert "true_surface_pressure" not in got and "external table" in got.attrs["atmosphere"]
     np.testing.assert_allclose(got["true_radiance"], ref["true_radiance"], rtol=2e-6)
 
@@ -324,3 +329,21 @@ def test_cli_atmosphere_export(tmp_path, exported):
     np.testing.assert_allclose(t["t_ss"], exported["t_ss"], rtol=1e-5)
     assert main(["atmosphere", "--sza", "95", "--out", str(tmp_path / "x.nc")]) == 2
     assert not (tmp_path / "x.nc").exists()
+
+
+def test_table_names_and_a_pure_physics():
+    """The table's variables (io) are the physics' terms in the same order; the physics
+    of a table imports neither NumPyro nor xarray (tables as Datasets live in io, the
+    perturbation priors in the model)."""
+    import ast
+    from pathlib import Path
+
+    import bayesfluo.physics as physics
+
+    assert tuple(TABLE_VARIABLES) == TABLE_TERMS
+    for path in Path(physics.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in ("numpyro", "xarray"), (path.name, name)

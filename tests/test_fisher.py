@@ -41,3 +41,52 @@ def test_unknown_latent_is_named(model_o2a):
     with pytest.raises(ValueError, match="unknown latent"):
         cramer_rao_f760(cases={"x": ("reflectance", "sif_far_red", "humidity")},
                         model=model_o2a)
+
+
+def test_patch_bound_of_one_pixel_is_the_pixel_bound(model_o2a):
+    """A patch of one pixel whose shared latents are the surface pressure and the spectral
+    shift: its bound of F760 (through the model's operator, prediction and noise, the
+    shared latents in their standard-normal coordinates) is the single-pixel bound with
+    those latents free (:func:`cramer_rao_f760`, physical coordinates: the bound does not
+    depend on how the nuisance latents are parametrised), and its bound of the surface
+    pressure in hPa is the pixel's Fisher bound of it: to float64 rounding."""
+    import jax.numpy as jnp
+
+    from bayesfluo.diagnostics.fisher import (
+        LATENTS,
+        fisher_information,
+        patch_cramer_rao_f760,
+    )
+    from bayesfluo.model import ModelConfig, Patch, SifModel
+    from bayesfluo.model.priors import SHAPE760
+    from bayesfluo.physics.forward import Geometry, standard_pressure_hpa
+
+    fm, k = model_o2a, model_o2a.n_basis
+    free = ("reflectance", "sif_far_red", "spectral_shift", "surface_pressure")
+    crb = cramer_rao_f760(snr=150.0, cases={"free": free}, model=fm)["free"]
+    # the noise of cramer_rao_f760: SNR 150 at the pixel's continuum, shot noise only
+    p_s = float(standard_pressure_hpa(0.0))
+    theta = np.concatenate([np.full(k, 0.4), [1.5 / SHAPE760, 0.0, p_s, 0.1, 1.3, 1.5, 0.0,
+                                              1.0]])
+    geom = Geometry(30.0, 0.0, 0.0, 0.0, 600.0)
+    _, lrad = fisher_information(fm, theta, geom, 1.0, 0.0)
+    cont = float(np.quantile(lrad, 0.9))
+    a = (cont / 150.0) ** 2 / cont
+    info, _ = fisher_information(fm, theta, geom, a, 0.0)
+    ii = list(range(k)) + [k + LATENTS[1:].index(n) for n in free[1:]]
+    sd_pressure = float(np.sqrt(np.linalg.inv(info[np.ix_(ii, ii)])[-1, -1]))
+
+    cfg = ModelConfig(free=("surface_pressure", "spectral_shift"),
+                      fixed={"aot550": 0.1, "diffuse_path": 1.5, "angstrom": 1.3,
+                             "fwhm_scale": 1.0})
+    model = SifModel(fm, cfg)
+    patch = Patch(radiance=None, mask=jnp.ones(1), ndvi=jnp.full(1, 0.8),
+                  geometry=Geometry(*(jnp.float32(v) for v in geom)),
+                  noise_a=jnp.float32(a), noise_b=jnp.float32(0.0),
+                  surface_pressure0=jnp.float32(p_s))
+    values = {"reflectance_coeffs": np.full((1, k), 0.4), "sif_far_red": theta[k:k + 1],
+              "surface_pressure_z": 0.0, "spectral_shift_z": 0.0}
+    got = patch_cramer_rao_f760(model, patch, values)
+    assert got["shared"][0] == pytest.approx(crb, rel=1e-5)
+    assert got["known"][0] < got["shared"][0]
+    assert got["shared_latents"][0] == pytest.approx(sd_pressure, rel=1e-5)

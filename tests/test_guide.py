@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from numpyro import handlers
 
-from bayesfluo.guide import (
+from bayesfluo.inference.guide import (
     GuideOutput,
-    _tril,
     guide_program,
     load_guide,
     new_encoder,
     sample_draws,
     summaries,
 )
-from bayesfluo.model import ModelConfig, scene_model
+from bayesfluo.inference.guide.encoder import _tril
+from bayesfluo.model import ModelConfig, Patch, SifModel, knee_softplus
 
 
 def _random_output(key, n_patch, n_pix, d, s):
@@ -34,17 +34,16 @@ def test_summaries_match_monte_carlo(model_o2a):
     200,000 joint draws of the same Gaussian. The tolerance is 5 Monte Carlo standard
     errors (false-failure rate below 1e-5 per check; seeded)."""
     cfg = ModelConfig()
+    model = SifModel(model_o2a, cfg)
     d, s = model_o2a.n_basis + 1, len(cfg.free)
     q = _random_output(jax.random.PRNGKey(0), 2, 3, d, s)
     ndvi = jnp.array([[0.1, 0.5, 0.8], [0.7, 0.3, 0.9]])
     p0 = jnp.array([1000.0, 950.0])
-    sm = summaries(q, model_o2a, cfg, ndvi, p0)
+    sm = summaries(q, model, ndvi, p0)
     n = 200_000
     zs, u = sample_draws(q, jax.random.PRNGKey(1), n)
-    from bayesfluo.guide import _knee_softplus
-    from bayesfluo.model import sif_scale
     # float64 for the Monte Carlo sums (float32 along axis 0 loses ~1e-3)
-    f = np.asarray(sif_scale(ndvi, cfg) * _knee_softplus(u[..., d - 1]), np.float64)
+    f = np.asarray(model.sif_scale(ndvi) * knee_softplus(u[..., d - 1]), np.float64)
     m, sd = f.mean(0), f.std(0)
     np.testing.assert_array_less(np.abs(np.asarray(sm["f760"]["mean"]) - m), 5 * sd / np.sqrt(n))
     np.testing.assert_allclose(np.asarray(sm["f760"]["sd"]), sd, rtol=0.02)
@@ -66,18 +65,15 @@ def test_guide_density_is_that_of_the_constrained_latents(model_o2a):
     import numpyro.distributions as dist
     from numpyro.infer.util import log_density
 
-    from bayesfluo.guide import _knee_softplus
-    cfg = ModelConfig()
-    enc = new_encoder(model_o2a.n_bands + 8, model_o2a, cfg, False, 16, 1,
-                      jax.random.PRNGKey(0))
+    model = SifModel(model_o2a, ModelConfig())
+    enc = new_encoder(model_o2a.n_bands + 8, model, 16, 1, jax.random.PRNGKey(0))
     n_patch, n_pix = 2, 4
-    data = dict(features=jax.random.normal(jax.random.PRNGKey(1), (n_patch, n_pix,
-                                                                   model_o2a.n_bands + 8)),
-                mask=jnp.ones((n_patch, n_pix)), ndvi=jnp.full((n_patch, n_pix), 0.6))
-    tr = handlers.trace(handlers.seed(guide_program, 3)).get_trace(enc, model_o2a, cfg, data)
-    lq, _ = log_density(guide_program, (enc, model_o2a, cfg, data), {},
+    feats = jax.random.normal(jax.random.PRNGKey(1), (n_patch, n_pix, model_o2a.n_bands + 8))
+    patches = _patches(n_patch, n_pix)
+    tr = handlers.trace(handlers.seed(guide_program, 3)).get_trace(enc, model, patches, feats)
+    lq, _ = log_density(guide_program, (enc, model, patches, feats), {},
                         {k: v["value"] for k, v in tr.items() if v["type"] == "sample"})
-    q = jax.vmap(enc)(data["features"], data["mask"])
+    q = jax.vmap(enc)(feats, patches.mask)
     zs = tr["shared_u"]["value"][:, 0]
     u = tr["local_u"]["value"]
     loc = q.local_loc + jnp.einsum("bpds,bs->bpd", q.coupling, zs - q.shared_loc)
@@ -86,29 +82,29 @@ def test_guide_density_is_that_of_the_constrained_latents(model_o2a):
             - jnp.sum(jax.nn.log_sigmoid(u[..., -1] / 0.1)))
     np.testing.assert_allclose(float(lq), float(want), rtol=1e-5)
     raw = tr["sif_far_red_raw"]["value"]
-    np.testing.assert_allclose(np.asarray(raw), np.asarray(_knee_softplus(u[..., -1])),
+    np.testing.assert_allclose(np.asarray(raw), np.asarray(knee_softplus(u[..., -1])),
                                rtol=1e-6)
     # and the guide's sites are exactly the model's latent sites
-    mtr = handlers.trace(handlers.seed(scene_model, 0)).get_trace(
-        model_o2a, cfg, _model_data(n_patch, n_pix))
+    mtr = handlers.trace(handlers.seed(model.batch_program, 0)).get_trace(patches)
     latent = {k for k, v in mtr.items() if v["type"] == "sample" and k != "radiance"}
     assert latent == {k for k, v in tr.items() if v["type"] == "sample"
                       and not v["infer"].get("is_auxiliary")}
 
 
-def _model_data(n_patch, n_pix):
+def _patches(n_patch, n_pix):
     from bayesfluo.physics.forward import Geometry
-    return dict(ndvi=jnp.full((n_patch, n_pix), 0.6), mask=jnp.ones((n_patch, n_pix)),
-                geometry=Geometry(*[jnp.full((n_patch,), v, jnp.float32)
-                                    for v in (30.0, 0.0, 0.0, 100.0, 700.0, 1.0)]),
-                noise_a=jnp.full((n_patch,), 0.004), noise_b=jnp.full((n_patch,), 0.0),
-                surface_pressure0=jnp.full((n_patch,), 1000.0), radiance=None)
+    return Patch(radiance=None, ndvi=jnp.full((n_patch, n_pix), 0.6),
+                 mask=jnp.ones((n_patch, n_pix)),
+                 geometry=Geometry(*[jnp.full((n_patch,), v, jnp.float32)
+                                     for v in (30.0, 0.0, 0.0, 100.0, 700.0, 1.0)]),
+                 noise_a=jnp.full((n_patch,), 0.004), noise_b=jnp.full((n_patch,), 0.0),
+                 surface_pressure0=jnp.full((n_patch,), 1000.0))
 
 
 def test_shipped_models_load_and_corrupt_files_are_named(tmp_path):
     import shutil
 
-    from bayesfluo.models import resolve_model, shipped_models
+    from bayesfluo.shipped import resolve_model, shipped_models
     assert {"hyplant-fluo-o2a", "desis"} <= set(shipped_models())
     g = load_guide(resolve_model("hyplant-fluo-o2a"))
     assert g.instrument == "hyplant-fluo-o2a" and g.feature_mean.size == 273 + 8
@@ -126,7 +122,7 @@ def test_shipped_models_load_and_corrupt_files_are_named(tmp_path):
 
 
 def test_save_load_round_trip(tmp_path):
-    from bayesfluo.models import resolve_model
+    from bayesfluo.shipped import resolve_model
     g = load_guide(resolve_model("desis"))
     g.save(tmp_path / "copy")
     h = load_guide(tmp_path / "copy")
@@ -156,16 +152,16 @@ def test_reference_expansion_is_the_taylor_series_and_tracks_the_exact_reference
     the second-order series equals value + J d + d' H d / 2 in float64 numpy, and stays
     close to the exact grey-surface log radiance over a scene's spread of
     geometries (sun zenith +-3 deg, view zenith 0-12 deg, terrain +-150 m)."""
-    from bayesfluo.guide import (
-        _geometry_coordinates,
+    from bayesfluo.inference.guide import (
         expand_reference,
+        geometry_coordinates,
         reference_expansion,
         reference_log_radiance,
     )
 
-    cfg = ModelConfig()
+    model = SifModel(model_o2a, ModelConfig())
     centre = (30.0, 6.0, 200.0, 800.0)
-    exp = jax.jit(lambda *g: reference_expansion(model_o2a, cfg, *g))(*centre)
+    exp = jax.jit(lambda *g: reference_expansion(model, *g))(*centre)
     rng = np.random.default_rng(5)
     n = 12
     sza = rng.uniform(27.0, 33.0, n).astype(np.float32)
@@ -173,13 +169,13 @@ def test_reference_expansion_is_the_taylor_series_and_tracks_the_exact_reference
     surf = rng.uniform(50.0, 350.0, n).astype(np.float32)
     sens = np.full(n, 800.0, np.float32)
     got = np.asarray(expand_reference(exp, sza, vza, surf, sens), np.float64)
-    d = np.asarray(_geometry_coordinates(sza, vza, surf, sens), np.float64) - np.asarray(
+    d = np.asarray(geometry_coordinates(sza, vza, surf, sens), np.float64) - np.asarray(
         exp.g0, np.float64)
     jac, hess = np.asarray(exp.jac, np.float64), np.asarray(exp.hess, np.float64)
     series = (np.asarray(exp.value, np.float64) + d @ jac.T
               + 0.5 * np.einsum("bjk,nj,nk->nb", hess, d, d))
     np.testing.assert_allclose(got, series, atol=2e-5)
-    exact = np.asarray(jax.jit(lambda *g: reference_log_radiance(model_o2a, cfg, *g))(
+    exact = np.asarray(jax.jit(lambda *g: reference_log_radiance(model, *g))(
         sza, vza, surf, sens))
     change = np.abs(exact - np.asarray(exp.value)).max()
     assert change > 0.02                     # the geometries do change the reference

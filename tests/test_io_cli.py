@@ -5,7 +5,7 @@ import xarray as xr
 
 from bayesfluo.cli import main
 from bayesfluo.io import read_scene, validate_scene, write_dataset
-from bayesfluo.simulate import simulate_scene
+from bayesfluo.scene.simulate import simulate_scene
 
 
 @pytest.fixture(scope="module")

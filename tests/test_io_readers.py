@@ -27,8 +27,8 @@ from bayesfluo.io import (
     write_envi,
     write_flox_csv,
 )
-from bayesfluo.io.readers import radiance_unit_factor
-from bayesfluo.simulate import simulate_scene
+from bayesfluo.io.common import radiance_unit_factor
+from bayesfluo.scene.simulate import simulate_scene
 
 GEOMETRY = ("sza", "saa", "vza", "vaa", "surface_altitude", "sensor_altitude")
 FUZZ = settings(max_examples=6, derandomize=True, deadline=None,
@@ -156,7 +156,7 @@ def test_envi_units_and_micrometres_are_converted(fluo, envi_float, tmp_path):
 def test_full_fluo_cube_gives_the_o2a_model_grid(model_o2a, tmp_path):
     """A hand-made 670-780 nm HyPlant FLUO cube (geometry in the header, no ancillary)
     read for the O2-A model keeps its 273 bands and gets an NDVI from 670/780 nm."""
-    from bayesfluo.patches import check_scene_for_model
+    from bayesfluo.scene.grid import check_scene_for_model
 
     wl = 670.0 + 0.11 * np.arange(1001)  # 670-780 nm
     ny, nx = 3, 5
@@ -463,10 +463,10 @@ def test_failed_write_leaves_no_partial_file(fluo, tmp_path):
 def test_envi_scene_retrieves_like_the_original(model_o2a, tmp_path):
     """An ENVI-read scene gives the same posterior maps as the scene it was written from,
     and NaN pixels come out flagged (3 minutes on 2 busy cores, mostly compilation)."""
-    from bayesfluo.guide import load_guide
-    from bayesfluo.models import resolve_model
-    from bayesfluo.patches import INPUT_FLAGS
-    from bayesfluo.retrieve import Retriever, retrieve
+    from bayesfluo.inference.guide import load_guide
+    from bayesfluo.retrieval.api import Retriever, retrieve
+    from bayesfluo.scene.grid import INPUT_FLAGS
+    from bayesfluo.shipped import resolve_model
 
     scene = simulate_scene("hyplant-fluo-o2a", (8, 8), seed=0, model=model_o2a)
     scene["radiance"][2, 3, 10:20] = np.nan

@@ -6,95 +6,180 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numpyro.infer.util import potential_energy
 
-from bayesfluo.diagnostics.sbc import simulate_patch
-from bayesfluo.model import ModelConfig
-from bayesfluo.nuts import (
+from bayesfluo.inference.nuts import (
     NutsConfig,
-    _hessian,
-    _potential,
+    _compiled,
+    _dense_whitening,
     _Sampler,
-    _unwhiten,
     _Whitened,
-    _whitened_order,
     _whitening,
-    _whitening_blocks,
-    laplace,
     parse_pixels,
 )
+from bayesfluo.model import ModelConfig, OperatorExpansion, SifModel
+from bayesfluo.model.laplace import (
+    Layout,
+    dense_hessian,
+    hessian_blocks,
+    patch_potential,
+)
+from bayesfluo.scene.prior import simulate_patch
 
 
 @pytest.fixture(scope="module")
-def patch(model_o2a):
-    return simulate_patch(model_o2a, ModelConfig(), jax.random.PRNGKey(11), n_pixels=6)
+def o2a_model(model_o2a):
+    return SifModel(model_o2a, ModelConfig())
 
 
-def test_coloured_hessian_equals_dense_hessian(model_o2a, patch):
+@pytest.fixture(scope="module")
+def patch(o2a_model):
+    return simulate_patch(o2a_model, jax.random.PRNGKey(11), n_pixels=6)
+
+
+@pytest.fixture(scope="module")
+def mode(o2a_model, patch):
+    """The patch's mode and Laplace approximation as NUTS finds them."""
     data, _ = patch
-    p = _potential(model_o2a, ModelConfig(), data, False)
-    x = p.x0 + 0.1 * np.random.default_rng(0).normal(size=p.x0.size).astype(np.float32)
-    sparse = _hessian(p, x)
-    dense = np.asarray(jax.hessian(p.potential)(jnp.asarray(x)), np.float64)
+    c = _compiled(o2a_model, data)
+    xl, xs = c.start(data)
+    return c, c.laplace(xl, xs, data, jnp.int32(NutsConfig().newton_steps))
+
+
+def test_hessian_blocks_equal_dense_hessian(o2a_model, patch):
+    """D + S Hessian-vector products give the exact Hessian of the patch's potential
+    (exact operator), pixels coupled only through the shared latents."""
+    data, _ = patch
+    layout = Layout.of(o2a_model, data)
+    c = _compiled(o2a_model, data)
+    xl, xs = c.start(data)
+    rng = np.random.default_rng(0)
+    xl = xl + 0.1 * rng.normal(size=xl.shape).astype(np.float32)
+    xs = xs + 0.1 * rng.normal(size=xs.shape).astype(np.float32)
+    pot = patch_potential(o2a_model, layout, data)
+    sparse = dense_hessian(hessian_blocks(jax.grad(pot, argnums=(0, 1)), xl, xs))
+    d, ns = layout.n_local, layout.n_shared
+
+    def flat(v):
+        return pot(v[:-ns].reshape(-1, d), v[-ns:])
+
+    dense = np.asarray(jax.hessian(flat)(jnp.concatenate([xl.ravel(), xs])), np.float64)
     scale = np.sqrt(np.outer(np.abs(np.diag(dense)), np.abs(np.diag(dense)))) + 1.0
     assert np.max(np.abs(sparse - dense) / scale) < 1e-4
 
 
-def test_laplace_finds_the_mode_and_whitens(model_o2a, patch):
+def test_laplace_finds_the_mode_and_whitens(o2a_model, patch, mode):
+    c, m = mode
     data, _ = patch
-    p = _potential(model_o2a, ModelConfig(), data, False)
-    mode, h, info = laplace(p)
-    assert info["converged"]
-    _, g = p.value_and_grad(jnp.asarray(mode, jnp.float32))
+    assert float(m.decrement) < 0.1
+    layout = c.layout
+    g = jax.grad(lambda a, b: patch_potential(o2a_model, layout, data)(a, b),
+                 argnums=(0, 1))(m.local, m.shared)
+    g = np.concatenate([np.ravel(g[0]), g[1]]).astype(np.float64)
+    h = dense_hessian(m.blocks)
     # the Newton step left from the mode is small in every coordinate's posterior scale
-    # (the search stops at a Newton decrement of 0.5 nats, near float32 resolution)
-    step = np.linalg.solve(h, np.asarray(g, np.float64))
+    # (the search stops after a step whose Newton decrement was below 0.1 nats)
+    step = np.linalg.solve(h, g)
     assert np.max(np.abs(step) / np.sqrt(np.diag(np.linalg.inv(h)))) < 0.25
-    s = _whitening(h, p.pixel, p.slot)
+    w = _whitening(m.blocks, m.local, m.shared)
+    s = _dense_whitening(w)
     np.testing.assert_allclose(s @ s.T @ h, np.eye(h.shape[0]), atol=1e-6)
     # a pixel's coordinates depend only on its own and the shared whitened coordinates
-    # (whitened coordinates run pixel by pixel, shared ones last)
-    col_pixel = np.sort(np.where(p.pixel < 0, 10**6, p.pixel))
+    # (whitened coordinates run pixel by pixel, shared ones last), and its last (SIF)
+    # coordinate only on the last of its own
+    d, ns = layout.n_local, layout.n_shared
+    pix = np.repeat(np.arange(6), d)
     for i in range(6):
-        rows = p.pixel == i
-        other = (col_pixel != i) & (col_pixel < 10**6)
-        assert np.all(np.abs(s[np.ix_(rows, other)]) < 1e-9 * np.abs(s).max())
-        assert np.all(np.abs(s[np.ix_(rows, col_pixel == i)]).max(axis=1) > 0)
+        rows = pix == i
+        other = np.concatenate([(pix != i), np.zeros(ns, bool)])
+        own = np.concatenate([rows, np.zeros(ns, bool)])
+        rows = np.concatenate([rows, np.zeros(ns, bool)])
+        assert np.all(s[np.ix_(rows, other)] == 0.0)
+        assert np.all(np.abs(s[np.ix_(rows, own)]).max(axis=1) > 0)
+        assert np.all(np.tril(np.asarray(w.a[i]), -1) == 0.0)
+    # the expansion NUTS samples with is the second-order one about the mode
+    assert isinstance(m.expansion, OperatorExpansion)
+    np.testing.assert_array_equal(np.asarray(m.expansion.z0), np.asarray(m.shared))
 
 
-def test_fused_potential_equals_the_models(model_o2a, patch):
-    """The sampler's potential (block whitening, fused likelihood through the operator's
-    expansion) against the model's own potential energy at x = mode + S u, S dense."""
+def _made_up_expansion(model, patch, z0, key):
+    """An expansion with the model's operator at the prior mean and made-up slopes and
+    curvatures: the expanded potential must equal the model's whatever the operator."""
+    op = model.operator(patch)
+    s = z0.shape[0]
+    keys = iter(jax.random.split(key, 16))
+    return OperatorExpansion(
+        z0, op,
+        jax.tree.map(lambda v: 0.02 * v[..., None] * jax.random.normal(next(keys),
+                                                                     v.shape + (s,)), op),
+        jax.tree.map(lambda v: 0.01 * v[..., None, None] * jax.random.normal(
+            next(keys), v.shape + (s, s)), op))
+
+
+@pytest.mark.parametrize("case", ["o2a", "o2a-masked", "red-peak"])
+def test_expanded_potential_equals_the_models(case, model_o2a, model_full):
+    """The potential NUTS samples with through the operator's expansion
+    (:meth:`SifModel.expanded_potential`, written out) equals NumPyro's potential energy
+    of the model's program, value and gradient, at random points far from the mode:
+    O2-A window, masked pixels carrying radiance that is not theirs, and a window with
+    the red peak (a second SIF latent)."""
+    fm = model_full if case == "red-peak" else model_o2a
+    model = SifModel(fm, ModelConfig())
+    assert model.has_red == (case == "red-peak")
+    data, _ = simulate_patch(model, jax.random.PRNGKey(5), n_pixels=5)
+    if case == "o2a-masked":
+        data = data.replace(mask=jnp.asarray([1.0, 0.0, 1.0, 0.0, 1.0]),
+                            radiance=data.radiance.at[1].set(1e3).at[3].set(-5.0))
+    layout = Layout.of(model, data)
+    rng = np.random.default_rng(3)
+    exp = _made_up_expansion(model, data, jnp.asarray([0.3, -0.2, 0.1]),
+                             jax.random.PRNGKey(1))
+
+    def ours(xl, xs):
+        return model.expanded_potential(data, exp, layout.unpack(xl, xs))
+
+    def numpyros(xl, xs):
+        return potential_energy(model.program, (data, exp), {}, layout.unpack(xl, xs))
+
+    vg = [jax.jit(jax.value_and_grad(f, (0, 1))) for f in (ours, numpyros)]
+    for _ in range(4):
+        xl = jnp.asarray(1.5 * rng.normal(size=(5, layout.n_local)), jnp.float32)
+        xs = jnp.asarray(rng.normal(size=layout.n_shared), jnp.float32)
+        (v, g), (v_ref, g_ref) = (f(xl, xs) for f in vg)
+        assert np.isfinite(float(v))
+        assert abs(float(v) - float(v_ref)) < 1e-5 * abs(float(v_ref)) + 1e-2
+        for a, b in zip(g, g_ref, strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                       atol=1e-3 * float(np.abs(np.asarray(b)).max()))
+
+
+def test_expanded_potential_is_the_samplers(o2a_model, patch, mode):
+    """At ``x = mode + S u`` (S dense) the sampler's block unwhitening gives the same
+    point, and its potential through the expansion the model's (NumPyro's) energy."""
+    from bayesfluo.inference.nuts import _unwhiten
+
+    c, m = mode
     data, _ = patch
-    cfg = ModelConfig()
-    p = _potential(model_o2a, cfg, data, False)
-    mode, h, _ = laplace(p)
-    s = _whitening(h, p.pixel, p.slot)
-    c = p.compiled
-    at = p.unravel(jnp.asarray(mode, jnp.float32))
-    z0 = jnp.stack([at[f"{n}_z"] for n in cfg.free])
-    d = dict(data, operator_expansion=c.expansion(data, z0))
-    w = _whitening_blocks(s, mode, p.pixel, p.slot)
-    u = np.random.default_rng(1).normal(size=(2, mode.size))
-    order = _whitened_order(p.pixel, p.slot)
+    w64 = _whitening(m.blocks, m.local, m.shared)
+    w = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), w64)
+    s = _dense_whitening(w64)
+    x_mode = np.concatenate([np.ravel(m.local), m.shared]).astype(np.float64)
     ns = c.n_shared
-    ref_vg = jax.jit(jax.value_and_grad(c.potential))
-    vgs = [jax.jit(jax.value_and_grad(f, (0, 1)))
-           for f in (c.potential_whitened, c.potential_fused)]
-    for ui in u:
-        x = mode + s @ ui
+    ref = jax.jit(jax.value_and_grad(lambda a, b: potential_energy(
+        o2a_model.program, (data, m.expansion), {}, c.layout.unpack(a, b)), (0, 1)))
+    vg = jax.jit(jax.value_and_grad(c.potential_expanded, (0, 1)))
+    for ui in np.random.default_rng(1).normal(size=(2, x_mode.size)):
+        x = x_mode + s @ ui
         xp, xs = _unwhiten({"p": jnp.asarray(ui[:-ns], jnp.float32),
                             "s": jnp.asarray(ui[-ns:], jnp.float32)}, w)
-        np.testing.assert_allclose(np.concatenate([np.ravel(xp), xs]), x[order],
+        np.testing.assert_allclose(np.concatenate([np.ravel(xp), xs]), x,
                                    atol=1e-4 * np.abs(x).max())
-        ref, gref = ref_vg(jnp.asarray(x, jnp.float32), d)
-        for vg in vgs:
-            v, (gp, gs) = vg(xp, xs, d)
-            assert abs(float(v) - float(ref)) < 1e-5 * abs(float(ref)) + 1e-2
-            g = np.concatenate([np.ravel(gp), gs])
-            np.testing.assert_allclose(g, np.asarray(gref)[order],
-                                       atol=1e-3 * np.abs(gref).max())
-    assert c.fused_ok(w, d, jax.random.PRNGKey(0))
-    assert not c.fused_ok(w, data, jax.random.PRNGKey(0))  # exact operator: the model's
+        v_ref, g_ref = ref(xp, xs)
+        v, g = vg(xp, xs, (data, m.expansion))
+        assert abs(float(v) - float(v_ref)) < 1e-5 * abs(float(v_ref)) + 1e-2
+        for a, b in zip(g, g_ref, strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                       atol=1e-3 * float(np.abs(np.asarray(b)).max()))
 
 
 def test_sampler_draws_a_gaussian():
@@ -142,7 +227,7 @@ def test_parse_pixels():
 def test_nuts_reference_datatree_and_cli(tmp_path, model_o2a):
     from bayesfluo.cli import main
     from bayesfluo.io import write_dataset
-    from bayesfluo.simulate import simulate_scene
+    from bayesfluo.scene.simulate import simulate_scene
 
     scene = simulate_scene("hyplant-fluo-o2a", (4, 4), seed=3, model=model_o2a)
     path = write_dataset(scene, tmp_path / "scene.nc")

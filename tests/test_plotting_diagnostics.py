@@ -5,7 +5,7 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
-from bayesfluo.plotting_diagnostics import (
+from bayesfluo.report.diagnostic_plots import (
     plot_coverage,
     plot_f760_recovery,
     plot_residuals,

@@ -1,4 +1,4 @@
-"""Laplace refinement of the amortized guide (bayesfluo.refine)."""
+"""Laplace refinement of the amortized guide (bayesfluo.inference.refine)."""
 
 from __future__ import annotations
 
@@ -9,26 +9,20 @@ import pytest
 from numpyro.infer.util import potential_energy
 
 from bayesfluo.diagnostics.guide_check import patch_batch
-from bayesfluo.diagnostics.sbc import simulate_patch
-from bayesfluo.guide import load_guide, marginal_local
-from bayesfluo.model import OperatorExpansion, shared_parameters, sif_model
-from bayesfluo.models import resolve_model
-from bayesfluo.physics.forward import band_operator, build_forward_model
-from bayesfluo.refine import (
-    _blocks,
-    _unpack,
-    laplace_refine,
-    patch_model_data,
-)
-from bayesfluo.retrieve import QUALITY_FLAGS, RetrieveOptions, Retriever, retrieve
-from bayesfluo.simulate import simulate_scene
+from bayesfluo.inference.guide import load_guide, marginal_local
+from bayesfluo.inference.refine import laplace_refine
+from bayesfluo.model import OperatorExpansion
+from bayesfluo.model.laplace import Layout, dense_hessian, hessian_blocks
+from bayesfluo.retrieval.api import QUALITY_FLAGS, RetrieveOptions, Retriever, retrieve
+from bayesfluo.scene.prior import simulate_patch
+from bayesfluo.scene.simulate import simulate_scene
+from bayesfluo.shipped import resolve_model
 
 
 @pytest.fixture(scope="module")
 def setup():
     guide = load_guide(resolve_model("hyplant-fluo-o2a"))
-    fm = build_forward_model(guide.instrument)
-    return guide, fm
+    return guide, guide.model
 
 
 @pytest.fixture(scope="module")
@@ -36,54 +30,40 @@ def refined(setup):
     """Three simulated patches at nominal conditions, the guide's output and its
     refinement; the third patch has a pixel whose radiance is NaN but not masked (its
     potential is NaN: the refinement must fail there and keep the guide)."""
-    guide, fm = setup
-    datas = [simulate_patch(fm, guide.config, jax.random.PRNGKey(900 + i))[0]
-             for i in range(3)]
-    batch = patch_batch(guide, fm, datas)
-    batch["radiance"] = batch["radiance"].at[2, 5, 100].set(jnp.nan)
-    q = Retriever(guide, fm).encode(batch["features"], batch["mask"])
-    md = patch_model_data(batch)
-    fn = jax.jit(lambda qq, dd: laplace_refine(fm, guide.config, False, qq, dd))
-    qr, info = fn(q, md)
-    return dict(datas=datas, batch=batch, q=q, md=md, qr=qr, info=info)
+    guide, model = setup
+    patches = [simulate_patch(model, jax.random.PRNGKey(900 + i))[0] for i in range(3)]
+    inputs = patch_batch(guide, patches)
+    batch = inputs.patches
+    batch = batch.replace(radiance=batch.radiance.at[2, 5, 100].set(jnp.nan))
+    q = Retriever(guide).encode(inputs.features, batch.mask)
+    fn = jax.jit(lambda qq, pp: laplace_refine(model, qq, pp))
+    qr, info = fn(q, batch)
+    return dict(patches=patches, batch=batch, q=q, qr=qr, info=info)
 
 
-def _exact_potential(fm, cfg, data):
-    """The patch potential (with the exact fine-grid band operator unless ``data`` has an
-    ``operator_expansion``)."""
+def _exact_potential(model, patch, expansion=None):
+    """The patch potential (with the exact fine-grid band operator unless an
+    ``expansion`` is given) of the local (P, D) and shared (S,) latents."""
+    layout = Layout.of(model, patch)
+
     def pot(xl, xs):
-        return potential_energy(sif_model, (fm, cfg, data, False), {},
-                                _unpack(fm, cfg, False, xl, xs))
+        return potential_energy(model.program, (patch, expansion), {},
+                                layout.unpack(xl, xs))
     return pot
-
-
-def _dense(h_ll, h_ls, h_ss):
-    """Assemble the dense Hessian (pixel-major local coordinates, then shared)."""
-    p, d, s = h_ls.shape
-    n = p * d + s
-    h = np.zeros((n, n))
-    for i in range(p):
-        h[i * d:(i + 1) * d, i * d:(i + 1) * d] = h_ll[i]
-        h[i * d:(i + 1) * d, p * d:] = h_ls[i]
-        h[p * d:, i * d:(i + 1) * d] = h_ls[i].T
-    h[p * d:, p * d:] = h_ss
-    return h
 
 
 def test_hessian_blocks_equal_dense_hessian(setup):
     """D + S Hessian-vector products give every block of the Hessian of a patch
     potential (here through an operator expansion about another point, as during the
     Newton steps; the structure is the model's, whatever the operator)."""
-    guide, fm = setup
-    cfg = guide.config
-    data, truth = simulate_patch(fm, cfg, jax.random.PRNGKey(3), n_pixels=3)
+    guide, model = setup
+    data, truth = simulate_patch(model, jax.random.PRNGKey(3), n_pixels=3)
     xl = jnp.concatenate([jnp.asarray(truth["reflectance_z"]),
                           jnp.full((3, 1), 0.7, jnp.float32)], 1)
     xs = jnp.asarray([0.3, -0.2, 0.1], jnp.float32)
     # an expansion with the model's operator and made-up slopes and curvatures: the
     # block structure is the model's whatever the operator (and this is cheap)
-    atm, sens, _ = shared_parameters(cfg, data, {n: jnp.float32(0.0) for n in cfg.free})
-    op = band_operator(fm, atm, data["geometry"], sens)
+    op = model.operator(data)
     keys = iter(jax.random.split(jax.random.PRNGKey(1), 16))
     exp = OperatorExpansion(
         xs - 0.2, op,
@@ -91,15 +71,15 @@ def test_hessian_blocks_equal_dense_hessian(setup):
                                                                      v.shape + (3,)), op),
         jax.tree.map(lambda v: 0.01 * v[..., None, None] * jax.random.normal(
             next(keys), v.shape + (3, 3)), op))
-    pot = _exact_potential(fm, cfg, dict(data, operator_expansion=exp))
-    _, _, h_ll, h_ls, h_ss = _blocks(jax.grad(pot, argnums=(0, 1)), xl, xs)
+    pot = _exact_potential(model, data, exp)
+    blocks = hessian_blocks(jax.grad(pot, argnums=(0, 1)), xl, xs)
     d = xl.shape[1]
 
     def flat(v):
         return pot(v[:-3].reshape(3, d), v[-3:])
 
     full = np.asarray(jax.hessian(flat)(jnp.concatenate([xl.ravel(), xs])), np.float64)
-    ours = _dense(*(np.asarray(a, np.float64) for a in (h_ll, h_ls, h_ss)))
+    ours = dense_hessian(blocks)
     scale = np.sqrt(np.outer(np.abs(np.diag(full)), np.abs(np.diag(full))))
     # float32 products: agreement relative to the curvature scale of each entry
     assert np.max(np.abs(ours - full) / scale) < 2e-3
@@ -114,17 +94,15 @@ def test_refinement_finds_the_exact_models_mode(setup, refined):
     first-order operator expansions leave the mode where the exact model has it), and
     the refined covariance is the inverse of the exact Hessian there (Schur complement
     and coupling algebra)."""
-    guide, fm = setup
-    cfg = guide.config
+    guide, model = setup
     info, qr = refined["info"], refined["qr"]
     assert np.all(np.asarray(info.converged)[:2])
-    for i, data in enumerate(refined["datas"][:2]):
+    for i, data in enumerate(refined["patches"][:2]):
         xl, xs = info.mode_local[i], info.mode_shared[i]
-        pot = _exact_potential(fm, cfg, data)
-        gl, gs, h_ll, h_ls, h_ss = (np.asarray(a, np.float64) for a in
-                                    _blocks(jax.grad(pot, argnums=(0, 1)), xl, xs))
-        h = _dense(h_ll, h_ls, h_ss)
-        g = np.concatenate([gl.ravel(), gs])
+        pot = _exact_potential(model, data)
+        blocks = hessian_blocks(jax.grad(pot, argnums=(0, 1)), xl, xs)
+        h = dense_hessian(blocks)
+        g = np.concatenate([np.ravel(blocks.gl), blocks.gs]).astype(np.float64)
         cov = np.linalg.inv(h)
         step = -cov @ g
         rel = np.abs(step) / np.sqrt(np.diag(cov))
@@ -147,7 +125,7 @@ def test_prior_dominated_pixels_keep_the_guides_conditional(setup, refined):
     with the refined shared latents; vegetated pixels get the Laplace approximation."""
     q, qr, info = (jax.tree.map(lambda a: a[:2], refined[k]) for k in ("q", "qr", "info"))
     lap = np.asarray(info.laplace_pixel)
-    ndvi = np.asarray(refined["batch"]["ndvi"])[:2]
+    ndvi = np.asarray(refined["batch"].ndvi)[:2]
     assert lap[ndvi > 0.5].all()
     assert (~lap).any()
     moved = q.local_loc + jnp.einsum("npds,ns->npd", q.coupling,
@@ -176,13 +154,13 @@ def test_retrieve_with_refinement(setup):
     converge (this simulator's physics departs from the model's, so the mode can lie
     far from the guide's mean) is flagged ``not_refined`` and keeps the guide's
     posterior exactly; the result says how its posterior was made."""
-    guide, fm = setup
-    scene = simulate_scene("hyplant-fluo-o2a", (16, 16), seed=4, model=fm)
+    guide, model = setup
+    scene = simulate_scene("hyplant-fluo-o2a", (16, 16), seed=4, model=model.fm)
     rad = scene["radiance"].values.copy()
     rad[3, 3, 50] = np.nan
     rad[12, 2, :] = -5.0
     scene["radiance"] = (scene["radiance"].dims, rad, scene["radiance"].attrs)
-    r = Retriever(guide, fm)
+    r = Retriever(guide)
     opt = RetrieveOptions(refine=True, refine_batch=2)
     res = retrieve(scene, guide, opt, retriever=r, progress=False)
     base = retrieve(scene, guide, RetrieveOptions(), retriever=r, progress=False)

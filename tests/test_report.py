@@ -89,11 +89,11 @@ def _checks(text: str) -> dict[str, str]:
 def retrieval_run(tmp_path_factory, model_o2a):
     """A 16 x 16 HyPlant O2-A scene retrieved with the shipped model (20 draws per
     pixel), written as ``bayesfluo retrieve`` writes them."""
-    from bayesfluo.guide import load_guide
+    from bayesfluo.inference.guide import load_guide
     from bayesfluo.io import write_dataset
-    from bayesfluo.models import resolve_model
-    from bayesfluo.retrieve import RetrieveOptions, retrieve
-    from bayesfluo.simulate import simulate_scene
+    from bayesfluo.retrieval.api import RetrieveOptions, retrieve
+    from bayesfluo.scene.simulate import simulate_scene
+    from bayesfluo.shipped import resolve_model
 
     d = tmp_path_factory.mktemp("report")
     scene = simulate_scene("hyplant-fluo-o2a", (16, 16), seed=4, model=model_o2a)
@@ -108,7 +108,7 @@ def retrieval_run(tmp_path_factory, model_o2a):
 def _nuts_tree(stuck_chain: bool) -> xr.DataTree:
     """A small DataTree in the layout of ``bayesfluo nuts`` (2 patches x 3 pixels, 4
     chains x 300 draws of independent normals; one chain shifted when ``stuck_chain``)."""
-    from bayesfluo.nuts import convergence
+    from bayesfluo.inference.nuts import convergence
 
     rng = np.random.default_rng(7)
     c, d, p = 4, 300, 6
@@ -139,7 +139,7 @@ def _nuts_tree(stuck_chain: bool) -> xr.DataTree:
 
 
 def test_retrieval_report_renders_every_figure(retrieval_run):
-    from bayesfluo.report import write_report
+    from bayesfluo.report.html import write_report
 
     out = write_report(retrieval_run / "result.nc", retrieval_run / "report.html")
     text = out.read_text()
@@ -192,7 +192,7 @@ def test_validation_report_via_cli(tmp_path, capsys):
 
 def test_nuts_report_flags_a_stuck_chain(tmp_path):
     from bayesfluo.io import write_datatree
-    from bayesfluo.report import write_report
+    from bayesfluo.report.html import write_report
 
     paths = []
     for stuck in (False, True):
@@ -215,7 +215,7 @@ def test_nuts_report_flags_a_stuck_chain(tmp_path):
 def test_broken_figure_is_detected(tmp_path):
     """The browser check fails on a truncated image and on a corrupted one."""
     from bayesfluo.io import write_datatree
-    from bayesfluo.report import write_report
+    from bayesfluo.report.html import write_report
 
     write_datatree(_nuts_tree(False), tmp_path / "nuts.nc")
     text = write_report(tmp_path / "nuts.nc").read_text()
@@ -234,7 +234,7 @@ def test_broken_figure_is_detected(tmp_path):
 
 def test_report_refuses_other_files(tmp_path, capsys):
     from bayesfluo.cli import main
-    from bayesfluo.report import run_kind
+    from bayesfluo.report.html import run_kind
 
     xr.Dataset({"radiance": ("band", np.ones(3))}).to_netcdf(tmp_path / "x.nc")
     with pytest.raises(ValueError, match="not a bayesfluo run"):

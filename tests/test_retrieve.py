@@ -9,11 +9,11 @@ import pytest
 import xarray as xr
 
 from bayesfluo.cli import main
-from bayesfluo.guide import GuideOutput, load_guide, summaries
+from bayesfluo.inference.guide import GuideOutput, load_guide, summaries
 from bayesfluo.io import write_dataset
-from bayesfluo.models import resolve_model
-from bayesfluo.retrieve import QUALITY_FLAGS, RetrieveOptions, Retriever, retrieve
-from bayesfluo.simulate import simulate_scene
+from bayesfluo.retrieval.api import QUALITY_FLAGS, RetrieveOptions, Retriever, retrieve
+from bayesfluo.scene.simulate import simulate_scene
+from bayesfluo.shipped import resolve_model
 
 from .test_guide import _tril_reference
 
@@ -113,7 +113,7 @@ def test_calibrated_at_nominal_conditions(guide, model_o2a):
     independent: the bounds [0.827, 0.973] are the binomial bounds at false-failure rate
     1e-4 for an effective sample of 256 (a design effect of 4). Seeded."""
     from bayesfluo.diagnostics.guide_check import evaluate_simulated
-    ds = evaluate_simulated(guide, model_o2a, 16, seed=777, with_bound=False, progress=False)
+    ds = evaluate_simulated(guide, 16, seed=777, with_bound=False, progress=False)
     hit = ((ds.truth_f760 >= ds.q05_f760) & (ds.truth_f760 <= ds.q95_f760)).mean()
     assert 0.827 <= float(hit) <= 0.973
     rmse = float(np.sqrt(((ds.mean_f760 - ds.truth_f760) ** 2).mean()))
@@ -159,7 +159,7 @@ def test_spectral_artefact_is_flagged_poor_fit(scene, guide, retriever, result):
     (the fit does not absorb it; it can rise by more, as the encoder's mean is pulled by
     the spike: 1-3x measured for both shipped HyPlant encoders and several band choices);
     pixels away from them keep their chi-square."""
-    from bayesfluo.patches import noise_coefficients
+    from bayesfluo.scene.grid import noise_coefficients
     a, b = noise_coefficients(scene)
     art = scene.copy(deep=True)
     rad = art["radiance"].values
@@ -226,8 +226,13 @@ def reference_encode(enc, features, mask):
 def reference_summaries(q, fm, cfg, ndvi, p0):
     """Summaries from the full marginal covariance ``L L^T + A L_s L_s^T A^T`` of each
     pixel (matrix products), F760 by the same quadrature (:func:`_quantity`)."""
-    from bayesfluo.guide import _knee_softplus, _quantity
-    from bayesfluo.model import _reflectance_prior, reflectance_weights, shared_parameters
+    from bayesfluo.inference.guide.summaries import _quantity
+    from bayesfluo.model import (
+        knee_softplus,
+        reflectance_prior,
+        reflectance_weights,
+        shared_values,
+    )
     from bayesfluo.model import sif_scale as scale_of
     from bayesfluo.physics.surface import SifParams, sif_spectrum
     k = fm.n_basis
@@ -237,11 +242,11 @@ def reference_summaries(q, fm, cfg, ndvi, p0):
     sd = jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
     scale = scale_of(ndvi, cfg)
     out = {"f760": _quantity(q.local_loc[..., k], sd[..., k],
-                             lambda v: scale[..., None] * _knee_softplus(v))}
+                             lambda v: scale[..., None] * knee_softplus(v))}
     far = SifParams(0.0, 1.0)
     ratio = sif_spectrum(far.centre_far_red, far) / sif_spectrum(760.0, far)
     out["sif_peak"] = {s: v * ratio for s, v in out["f760"].items()}
-    mu, chol = _reflectance_prior(fm, cfg)
+    mu, chol = reflectance_prior(fm, cfg)
     w = reflectance_weights(fm, 760.0)
     c = jax.nn.sigmoid(mu + q.local_loc[..., :k] @ chol.T)
     grad = (w * c * (1 - c)) @ chol
@@ -252,8 +257,7 @@ def reference_summaries(q, fm, cfg, ndvi, p0):
     s_sd = jnp.sqrt(jnp.diagonal(cov_s, axis1=-2, axis2=-1))
     for i, n in enumerate(cfg.free):
         def phys(v, n=n):
-            return shared_parameters(cfg, {"surface_pressure0": p0[:, None]},
-                                     {m: v for m in cfg.free})[2][n]
+            return shared_values(cfg, p0[:, None], {m: v for m in cfg.free})[2][n]
         out[n] = _quantity(q.shared_loc[:, i], s_sd[:, i], phys)
     return out
 
@@ -262,12 +266,13 @@ def reference_summaries(q, fm, cfg, ndvi, p0):
 def shipped_inputs(guide, model_o2a, scene):
     """The shipped guide and its inputs for the 20 x 13 scene (6 patches, the edge ones
     partly padding), one more patch partly and one wholly masked."""
+    from bayesfluo.inference.guide import guide_inputs
     from bayesfluo.instruments import get_instrument
-    from bayesfluo.patches import PatchGrid, patch_inputs
-    d = patch_inputs(scene, PatchGrid((20, 13), 8), slice(None), guide.feature_mean,
-                     guide.feature_sd, get_instrument(guide.instrument).reference_radiance,
-                     model_o2a, guide.config)
-    mask = d["mask"].copy()
+    from bayesfluo.scene.grid import PatchGrid
+    d = guide_inputs(scene, PatchGrid((20, 13), 8), slice(None), guide.model,
+                     guide.feature_mean, guide.feature_sd,
+                     get_instrument(guide.instrument).reference_radiance)
+    mask = d.patches.mask.copy()
     mask[0, ::3] = 0.0
     mask[2] = 0.0
     return guide, d, mask
@@ -279,10 +284,10 @@ def test_batched_encoder_equals_the_reference_evaluation(shipped_inputs):
     (rtol 1e-4; atol 1e-5 of each output's largest magnitude), masked patches included;
     one patch through ``__call__`` too."""
     g, d, mask = shipped_inputs
-    want = reference_encode(g.encoder, jnp.asarray(d["features"]), jnp.asarray(mask))
-    got = eqx.filter_jit(type(g.encoder).encode)(g.encoder, jnp.asarray(d["features"]),
+    want = reference_encode(g.encoder, jnp.asarray(d.features), jnp.asarray(mask))
+    got = eqx.filter_jit(type(g.encoder).encode)(g.encoder, jnp.asarray(d.features),
                                           jnp.asarray(mask))
-    one = g.encoder(jnp.asarray(d["features"][0]), jnp.asarray(mask[0]))
+    one = g.encoder(jnp.asarray(d.features[0]), jnp.asarray(mask[0]))
     for name in GuideOutput.__dataclass_fields__:
         w, v = np.asarray(getattr(want, name)), np.asarray(getattr(got, name))
         assert v.shape == w.shape, name
@@ -295,9 +300,9 @@ def test_summaries_equal_the_full_covariance_reference(model_o2a, shipped_inputs
     """:func:`summaries` (marginal variances without forming the covariance matrices)
     equals the summaries from full covariance matrices, on the shipped guide's output."""
     g, d, mask = shipped_inputs
-    q = g.encoder.encode(jnp.asarray(d["features"]), jnp.asarray(mask))
-    nd, p0 = jnp.asarray(d["ndvi"]), jnp.asarray(d["surface_pressure0"])
-    got = jax.jit(lambda q: summaries(q, model_o2a, g.config, nd, p0))(q)
+    q = g.encoder.encode(jnp.asarray(d.features), jnp.asarray(mask))
+    nd, p0 = jnp.asarray(d.patches.ndvi), jnp.asarray(d.patches.surface_pressure0)
+    got = jax.jit(lambda q: summaries(q, g.model, nd, p0))(q)
     want = jax.jit(lambda q: reference_summaries(q, model_o2a, g.config, nd, p0))(q)
     assert set(got) == set(want)
     for name, st in want.items():
@@ -313,20 +318,16 @@ def test_retrieve_equals_the_reference_evaluation(scene, guide, model_o2a, resul
     largest magnitude), the straightforward evaluation: the encoder's features pixel by
     pixel in the image, the per-pixel reference encoder, full-covariance summaries, the
     fit at the reference posterior mean."""
-    from bayesfluo.guide import (
+    from bayesfluo.inference.guide import (
         ancillary_inputs,
         expand_reference,
+        guide_inputs,
         pixel_features,
+        predicted_radiance,
         reference_expansion,
     )
     from bayesfluo.instruments import get_instrument
-    from bayesfluo.patches import (
-        PatchGrid,
-        noise_coefficients,
-        patch_inputs,
-        reference_centre,
-    )
-    from bayesfluo.retrieve import predicted_radiance
+    from bayesfluo.scene.grid import PatchGrid, noise_coefficients, reference_centre
     assert np.all(result["input_flag"].values == 0)
     ref_rad = get_instrument(guide.instrument).reference_radiance
     grid = PatchGrid((20, 13), guide.patch_size)
@@ -338,23 +339,23 @@ def test_retrieve_equals_the_reference_evaluation(scene, guide, model_o2a, resul
     anc = ancillary_inputs(geo["sza"], geo["vza"], (geo["saa"] - geo["vaa"]) % 360,
                            geo["surface_altitude"], geo["sensor_altitude"], a, b,
                            scene["ndvi"].values, ref_rad)
-    exp = reference_expansion(model_o2a, guide.config, *reference_centre(scene))
+    exp = reference_expansion(guide.model, *reference_centre(scene))
     g32 = {k: jnp.asarray(v, jnp.float32) for k, v in geo.items()}
     feats = pixel_features(rad, anc, guide.feature_mean, guide.feature_sd, expand_reference(
         exp, g32["sza"], g32["vza"], g32["surface_altitude"], g32["sensor_altitude"]))
     feats = grid.to_patches(np.asarray(feats))
-    d = patch_inputs(scene, grid, slice(None), guide.feature_mean, guide.feature_sd, ref_rad,
-                     model_o2a, guide.config)
-    np.testing.assert_allclose(d["features"], feats, rtol=1e-4, atol=1e-4)
+    d = guide_inputs(scene, grid, slice(None), guide.model, guide.feature_mean,
+                     guide.feature_sd, ref_rad)
+    np.testing.assert_allclose(d.features, feats, rtol=1e-4, atol=1e-4)
     mask = grid.to_patches(np.ones((20, 13), np.float32))
     q = reference_encode(guide.encoder, jnp.asarray(feats), jnp.asarray(mask))
     want = jax.jit(lambda q, nd, p0: reference_summaries(q, model_o2a, guide.config, nd, p0))(
-        q, jnp.asarray(d["ndvi"]), jnp.asarray(d["surface_pressure0"]))
+        q, jnp.asarray(d.patches.ndvi), jnp.asarray(d.patches.surface_pressure0))
     maps = {f"{n}_{s}": np.asarray(v) for n, st in want.items() for s, v in st.items()}
-    chi2 = jax.jit(lambda q, d: predicted_radiance(model_o2a, guide.config, False, q, d))(
-        q, {k: d[k] for k in ("geometry", "surface_pressure0", "ndvi")})
-    var = a * np.maximum(chi2, 0.0) + b
-    maps["fit_chi2"] = np.mean((d["radiance"] - np.asarray(chi2)) ** 2 / var, -1)
+    pred = jax.jit(lambda q, p: predicted_radiance(guide.model, q, p))(
+        q, d.patches.replace(radiance=None))
+    var = a * np.maximum(pred, 0.0) + b
+    maps["fit_chi2"] = np.mean((d.patches.radiance - np.asarray(pred)) ** 2 / var, -1)
     assert set(maps) | {"quality_flag", "input_flag", "f760_draws"} == set(result.data_vars)
     for k, v in maps.items():
         if v.ndim == 1:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from bayesfluo.simulate import simulate_scene
+from bayesfluo.scene.simulate import simulate_scene
 
 
 @pytest.fixture(scope="module")

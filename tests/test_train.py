@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import bayesfluo.train as tr
-from bayesfluo.guide import load_guide
+import bayesfluo.inference.train as tr
+from bayesfluo.inference.guide import load_guide
 
 TINY = dict(width=32, depth=1, patch_size=4, batch_patches=4, n_atmospheres=16,
             warmup_steps=2, checkpoint_every=5)
@@ -39,7 +39,7 @@ def test_same_seed_same_weights_and_resume_after_kill(tmp_path):
 
     out = tmp_path / "killed"
     script = textwrap.dedent(f"""
-        import bayesfluo.train as tr, time
+        import bayesfluo.inference.train as tr, time
         orig = tr._save_checkpoint
         def slow(path, state):          # a checkpoint, then a pause: the kill lands mid-run
             orig(path, state)
@@ -102,7 +102,7 @@ def test_two_devices_match_one(tmp_path):
         import os, sys, json
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
         import jax
-        import bayesfluo.train as tr
+        import bayesfluo.inference.train as tr
         assert len(jax.devices()) == 2
         out, dev = sys.argv[1], int(sys.argv[2])
         tr.train(tr.TrainConfig(out=out, pretrain_steps=6, devices=dev, width=32, depth=1,
@@ -119,13 +119,15 @@ def test_two_devices_match_one(tmp_path):
 
 
 def test_simulator_draws_the_model_prior(model_o2a):
-    """The pre-training simulator's truth is the prior of scene_model: moments of the
+    """The pre-training simulator's truth is the model's prior: moments of the
     reflectance coordinates and SIF amplitudes match the model's prior predictive (5
     standard errors; seeded)."""
+    from bayesfluo.model import SifModel
+    model = SifModel(model_o2a)
     tc = tr.TrainConfig(**TINY)
-    pool = tr.build_pool(model_o2a, tc, jax.random.PRNGKey(0), 8, progress=False)
-    b = tr.simulate_batch(model_o2a, tc, pool, jax.random.PRNGKey(1), 400, False, 100.0)
-    u = np.asarray(b["u_true"]).reshape(-1, b["u_true"].shape[-1])
+    pool = tr.build_pool(model, tc, jax.random.PRNGKey(0), 8, progress=False)
+    b = tr.simulate_batch(model, tc, pool, jax.random.PRNGKey(1), 400, 100.0)
+    u = np.asarray(b.u_true).reshape(-1, b.u_true.shape[-1])
     n = u.shape[0]
     np.testing.assert_array_less(np.abs(u[:, :-1].mean(0)), 5 / np.sqrt(n))
     np.testing.assert_allclose(u[:, :-1].std(0), 1.0, atol=5 * np.sqrt(0.5 / n))
@@ -133,8 +135,8 @@ def test_simulator_draws_the_model_prior(model_o2a):
     # half-normal(1): mean sqrt(2/pi)
     np.testing.assert_allclose(raw.mean(), np.sqrt(2 / np.pi), atol=5 * 0.6 / np.sqrt(n))
     # radiance consistent with the model given the same latents
-    assert np.all(np.isfinite(np.asarray(b["radiance"])))
-    assert b["radiance"].shape == (400, 16, model_o2a.n_bands)
+    assert np.all(np.isfinite(np.asarray(b.patches.radiance)))
+    assert b.patches.radiance.shape == (400, 16, model_o2a.n_bands)
 
 
 def test_toml_configuration(tmp_path):
@@ -156,10 +158,10 @@ def test_toml_configuration(tmp_path):
 def test_finetuning_recovers_a_shift_outside_pretraining(tmp_path):
     """A scene whose sensor shift (0.25 nm) is five prior sd outside the pre-training
     range: the shipped guide misses it; 150 SVI steps on the scene recover it."""
-    from bayesfluo.io import write_dataset
-    from bayesfluo.models import resolve_model
-    from bayesfluo.retrieve import RetrieveOptions, retrieve
-    from bayesfluo.simulate import simulate_scene
+    from bayesfluo.io import read_scene, write_dataset
+    from bayesfluo.retrieval.api import RetrieveOptions, retrieve
+    from bayesfluo.scene.simulate import simulate_scene
+    from bayesfluo.shipped import resolve_model
 
     scene = simulate_scene("hyplant-fluo-o2a", (16, 16), seed=5, spectral_shift_nm=0.25)
     truth = float(scene["true_spectral_shift"].mean())
@@ -170,7 +172,17 @@ def test_finetuning_recovers_a_shift_outside_pretraining(tmp_path):
     tc = tr.TrainConfig(out=str(tmp_path / "ft"), start_from=str(resolve_model(
         "hyplant-fluo-o2a")), pretrain_steps=0, scenes=(str(tmp_path / "s.nc"),),
         finetune_steps=150, finetune_batch_patches=4, checkpoint_every=50)
-    g = tr.train(tc, progress=False)
+    g = tr.train(tc, progress=False, scenes=[read_scene(tmp_path / "s.nc")])
     after = float(retrieve(scene, g, opt, progress=False)["spectral_shift_mean"].mean())
     assert abs(after - truth) < 0.5 * abs(before - truth), (truth, before, after)
     assert abs(after - truth) < 0.05, (truth, before, after)
+
+
+def test_finetuning_needs_its_scenes_read(tmp_path):
+    """Training does not read files (the inference layer does no I/O): fine-tuning without
+    the scenes of ``tc.scenes`` given as datasets stops before any work, naming the fix."""
+    tc = tr.TrainConfig(out=str(tmp_path), pretrain_steps=0, scenes=("s.nc",),
+                        finetune_steps=1, **TINY)
+    with pytest.raises(ValueError, match="read_scene"):
+        tr.train(tc, progress=False)
+    assert not any(tmp_path.iterdir())

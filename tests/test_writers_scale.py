@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from bayesfluo.guide import load_guide
+from bayesfluo.inference.guide import load_guide
 from bayesfluo.io import write_dataset
-from bayesfluo.models import resolve_model
-from bayesfluo.retrieve import RetrieveOptions, Retriever, retrieve
+from bayesfluo.retrieval.api import RetrieveOptions, Retriever, retrieve
+from bayesfluo.shipped import resolve_model
 
 #: Two chunks of one patch row each on a 16 x 16 scene (patches of 8 x 8); draws for a
 #: variable over (y, x, draw); no fit check (its compilation would double the test time)
@@ -36,7 +36,7 @@ def retriever(model_dir, model_o2a):
 
 @pytest.fixture(scope="module")
 def plain_scene(model_o2a):
-    from bayesfluo.simulate import simulate_scene
+    from bayesfluo.scene.simulate import simulate_scene
     scene = simulate_scene("hyplant-fluo-o2a", (16, 16), seed=3, model=model_o2a)
     keep = [v for v in scene.data_vars if not v.startswith("true_")]
     scene = scene[keep]
@@ -144,7 +144,7 @@ def test_streamed_retrieval_equals_in_memory(tmp_path, scene_path, model_dir, re
                                              result, ext):
     import rioxarray  # noqa: F401
 
-    from bayesfluo.retrieve import retrieve_file
+    from bayesfluo.retrieval.api import retrieve_file
     out = retrieve_file(scene_path, model_dir, tmp_path / f"res{ext}", OPTS, progress=False,
                         retriever=retriever)
     back = xr.open_dataset(out, decode_coords="all")
@@ -158,7 +158,7 @@ def test_streaming_never_reads_the_whole_cube(geo_scene, retriever, result, tmp_
     more than one chunk of patch rows (8 image rows) of it."""
     from dask.callbacks import Callback
 
-    from bayesfluo.streaming import retrieve_to_file
+    from bayesfluo.retrieval.streaming import retrieve_to_file
     lazy = geo_scene.chunk({"y": 4})
     sizes = []
 
@@ -181,8 +181,8 @@ def test_dask_executor_in_process_gives_identical_maps(tmp_path, scene_path, mod
     maps are bit for bit those of one process."""
     from distributed import Client
 
-    from bayesfluo import distributed as bd
-    from bayesfluo.streaming import open_input, retrieve_to_file
+    from bayesfluo.retrieval import executors as bd
+    from bayesfluo.retrieval.streaming import open_input, retrieve_to_file
     bd._CACHE[("retriever", str(Path(model_dir).resolve()))] = retriever
     try:
         with Client(processes=False, n_workers=1, threads_per_worker=2,
@@ -200,8 +200,8 @@ def test_local_cluster_of_two_workers_gives_identical_maps(tmp_path, scene_path,
                                                            retriever, result):
     """Two worker processes (each loads and compiles the guide), reading the file
     themselves or sent the rows by the client: same maps bit for bit."""
-    from bayesfluo.distributed import DaskExecutor, dask_client
-    from bayesfluo.streaming import open_input, retrieve_to_file
+    from bayesfluo.retrieval.executors import DaskExecutor, dask_client
+    from bayesfluo.retrieval.streaming import open_input, retrieve_to_file
     with dask_client(workers=2) as client:
         assert len(client.scheduler_info()["workers"]) == 2
         ex = DaskExecutor(client, model_dir, retriever)
@@ -232,7 +232,7 @@ def flights(tmp_path_factory, geo_scene):
 @pytest.fixture(scope="module")
 def reference_outputs(tmp_path_factory, flights, model_dir, retriever):
     """An uninterrupted batch of the good scenes."""
-    from bayesfluo.batch import run_batch
+    from bayesfluo.retrieval.batch import run_batch
     out = tmp_path_factory.mktemp("ref")
     rep = run_batch([str(flights / f"{n}.nc") for n in "ab"], out, model_dir, OPTS,
                     fmt="zarr", retriever=retriever, progress=False)
@@ -252,12 +252,12 @@ def _same_outputs(ref: Path, out: Path):
 def test_batch_survives_a_bad_file_and_skips_finished_outputs(tmp_path, flights, model_dir,
                                                               retriever, reference_outputs,
                                                               monkeypatch, capsys):
-    import bayesfluo.guide
-    import bayesfluo.retrieve
+    import bayesfluo.inference.guide
+    import bayesfluo.retrieval.api
     from bayesfluo.cli import main
     # the CLI's guide: the module's compiled one (the CLI plumbing is what is tested here)
-    monkeypatch.setattr(bayesfluo.guide, "load_guide", lambda d: retriever.guide)
-    monkeypatch.setattr(bayesfluo.retrieve, "Retriever", lambda g: retriever)
+    monkeypatch.setattr(bayesfluo.inference.guide, "load_guide", lambda d: retriever.guide)
+    monkeypatch.setattr(bayesfluo.retrieval.api, "Retriever", lambda g: retriever)
     out = tmp_path / "results"
     args = ["retrieve", str(flights / "*.nc"), "--model", "hyplant-fluo-o2a", "--out",
             f"{out}/", "--chunk-pixels", "128", "--draws", "2", "--no-quality", "--format", "zarr",
@@ -280,8 +280,8 @@ def test_batch_interrupted_midway_resumes_to_the_same_outputs(tmp_path, flights,
     """Interrupted (KeyboardInterrupt) while the second output is half written, with the
     leftovers a SIGKILL would leave beside it: nothing partial under a final name, and the
     rerun ends with exactly the outputs of an uninterrupted run."""
-    from bayesfluo import streaming
-    from bayesfluo.batch import run_batch
+    from bayesfluo.retrieval import streaming
+    from bayesfluo.retrieval.batch import run_batch
     out = tmp_path / "out"
     out.mkdir()
     (out / ".b.zarr.killed.tmp").mkdir()                # left by a SIGKILL

@@ -1,7 +1,8 @@
 """Fisher information and the Cramer-Rao bound of F760 from the forward model itself.
 
 For one pixel with latent vector theta and band radiance ``L(theta)`` observed with
-independent Gaussian noise of variance ``v_k = a L_k + b``, the Fisher information is
+independent Gaussian noise of variance ``v_k = a L_k + b``
+(:func:`bayesfluo.physics.sensor.noise_variance`), the Fisher information is
 ``I = J^T diag(1/v) J`` with ``J = dL/dtheta`` (the dependence of ``v`` on theta is
 neglected, as in SCIENCE.md section 5). No unbiased estimator of F760 from that pixel has
 a smaller standard deviation than ``sqrt((I^-1)_FF)``. The bound is computed in float64
@@ -32,18 +33,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesfluo.instruments import get_instrument
+from bayesfluo.model import Patch, SifModel
+from bayesfluo.model.priors import SHAPE760
 from bayesfluo.physics.atmosphere import AtmosphereParams
 from bayesfluo.physics.forward import (
     ForwardModel,
     Geometry,
-    band_operator,
     build_forward_model,
     radiance,
-    radiance_from_operator,
     standard_pressure_hpa,
 )
-from bayesfluo.physics.sensor import SensorParams
-from bayesfluo.physics.surface import SifParams, sif_spectrum
+from bayesfluo.physics.sensor import SensorParams, noise_variance
+from bayesfluo.physics.surface import SifParams
 
 __all__ = ["LATENTS", "fisher_information", "cramer_rao_f760", "patch_cramer_rao_f760",
            "toc_cramer_rao_f760"]
@@ -83,9 +84,9 @@ def fisher_information(model: ForwardModel, theta: np.ndarray, geom: Geometry,
             return radiance(model, coef, sif, atm, g64, sens)
 
         jac = np.asarray(jax.jacfwd(fwd)(th), dtype=np.float64)
-        lrad = np.asarray(fwd(th), dtype=np.float64)
-    var = noise_a * np.maximum(lrad, 0.0) + noise_b
-    return jac.T @ (jac / var[:, None]), lrad
+        lrad = fwd(th)
+        var = np.asarray(noise_variance(lrad, noise_a, noise_b), np.float64)
+    return jac.T @ (jac / var[:, None]), np.asarray(lrad, np.float64)
 
 
 def cramer_rao_f760(instrument: str = "hyplant-fluo-o2a", *, altitude_m: float | None = None,
@@ -123,7 +124,7 @@ def cramer_rao_f760(instrument: str = "hyplant-fluo-o2a", *, altitude_m: float |
         "atmosphere and aerosol free": ("reflectance", "sif_far_red", "spectral_shift",
                                         "surface_pressure", "aot550", "diffuse_path"),
     }
-    shape760 = float(sif_spectrum(760.0, SifParams(0.0, 1.0)))
+    shape760 = SHAPE760
     k = model.n_basis
     p_s = float(standard_pressure_hpa(surface_altitude_m))
     theta = np.concatenate([np.full(k, reflectance),
@@ -152,71 +153,98 @@ def cramer_rao_f760(instrument: str = "hyplant-fluo-o2a", *, altitude_m: float |
     return out
 
 
-def patch_cramer_rao_f760(model: ForwardModel, data: dict, values: dict,
-                          shared: Sequence[str] = ("surface_pressure", "aot550",
-                                                   "spectral_shift"),
-                          has_red: bool = False) -> dict[str, np.ndarray]:
-    """Cramer-Rao bound of each pixel's F760 in a patch whose pixels share atmosphere and
-    sensor latents.
+def _float64(patch: Patch) -> Patch:
+    """The patch with every array float64 (inside ``jax.enable_x64``)."""
+    return jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), patch)
 
-    The patch's Fisher information is the sum of its pixels' (each pixel's likelihood
-    depends on its own reflectance and SIF and on the shared latents). Returns
-    ``{"shared": (P,), "known": (P,), "shared_latents": (S,)}``: the bound of F760
-    (mW m-2 sr-1 nm-1) with the ``shared`` latents free and estimated from the whole
-    patch, and with them known; and the bound of each shared latent (its own units).
 
-    Parameters
-    ----------
-    data : dict
-        The model's patch data (``geometry``, ``noise_a``, ``noise_b``).
-    values : dict
-        Latent values: ``reflectance_coeffs`` (P, K), ``sif_far_red`` (P,), optionally
-        ``sif_red`` (P,), and every atmospheric and sensor latent by its model name.
-    """
-    k = model.n_basis
+def _local_values(values: dict):
+    """Reflectance coefficients (P, K) and SIF amplitudes (far, red) (P,), float64."""
     coeffs = np.asarray(values["reflectance_coeffs"], np.float64)
     n_pix = coeffs.shape[0]
     amp_far = np.asarray(values["sif_far_red"], np.float64)
     amp_red = np.asarray(values.get("sif_red", np.zeros(n_pix)), np.float64)
-    s0 = np.array([float(np.mean(values[name])) for name in LATENTS[3:]])
-    glob_names = list(shared)
-    gi = np.array([LATENTS[3:].index(name) for name in glob_names], int)
+    return coeffs, amp_far, amp_red
+
+
+def patch_cramer_rao_f760(model: SifModel, patch: Patch, values: dict
+                          ) -> dict[str, np.ndarray]:
+    """Cramer-Rao bound of each pixel's F760 in a patch whose pixels share atmosphere and
+    sensor latents (the model's free ones, ``model.free``).
+
+    The patch's Fisher information is the sum of its pixels' (each pixel's likelihood
+    depends on its own reflectance and SIF and on the shared latents): the model's band
+    operator (:meth:`SifModel.operator`) and its first derivatives in the shared latents'
+    coordinates, the model's prediction (:meth:`SifModel.predict`) and noise
+    (:meth:`SifModel.noise_variance`), all in float64. Returns ``{"shared": (P,),
+    "known": (P,), "shared_latents": (S,)}``: the bound of F760 (mW m-2 sr-1 nm-1) with
+    the shared latents free and estimated from the whole patch, and with them known; and
+    the bound of each shared latent (its physical units, ``model.free`` order).
+
+    Parameters
+    ----------
+    model : SifModel
+        A model of the built-in atmosphere.
+    patch : Patch
+        The patch (``geometry``, ``surface_pressure0``, ``noise_a``, ``noise_b``; the
+        radiance is not needed).
+    values : dict
+        Latent values, as the model's sites name them (the truth of a prior-predictive
+        draw, :func:`bayesfluo.scene.prior.simulate_patch`, as it is):
+        ``reflectance_coeffs`` (P, K), ``sif_far_red`` (P,), ``sif_red`` (P,) where the
+        model has a red peak, and the standard-normal coordinate ``<name>_z`` of each
+        free shared latent.
+
+    Raises
+    ------
+    ValueError
+        If the model is a top-of-canopy one (use :func:`toc_cramer_rao_f760`) or a value
+        is missing.
+    """
+    if model.top_of_canopy or model.table is not None:
+        raise ValueError("patch_cramer_rao_f760 needs a model of the built-in atmosphere "
+                         "(a top-of-canopy model: toc_cramer_rao_f760)")
+    missing = [f"{n}_z" for n in model.free if f"{n}_z" not in values]
+    if missing:
+        raise ValueError(f"values lacks the coordinates {missing} of the shared latents")
+    k = model.fm.n_basis
+    coeffs, amp_far, amp_red = _local_values(values)
+    z_true = np.array([float(np.asarray(values[f"{n}_z"])) for n in model.free])
     theta_local = np.column_stack([coeffs, amp_far, amp_red])
-    geom = data["geometry"]
     # One band operator for the patch and its first derivatives in the shared latents
     # (the fine-grid part, computed once); each pixel's radiance and Jacobian then follow
-    # from the cheap per-pixel part. radiance() is exactly radiance_from_operator of
-    # band_operator(), so this is the same Jacobian as differentiating radiance().
+    # from the cheap per-pixel part. The first-order expansion is exact for the Jacobian
+    # at z0 (the point the bound is computed at).
     with jax.enable_x64(True):
-        g64 = Geometry(*(jnp.asarray(x, jnp.float64) for x in geom))
-        base = jnp.asarray(s0)
+        p64 = _float64(patch)
+        z0 = jnp.asarray(z_true)
+        op0 = model.operator(p64, z0)
+        jop = jax.jacfwd(lambda z: model.operator(p64, z))(z0)  # leaves (..., S)
 
-        def op_of(v):
-            sv = base.at[gi].set(v)
-            atm = AtmosphereParams(sv[0], sv[1], sv[2], sv[3])
-            return band_operator(model, atm, g64, SensorParams(sv[4], sv[5]))
-
-        v0 = base[gi]
-        op0 = op_of(v0)
-        jop = jax.jacfwd(op_of)(v0)  # leaves (..., n_shared)
-
-        def fwd(t, v):
-            op = jax.tree.map(lambda o, j: o + j @ (v - v0), op0, jop)
-            return radiance_from_operator(model, op, t[:k], SifParams(t[k + 1], t[k]))
+        def fwd(t, z):
+            op = jax.tree.map(lambda o, j: o + j @ (z - z0), op0, jop)
+            return model.predict(op, t[None, :k], t[None, k + 1], t[None, k])[0]
 
         th = jnp.asarray(theta_local)
-        jl_all, jg_all = jax.vmap(jax.jacfwd(fwd, argnums=(0, 1)), in_axes=(0, None))(th, v0)
-        lrad = np.asarray(jax.vmap(fwd, in_axes=(0, None))(th, v0), np.float64)
-        jl_all, jg_all = (np.asarray(a, np.float64) for a in (jl_all, jg_all))
-    return _patch_bound(jl_all, jg_all, lrad, data, has_red, k)
+        jl_all, jg_all = jax.vmap(jax.jacfwd(fwd, argnums=(0, 1)), in_axes=(0, None))(th, z0)
+        lrad = jax.vmap(fwd, in_axes=(0, None))(th, z0)
+        var = model.noise_variance(lrad, p64.noise_a, p64.noise_b)
+        # physical units of the shared latents: d value / d z at z0
+        dvdz = jnp.diagonal(jax.jacfwd(lambda z: jnp.stack(
+            [model.shared_physical(p64.surface_pressure0, z)[n] for n in model.free]
+            if model.free else jnp.zeros(0)))(z0))
+        jl_all, jg_all, var, dvdz = (np.asarray(a, np.float64)
+                                     for a in (jl_all, jg_all, var, dvdz))
+    out = _patch_bound(jl_all, jg_all, var, model.has_red, k)
+    out["shared_latents"] = out["shared_latents"] * np.abs(dvdz)
+    return out
 
 
-def _patch_bound(jl_all, jg_all, lrad, data, has_red, k, extra_var=0.0):
+def _patch_bound(jl_all, jg_all, var, has_red, k):
     """Cramer-Rao bounds from per-pixel Jacobians in the local latents (P, B, K + 2) and
-    the shared ones (P, B, S) (see :func:`patch_cramer_rao_f760`)."""
-    n_pix = lrad.shape[0]
-    var = (float(data["noise_a"]) * np.maximum(lrad, 0.0) + float(data["noise_b"])
-           + extra_var)
+    the shared ones (P, B, S), and the noise variance (P, B) (see
+    :func:`patch_cramer_rao_f760`)."""
+    n_pix = var.shape[0]
     local = list(range(k + 1)) + ([k + 1] if has_red else [])
     nl, ng = len(local), jg_all.shape[-1]
     n = n_pix * nl + ng
@@ -229,45 +257,51 @@ def _patch_bound(jl_all, jg_all, lrad, data, has_red, k, extra_var=0.0):
         fisher[sl, n_pix * nl:] = jl.T @ jg
         fisher[n_pix * nl:, sl] = jg.T @ jl
         fisher[n_pix * nl:, n_pix * nl:] += jg.T @ jg
-    shape760 = float(sif_spectrum(760.0, SifParams(0.0, 1.0)))
     amp = np.arange(n_pix) * nl + k  # index of each pixel's far-red amplitude
     cov = np.linalg.inv(fisher)
     known = np.array([np.linalg.inv(fisher[i * nl:(i + 1) * nl, i * nl:(i + 1) * nl])[k, k]
                       for i in range(n_pix)])
-    return {"shared": shape760 * np.sqrt(np.diag(cov)[amp]),
-            "known": shape760 * np.sqrt(known),
+    return {"shared": SHAPE760 * np.sqrt(np.diag(cov)[amp]),
+            "known": SHAPE760 * np.sqrt(known),
             "shared_latents": np.sqrt(np.diag(cov)[n_pix * nl:])}
 
 
-def toc_cramer_rao_f760(model: ForwardModel, data: dict, values: dict,
-                        has_red: bool = False) -> dict[str, np.ndarray]:
+def toc_cramer_rao_f760(model: SifModel, patch: Patch, values: dict
+                        ) -> dict[str, np.ndarray]:
     """Cramer-Rao bound of each pixel's (time step's) F760 at the top of the canopy, with
-    the measured irradiance ``data["irradiance"]`` (:func:`bayesfluo.model.toc_operator`):
-    ``L = E/pi R + F``, noise variance ``a L + b`` plus the irradiance's own noise carried
-    through (``R^2 (a_E E/pi + b_E)``, as in :func:`bayesfluo.model.sif_model`). There
-    are no shared latents: ``"shared"`` equals ``"known"``; ``"shared_latents"`` is empty.
-    """
-    from bayesfluo.model import toc_operator
+    the patch's measured irradiance (a top-of-canopy model: its operator
+    :meth:`SifModel.operator`, ``L = E/pi R + F``, its prediction and its noise
+    :meth:`SifModel.noise_variance` plus the irradiance's own noise carried through,
+    :meth:`SifModel.irradiance_variance`), in float64. There are no shared latents:
+    ``"shared"`` equals ``"known"``; ``"shared_latents"`` is empty.
 
-    k = model.n_basis
-    coeffs = np.asarray(values["reflectance_coeffs"], np.float64)
-    n_pix = coeffs.shape[0]
-    amp_far = np.asarray(values["sif_far_red"], np.float64)
-    amp_red = np.asarray(values.get("sif_red", np.zeros(n_pix)), np.float64)
+    Parameters
+    ----------
+    model : SifModel
+        A top-of-canopy model.
+    patch : Patch
+        The patch with its ``irradiance`` (mW m-2 nm-1), ``noise_a``, ``noise_b`` (and
+        ``irradiance_noise_a``, ``irradiance_noise_b``).
+    values : dict
+        ``reflectance_coeffs`` (P, K), ``sif_far_red`` (P,), ``sif_red`` (P,) where the
+        model has a red peak.
+    """
+    if not model.top_of_canopy:
+        raise ValueError("toc_cramer_rao_f760 needs a top-of-canopy model")
+    k = model.fm.n_basis
+    coeffs, amp_far, amp_red = _local_values(values)
     with jax.enable_x64(True):
-        op = toc_operator(jnp.asarray(data["irradiance"]))
-        op = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), op)
+        p64 = _float64(patch)
+        op = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), model.operator(p64))
 
         def fwd(t, o):
-            return radiance_from_operator(model, o, t[:k], SifParams(t[k + 1], t[k]))
+            o1 = jax.tree.map(lambda v: v[None], o)
+            return model.predict(o1, t[None, :k], t[None, k + 1], t[None, k])[0]
 
         th = jnp.asarray(np.column_stack([coeffs, amp_far, amp_red]))
-        jl = np.asarray(jax.vmap(jax.jacfwd(fwd))(th, op), np.float64)
-        lrad = np.asarray(jax.vmap(fwd)(th, op), np.float64)
-        e = np.asarray(op.reflected[:, 0], np.float64)  # E/pi
-    r0 = coeffs @ np.asarray(model.basis_band[0], np.float64).T
-    ea = float(data.get("irradiance_noise_a", data["noise_a"]))
-    eb = float(data.get("irradiance_noise_b", data["noise_b"]))
-    out = _patch_bound(jl, np.zeros(jl.shape[:2] + (0,)), lrad, data, has_red, k,
-                       extra_var=r0**2 * (ea * e + eb))
-    return out
+        jl = jax.vmap(jax.jacfwd(fwd))(th, op)
+        lrad = jax.vmap(fwd)(th, op)
+        var = model.noise_variance(lrad, p64.noise_a, p64.noise_b,
+                                   model.irradiance_variance(p64, jnp.asarray(coeffs)))
+        jl, var = np.asarray(jl, np.float64), np.asarray(var, np.float64)
+    return _patch_bound(jl, np.zeros(jl.shape[:2] + (0,)), var, model.has_red, k)

@@ -7,20 +7,21 @@ patches of 64 pixels sharing atmosphere and sensor, a quarter of them bare
 (NDVI 0-0.25), truth drawn from the model's prior.
 
 Every simulation is a draw of the model's own prior predictive (the same program that is
-inverted), so a correct sampler gives uniform ranks exactly; the gap between the fast band
-operator and the fine-grid physics is a separate, tested question.
+inverted; :func:`bayesfluo.scene.prior.simulate_patch`), so a correct sampler gives uniform
+ranks exactly; the gap between the fast band operator and the fine-grid physics is a
+separate, tested question.
 
 Other instruments (:data:`CONDITIONS`): DESIS from the ISS (400 km, sun zenith 30 deg, the
 instrument's own noise model: SNR 150 at 100 mW m-2 sr-1 nm-1 with 10 % read noise), and
 a FloX-like tower (5 m, measured irradiance, SNR 300, 10 % read noise). A tower patch is a
 block of time steps through an afternoon (sun zenith from ``sza_deg`` to ``sza_deg`` + 35
 deg), each with its own downwelling irradiance from the model's atmosphere at the prior
-atmospheric state (:func:`bayesfluo.physics.forward.irradiance_exact`); the surface of
-each time step is a prior draw (as pixels are for an image), the radiance is
-``E/pi R + F`` with the instrument's noise, and the irradiance the model is given is
-measured with the same relative noise (:func:`bayesfluo.simulate.simulate_scene` does the
-same). The irradiance noise is simulated as it occurs, not from the model's first-order
-treatment of it, so SBC tests that treatment too.
+atmospheric state (:func:`bayesfluo.scene.prior.tower_irradiance`); the surface of each
+time step is a prior draw (as pixels are for an image), the radiance is ``E/pi R + F``
+with the instrument's noise, and the irradiance the model is given is measured with the
+same relative noise (:func:`bayesfluo.scene.simulate.simulate_scene` does the same). The
+irradiance noise is simulated as it occurs, not from the model's first-order treatment of
+it, so SBC tests that treatment too.
 """
 
 from __future__ import annotations
@@ -29,27 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
-from numpyro.infer import Predictive
 from tqdm.auto import tqdm
 
 from bayesfluo.instruments import get_instrument
-from bayesfluo.model import (
-    ATMOSPHERE_LATENTS,
-    SENSOR_LATENTS,
-    ModelConfig,
-    patch_geometry,
-    prior_pressure,
-    shared_parameters,
-    sif_model,
-    toc_operator,
-)
-from bayesfluo.physics.forward import (
-    ForwardModel,
-    Geometry,
-    irradiance_exact,
-    radiance_from_operator,
-)
-from bayesfluo.physics.surface import SifParams
+from bayesfluo.model import ModelConfig, SifModel, sif_scale
+from bayesfluo.physics.forward import ForwardModel
+from bayesfluo.scene.prior import simulate_patch
 
 __all__ = ["NOMINAL", "CONDITIONS", "simulate_patch", "validate", "RANKED"]
 
@@ -72,101 +58,9 @@ RANKED = {"f760": ("f760", None), "reflectance760": ("reflectance760", None),
 SHARED = ("surface_pressure", "aot550", "spectral_shift")
 
 
-def simulate_patch(fm: ForwardModel, cfg: ModelConfig, key: jax.Array, *,
-                   n_pixels: int = 64, bare_fraction: float = 0.25, sza_deg: float = 30.0,
-                   height_m: float = 600.0, surface_altitude_m: float = 100.0,
-                   snr: float | None = 150.0, shot_noise_only: bool = True,
-                   has_red: bool = False) -> tuple[dict, dict]:
-    """One patch drawn from the prior predictive: ``(data, truth)``.
-
-    ``data`` is the model's input (radiance included); ``truth`` holds every site of the
-    draw as numpy arrays (latents, deterministics; for a tower also the noise-free
-    radiance ``radiance_clean`` and irradiance ``irradiance_true``). ``snr=None`` takes
-    the instrument's own. For a tower instrument (``platform == "tower"``) the patch is
-    a block of time steps with measured irradiance (module docstring) and ``cfg.free``
-    is ignored (there are no shared latents).
-    """
-    k_ndvi, k_draw, k_noise = jax.random.split(key, 3)
-    u = np.asarray(jax.random.uniform(k_ndvi, (2, n_pixels)), np.float64)
-    bare = np.arange(n_pixels) < int(round(bare_fraction * n_pixels))
-    ndvi = np.where(bare, 0.25 * u[0], 0.5 + 0.35 * u[0])
-    inst = get_instrument(fm.instrument)
-    if shot_noise_only:
-        inst = inst.replace(read_noise_fraction=0.0)
-    a, b = inst.noise_coefficients(snr)
-    tower = inst.platform == "tower"
-    sza = sza_deg + 35.0 * u[1] if tower else sza_deg
-    data = dict(ndvi=jnp.asarray(ndvi, jnp.float32), mask=jnp.ones(n_pixels, jnp.float32),
-                geometry=patch_geometry(sza, 0.0, 0.0, surface_altitude_m,
-                                        surface_altitude_m + height_m),
-                noise_a=jnp.float32(a), noise_b=jnp.float32(b),
-                surface_pressure0=prior_pressure(surface_altitude_m), radiance=None)
-    if tower:
-        return _simulate_tower(fm, cfg.replace(free=()), data, k_draw, k_noise, sza,
-                               surface_altitude_m, height_m, has_red)
-    draw = Predictive(sif_model, num_samples=1)(k_draw, fm, cfg, data, has_red)
-    truth = {k: np.asarray(v[0]) for k, v in draw.items()}
-    data["radiance"] = jnp.asarray(truth["radiance"])
-    return data, truth
-
-
-_IRRADIANCE_FNS: dict = {}
-
-
-def tower_irradiance(fm: ForwardModel, sza_deg, surface_altitude_m: float = 100.0,
-                     height_m: float = 5.0, cfg: ModelConfig | None = None) -> np.ndarray:
-    """Band downwelling irradiance (mW m-2 nm-1) at the top of the canopy at each sun
-    zenith angle (degrees), through the model's atmosphere at the prior medians of
-    ``cfg``'s atmospheric and sensor latents (surface pressure of the standard atmosphere,
-    AOT 0.12, diffuse-path factor 1.5)."""
-    cfg = cfg or ModelConfig()
-    key = (id(fm), repr(cfg))
-    if key not in _IRRADIANCE_FNS or _IRRADIANCE_FNS[key][0] is not fm:
-        def many(sza, alt, height):
-            p0 = prior_pressure(alt)
-            names = ATMOSPHERE_LATENTS + SENSOR_LATENTS  # all at their prior medians
-            atm, sens, _ = shared_parameters(cfg.replace(free=names), {"surface_pressure0": p0},
-                                             {n: jnp.float32(0.0) for n in names})
-            zero = jnp.zeros_like(fm.fine_nm)
-            return jax.lax.map(lambda s: irradiance_exact(
-                fm, zero, atm, Geometry(s, 0.0, 0.0, alt, alt + height, 1.0), sens), sza,
-                batch_size=8)
-
-        _IRRADIANCE_FNS[key] = (fm, jax.jit(many))
-    sza = jnp.atleast_1d(jnp.asarray(sza_deg, jnp.float32))
-    return np.asarray(_IRRADIANCE_FNS[key][1](sza, jnp.float32(surface_altitude_m),
-                                              jnp.float32(height_m)), np.float64)
-
-
-def _simulate_tower(fm, cfg, data, k_draw, k_noise, sza, surface_altitude_m, height_m,
-                    has_red):
-    e_true = tower_irradiance(fm, sza, surface_altitude_m, height_m, cfg)
-    a, b = float(data["noise_a"]), float(data["noise_b"])
-    data = dict(data, irradiance=jnp.asarray(e_true, jnp.float32),
-                irradiance_noise_a=jnp.float32(a), irradiance_noise_b=jnp.float32(b))
-    draw = Predictive(sif_model, num_samples=1)(k_draw, fm, cfg, data, has_red)
-    truth = {k: np.asarray(v[0]) for k, v in draw.items() if k != "radiance"}
-    op = toc_operator(data["irradiance"])
-    clean = np.asarray(jax.vmap(lambda o, c, r, f: radiance_from_operator(
-        fm, o, c, SifParams(r, f)))(op, jnp.asarray(truth["reflectance_coeffs"]),
-                                   jnp.asarray(truth.get("sif_red", np.zeros_like(
-                                       truth["sif_far_red"]))),
-                                   jnp.asarray(truth["sif_far_red"])), np.float64)
-    n = np.asarray(jax.random.normal(k_noise, (2,) + clean.shape), np.float64)
-    rad = clean + np.sqrt(a * np.maximum(clean, 0.0) + b) * n[0]
-    # irradiance channel: the same relative noise at its own level (var(E/pi) = a E/pi + b)
-    e_meas = e_true + np.pi * np.sqrt(a * e_true / np.pi + b) * n[1]
-    truth.update(radiance=rad, radiance_clean=clean, irradiance_true=e_true)
-    data.update(radiance=jnp.asarray(rad, jnp.float32),
-                irradiance=jnp.asarray(e_meas, jnp.float32))
-    return data, truth
-
-
 def _prior_sd_f760(ndvi: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     """Prior standard deviation of F760 given NDVI: ``scale * sqrt(1 - 2/pi)`` of the
     half-normal (F760 is the far-red amplitude times the peak shape at 760 nm)."""
-    from bayesfluo.model import sif_scale
-
     return np.asarray(sif_scale(jnp.asarray(ndvi), cfg), np.float64) * np.sqrt(1 - 2 / np.pi)
 
 
@@ -195,7 +89,7 @@ def validate(fm: ForwardModel, n_patches: int, *, cfg: ModelConfig | None = None
 
     from bayesfluo.diagnostics.calibration import sbc_ranks
     from bayesfluo.diagnostics.fisher import patch_cramer_rao_f760, toc_cramer_rao_f760
-    from bayesfluo.nuts import NutsConfig, sample_patch, to_datatree
+    from bayesfluo.inference.nuts import NutsConfig, sample_patch, to_datatree
 
     cfg = cfg or ModelConfig()
     nuts = nuts or NutsConfig(predictive_draws=0)
@@ -205,13 +99,14 @@ def validate(fm: ForwardModel, n_patches: int, *, cfg: ModelConfig | None = None
         cfg = cfg.replace(free=())
         nuts = dataclasses.replace(nuts, operator="exact")
     key = jax.random.PRNGKey(seed)
-    has_red = bool(float(fm.band_centre_nm[0]) < 690.0)  # the window holds the O2-B band
+    model = SifModel(fm, cfg, top_of_canopy=tower)
     pix, patch = [], []
     for i in tqdm(range(n_patches), desc="validate", disable=not progress):
         k_sim, k_fit = jax.random.split(jax.random.fold_in(key, i))
-        data, truth = simulate_patch(fm, cfg, k_sim, has_red=has_red, **cond)
-        post = sample_patch(fm, cfg, data, k_fit, nuts, has_red=has_red)
-        dt = to_datatree([post], [data], fm, max_tree_depth=nuts.max_tree_depth)
+        sim, truth = simulate_patch(model, k_sim, **cond)
+        data = sim._asdict()  # the calls below take the model's data as a dict
+        post = sample_patch(model, sim, k_fit, nuts)
+        dt = to_datatree([post], [sim], model, max_tree_depth=nuts.max_tree_depth)
         conv = dt["convergence"].to_dataset()
         s = post.samples
         flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in s.items()}
@@ -224,15 +119,7 @@ def validate(fm: ForwardModel, n_patches: int, *, cfg: ModelConfig | None = None
             t = truth[site] if idx is None else truth[site][..., idx]
             rec[f"rank_{name}"] = sbc_ranks(t, d.T)
         f = flat["f760"]
-        values = {n: truth.get(n, cfg.fixed.get(n)) for n in
-                  ("reflectance_coeffs", "sif_far_red", "sif_red", "surface_pressure",
-                   "aot550",
-                   "angstrom", "diffuse_path", "spectral_shift", "fwhm_scale")}
-        values = {k: v for k, v in values.items() if v is not None}
-        if tower:
-            crb = toc_cramer_rao_f760(fm, data, values, has_red=has_red)
-        else:
-            crb = patch_cramer_rao_f760(fm, data, values, list(cfg.free), has_red=has_red)
+        crb = (toc_cramer_rao_f760 if tower else patch_cramer_rao_f760)(model, sim, truth)
         rec.update(crb_shared=crb["shared"], crb_known=crb["known"])
         rec.update(truth_f760=truth["f760"], mean_f760=f.mean(0), sd_f760=f.std(0, ddof=1),
                    prior_sd_f760=_prior_sd_f760(np.asarray(data["ndvi"]), cfg),

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "to_netcdf_atomically"]
 
 
 def _default_mode(path: str) -> None:
@@ -37,3 +37,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def to_netcdf_atomically(obj, path: str | os.PathLike, encoding: dict | None = None) -> Path:
+    """Write an :class:`xarray.Dataset` or :class:`xarray.DataTree` to netCDF-4 (h5netcdf)
+    under a temporary name beside ``path``, renamed to ``path`` when complete.
+
+    Parameters
+    ----------
+    obj : xarray.Dataset or xarray.DataTree
+        What to write (its ``to_netcdf`` method is called).
+    path : str or path-like
+        The final file name; parent folders are created.
+    encoding : dict, optional
+        Per-variable encoding (a DataTree: per group path), as ``to_netcdf`` takes it.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    with atomic_path(path) as tmp:
+        obj.to_netcdf(tmp, engine="h5netcdf", encoding=encoding or {})
+    return Path(path)

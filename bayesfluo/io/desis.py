@@ -41,7 +41,7 @@ from dask.base import tokenize
 
 from bayesfluo.instruments import get_instrument
 from bayesfluo.io.atomic import atomic_path
-from bayesfluo.io.readers import (
+from bayesfluo.io.common import (
     GEOMETRY_VARIABLES,
     SceneReadError,
     apparent_ndvi,

@@ -49,7 +49,7 @@ bayesfluo header keys
 
 Values given in the ``geometry`` argument override both. ``ndvi`` comes from the ancillary
 file or ``geometry``, else from the apparent reflectance of the bands nearest 670 and
-800 nm (beyond 772 nm) where the cube has them (:func:`bayesfluo.io.readers.apparent_ndvi`).
+800 nm (beyond 772 nm) where the cube has them (:func:`bayesfluo.io.common.apparent_ndvi`).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from bayesfluo.io.atomic import atomic_path
-from bayesfluo.io.readers import (
+from bayesfluo.io.common import (
     GEOMETRY_VARIABLES,
     SceneReadError,
     apparent_ndvi,

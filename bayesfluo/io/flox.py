@@ -47,7 +47,7 @@ import xarray as xr
 
 from bayesfluo.instruments import get_instrument
 from bayesfluo.io.atomic import atomic_path
-from bayesfluo.io.readers import (
+from bayesfluo.io.common import (
     GEOMETRY_VARIABLES,
     SceneReadError,
     check_geometry_keys,

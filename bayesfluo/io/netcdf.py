@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from bayesfluo.instruments import INSTRUMENTS
-from bayesfluo.io.atomic import atomic_path
+from bayesfluo.io.atomic import to_netcdf_atomically
 
 __all__ = ["write_dataset", "write_datatree", "read_scene", "validate_scene"]
 
@@ -28,27 +28,20 @@ def _compressed(ds) -> dict:
             if var.ndim and var.dtype.kind in "fiu"}
 
 
-def _write_atomically(obj, path: str | os.PathLike, encoding: dict) -> Path:
-    """``obj.to_netcdf`` to a temporary file beside ``path``, renamed when complete."""
-    with atomic_path(path) as tmp:
-        obj.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
-    return Path(path)
-
-
 def write_dataset(ds: xr.Dataset, path: str | os.PathLike, compress: bool = True) -> Path:
     """Write a Dataset to netCDF-4 atomically (temporary file, then rename).
 
     Float and integer variables with dimensions are gzip-compressed (level 4) when
     ``compress`` is true.
     """
-    return _write_atomically(ds, path, _compressed(ds) if compress else {})
+    return to_netcdf_atomically(ds, path, _compressed(ds) if compress else {})
 
 
 def write_datatree(dt: xr.DataTree, path: str | os.PathLike) -> Path:
     """Write a DataTree (e.g. NUTS reference posteriors) to netCDF-4 atomically, one
     group per node, float and integer variables gzip-compressed."""
     encoding = {node.path: enc for node in dt.subtree if (enc := _compressed(node))}
-    return _write_atomically(dt, path, encoding)
+    return to_netcdf_atomically(dt, path, encoding)
 
 
 def read_scene(path: str | os.PathLike, validate: bool = True) -> xr.Dataset:

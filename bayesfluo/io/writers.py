@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from bayesfluo.io.atomic import atomic_path
+from bayesfluo.io.atomic import atomic_path, to_netcdf_atomically
 
 __all__ = ["FORMATS", "output_format", "scene_crs", "georeference", "atomic_dir",
            "write_netcdf", "write_zarr", "write_geotiff", "write_result",
@@ -189,8 +189,6 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, chunk_rows: int | None
     """Write a Dataset to netCDF-4 (h5netcdf) atomically: variables over (y, ...) in chunks
     of ``chunk_rows`` image rows, gzip level 4. A dask-backed Dataset is written chunk by
     chunk (bounded memory)."""
-    from bayesfluo.io.netcdf import _write_atomically
-
     ds = _clear_encoding(ds)
     enc = {}
     for name, var in ds.variables.items():
@@ -198,7 +196,7 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, chunk_rows: int | None
             kept = {k: v for k, v in _kept(var).items() if k != "coordinates"}
             enc[name] = {**kept, "zlib": True, "complevel": 4,
                          "chunksizes": _chunks(var, chunk_rows)}
-    return _write_atomically(ds, path, enc)
+    return to_netcdf_atomically(ds, path, enc)
 
 
 def write_zarr(ds: xr.Dataset, path: str | os.PathLike, chunk_rows: int | None = 256) -> Path:

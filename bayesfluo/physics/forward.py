@@ -42,8 +42,9 @@ from bayesfluo.physics.solar import solar_irradiance, solar_range_air_nm
 from bayesfluo.physics.standard_atmosphere import us1976
 from bayesfluo.physics.surface import SifParams
 
-__all__ = ["Geometry", "ForwardModel", "BandOperator", "build_forward_model", "fine_terms",
-           "windows", "response",
+__all__ = ["Geometry", "ForwardModel", "BandOperator", "FineTerms", "build_forward_model",
+           "fine_terms", "windows", "response", "integrate_bands", "radiance_from_terms",
+           "operator_from_terms",
            "radiance_fine", "radiance_exact", "irradiance_exact", "band_operator",
            "radiance_from_operator", "radiance", "standard_pressure_hpa",
            "default_atmosphere", "check_inputs"]
@@ -158,6 +159,12 @@ def response(model: ForwardModel, sens: SensorParams):
                            model.band_fwhm_nm, sens)
 
 
+def integrate_bands(model: ForwardModel, spectrum, sens: SensorParams = NOMINAL_SENSOR):
+    """Band values (..., bands) of fine-grid spectra (..., n_fine) through the bands'
+    responses for a column's shift and FWHM scale (units of ``spectrum``)."""
+    return sensor.band_integrate(response(model, sens), windows(model, spectrum))
+
+
 def standard_pressure_hpa(altitude_m):
     """US 1976 pressure (hPa) at geometric altitude (m); differentiable JAX version."""
     return jnp.exp(jnp.interp(altitude_m, _Z_GRID, _LNP_GRID))
@@ -173,7 +180,13 @@ def default_atmosphere(surface_altitude_m=0.0, aot550=0.1, angstrom=1.3, diffuse
 class FineTerms(NamedTuple):
     """Fine-grid factors of the radiance: path radiance, the irradiance-times-upward
     transmittance that multiplies R/(1-rho_dd R), the upward transmittance that
-    multiplies F/(1-rho_dd R), and the transfer functions themselves."""
+    multiplies F/(1-rho_dd R), and the transfer functions themselves.
+
+    Every atmosphere source on the fine grid gives these: the built-in radiative transfer
+    (:func:`fine_terms`) and a transfer-function table
+    (:func:`bayesfluo.physics.external.fine_terms_external`); :func:`radiance_from_terms`
+    and :func:`operator_from_terms` turn them into radiance and a band operator.
+    """
 
     path: jax.Array
     reflected: jax.Array
@@ -200,6 +213,33 @@ def fine_terms(model: ForwardModel, atm: AtmosphereParams, geom: Geometry) -> Fi
                      emitted=up, transfer=tf)
 
 
+def radiance_from_terms(ft: FineTerms, reflectance_fine, sif_fine, downwelling=None):
+    """At-sensor radiance on the fine grid (mW m-2 sr-1 nm-1) from the radiance factors of
+    any atmosphere source and fine-grid R and F.
+
+    Parameters
+    ----------
+    ft : FineTerms
+        Path radiance, reflected and emitted factors and transfer functions (fine grid).
+    reflectance_fine, sif_fine : array (..., n_fine)
+        Surface reflectance (1) and fluorescence (mW m-2 sr-1 nm-1).
+    downwelling : array (n_fine,), optional
+        Irradiance at the top of the atmosphere on a horizontal surface,
+        ``E0 cos(sza)`` (mW m-2 nm-1); given, the downwelling irradiance at the surface
+        ``downwelling (t_ss + t_sd) / (1 - rho_dd R)`` (mW m-2 nm-1) is returned too.
+
+    Returns
+    -------
+    radiance : array (..., n_fine)
+        Or ``(radiance, irradiance)`` when ``downwelling`` is given.
+    """
+    denom = 1.0 - ft.transfer.rho_dd * reflectance_fine
+    rad = ft.path + (ft.reflected * reflectance_fine + ft.emitted * sif_fine) / denom
+    if downwelling is None:
+        return rad
+    return rad, downwelling * (ft.transfer.t_ss + ft.transfer.t_sd) / denom
+
+
 def radiance_fine(model: ForwardModel, reflectance_fine, sif_fine, atm: AtmosphereParams,
                   geom: Geometry, with_irradiance: bool = False):
     """At-sensor radiance on the fine grid (mW m-2 sr-1 nm-1) from fine-grid R and F.
@@ -209,21 +249,17 @@ def radiance_fine(model: ForwardModel, reflectance_fine, sif_fine, atm: Atmosphe
     spectrometer measures it: returns ``(radiance, irradiance)``.
     """
     ft = fine_terms(model, atm, geom)
-    denom = 1.0 - ft.transfer.rho_dd * reflectance_fine
-    rad = ft.path + (ft.reflected * reflectance_fine + ft.emitted * sif_fine) / denom
     if not with_irradiance:
-        return rad
-    tf = ft.transfer
-    irr = (model.solar * geom.sun_distance_factor * jnp.cos(jnp.deg2rad(geom.sza_deg))
-           * (tf.t_ss + tf.t_sd) / denom)
-    return rad, irr
+        return radiance_from_terms(ft, reflectance_fine, sif_fine)
+    e_top = model.solar * geom.sun_distance_factor * jnp.cos(jnp.deg2rad(geom.sza_deg))
+    return radiance_from_terms(ft, reflectance_fine, sif_fine, e_top)
 
 
 def radiance_exact(model: ForwardModel, reflectance_fine, sif_fine, atm: AtmosphereParams,
                    geom: Geometry, sens: SensorParams = NOMINAL_SENSOR):
     """Band radiance (mW m-2 sr-1 nm-1) by integrating the fine-grid radiance."""
-    lfine = radiance_fine(model, reflectance_fine, sif_fine, atm, geom)
-    return sensor.band_integrate(response(model, sens), windows(model, lfine))
+    return integrate_bands(model, radiance_fine(model, reflectance_fine, sif_fine, atm, geom),
+                           sens)
 
 
 def irradiance_exact(model: ForwardModel, reflectance_fine, atm: AtmosphereParams,
@@ -232,7 +268,7 @@ def irradiance_exact(model: ForwardModel, reflectance_fine, atm: AtmosphereParam
     spectrometer measures it (see :func:`radiance_fine`)."""
     _, e = radiance_fine(model, reflectance_fine, jnp.zeros_like(reflectance_fine), atm, geom,
                          with_irradiance=True)
-    return sensor.band_integrate(response(model, sens), windows(model, e))
+    return integrate_bands(model, e, sens)
 
 
 class BandOperator(NamedTuple):
@@ -246,18 +282,42 @@ class BandOperator(NamedTuple):
     rho_dd: jax.Array
 
 
-def band_operator(model: ForwardModel, atm: AtmosphereParams, geom: Geometry,
-                  sens: SensorParams = NOMINAL_SENSOR) -> BandOperator:
-    """The expensive, surface-independent part of :func:`radiance` (see module docstring)."""
-    ft = fine_terms(model, atm, geom)
+def operator_from_terms(model: ForwardModel, ft: FineTerms,
+                        sens: SensorParams = NOMINAL_SENSOR, rho_dd=None) -> BandOperator:
+    """The :class:`BandOperator` of the fine-grid radiance factors of any atmosphere
+    source: the response-weighted moments about each band centre of the reflected and
+    emitted factors and the band path radiance (mW m-2 sr-1 nm-1).
+
+    Parameters
+    ----------
+    model : ForwardModel
+    ft : FineTerms
+        The source's fine-grid factors (:func:`fine_terms`, or a table's).
+    sens : SensorParams
+        Spectral shift (nm) and FWHM scale of the detector column.
+    rho_dd : array (bands,), optional
+        Spherical albedo at the bands; default the response-weighted mean of
+        ``ft.transfer.rho_dd`` (a table's may carry line structure).
+    """
     fine_win = windows(model, model.fine_nm)
     c = model.band_centre_nm
     w = sensor.response(fine_win, c, model.band_fwhm_nm, sens)
-    rho = atmosphere.spherical_albedo(c, atm, model.aerosol_omega, model.aerosol_g)
     spectra = windows(model, jnp.stack([ft.reflected, ft.emitted]))
     mom = sensor.band_moments(w, spectra, fine_win - c[:, None])
+    if rho_dd is None:
+        rho_dd = sensor.band_integrate(w, windows(model, ft.transfer.rho_dd))
     return BandOperator(path=sensor.band_integrate(w, windows(model, ft.path)),
-                        reflected=mom[0], emitted=mom[1], rho_dd=rho)
+                        reflected=mom[0], emitted=mom[1], rho_dd=rho_dd)
+
+
+def band_operator(model: ForwardModel, atm: AtmosphereParams, geom: Geometry,
+                  sens: SensorParams = NOMINAL_SENSOR) -> BandOperator:
+    """The expensive, surface-independent part of :func:`radiance` (see module docstring);
+    the spherical albedo is the built-in atmosphere's at the band centres."""
+    ft = fine_terms(model, atm, geom)
+    rho = atmosphere.spherical_albedo(model.band_centre_nm, atm, model.aerosol_omega,
+                                      model.aerosol_g)
+    return operator_from_terms(model, ft, sens, rho)
 
 
 def radiance_from_operator(model: ForwardModel, op: BandOperator, reflectance_coeffs,

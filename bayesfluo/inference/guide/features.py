@@ -1,0 +1,301 @@
+"""The guide's inputs: each pixel's spectrum, read relative to a reference, and its
+ancillary inputs, normalised by the training statistics.
+
+The encoder reads each spectrum as the log radiance relative to a *reference*: the log
+band radiance of a grey surface (reflectance 0.3, no SIF) under the model's prior
+atmosphere at the pixel's geometry (:func:`reference_log_radiance`). The O2 band's depth,
+set mostly by geometry, is divided out; what remains (surface, SIF fill-in, the departure
+of pressure and aerosol from the prior) is what the encoder has to read. Over a scene the
+reference is a second-order expansion in the geometry about the scene's mean geometry
+(:func:`reference_expansion`, :func:`expand_reference`).
+
+:func:`guide_inputs` turns image rows of a scene into a batch of patches and their
+encoder features in one compiled pass (input flags, features, cutting into patches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+from jax.typing import ArrayLike
+
+from bayesfluo.model import Patch, SifModel
+from bayesfluo.physics.forward import Geometry, standard_pressure_hpa
+from bayesfluo.scene.grid import (
+    INPUT_FLAGS,
+    PatchGrid,
+    assemble_patches,
+    cut_patches,
+    flag_pixels,
+    read_rows,
+    reference_centre,
+    sun_distance,
+)
+
+__all__ = ["ANCILLARY", "ancillary_inputs", "pixel_features", "geometry_coordinates",
+           "ReferenceExpansion", "reference_function", "reference_log_radiance",
+           "reference_expansion", "expand_reference", "GuideInputs", "guide_inputs"]
+
+#: Ancillary inputs of every pixel, after the spectrum (see :func:`pixel_features`).
+ANCILLARY = ("cos_sza", "vza_deg", "cos_raa", "surface_altitude_km", "height_km",
+             "log_noise_sd", "read_noise_fraction", "ndvi")
+_LOG_FLOOR = 1e-3  # radiance floor (mW m-2 sr-1 nm-1) before the logarithm
+
+
+def ancillary_inputs(sza: ArrayLike, vza: ArrayLike, raa: ArrayLike,
+                     surface_altitude: ArrayLike, sensor_altitude: ArrayLike,
+                     noise_a: ArrayLike, noise_b: ArrayLike, ndvi: ArrayLike,
+                     reference_radiance: float) -> jax.Array:
+    """The :data:`ANCILLARY` inputs (..., 8), broadcast together.
+
+    Parameters
+    ----------
+    sza, vza, raa : array_like
+        Sun and view zenith angles and relative azimuth, degrees.
+    surface_altitude, sensor_altitude : array_like
+        Altitudes, m.
+    noise_a, noise_b : array_like
+        Noise variance ``a L + b`` ((mW m-2 sr-1 nm-1)^2).
+    ndvi : array_like
+        NDVI.
+    reference_radiance : float
+        The instrument's reference radiance (mW m-2 sr-1 nm-1) at which the noise sd
+        and the read-noise fraction are given.
+    """
+    var_ref = noise_a * reference_radiance + noise_b
+    cols = [jnp.cos(jnp.deg2rad(sza)), vza, jnp.cos(jnp.deg2rad(raa)),
+            surface_altitude / 1000.0, (sensor_altitude - surface_altitude) / 1000.0,
+            0.5 * jnp.log(var_ref), noise_b / var_ref, ndvi]
+    cols = jnp.broadcast_arrays(*[jnp.asarray(c, jnp.float32) for c in cols])
+    return jnp.stack(cols, -1)
+
+
+def pixel_features(radiance: ArrayLike, ancillary: ArrayLike, mean: ArrayLike,
+                   sd: ArrayLike, reference: ArrayLike) -> jax.Array:
+    """Normalised encoder input (..., B + 8): log radiance per band (mW m-2 sr-1 nm-1,
+    floored at 1e-3) relative to the ``reference`` log radiance
+    (:func:`reference_log_radiance`), then the ancillary inputs, standardised by the
+    training statistics ``mean``/``sd``."""
+    x = jnp.concatenate([jnp.log(jnp.maximum(radiance, _LOG_FLOOR)) - reference, ancillary],
+                        -1)
+    return (x - mean) / sd
+
+
+class ReferenceExpansion(NamedTuple):
+    """Second-order expansion of the log band radiance of a grey surface (reflectance
+    0.3, no SIF) under the prior atmosphere, in ``g`` = (sun air mass, view air mass,
+    surface altitude km, sensor height above ground km), about ``g0``."""
+
+    g0: jax.Array
+    value: jax.Array
+    jac: jax.Array
+    hess: jax.Array
+
+
+def geometry_coordinates(sza: ArrayLike, vza: ArrayLike, surface_altitude_m: ArrayLike,
+                         sensor_altitude_m: ArrayLike) -> jax.Array:
+    """The coordinates ``g`` (..., 4) of :class:`ReferenceExpansion` from zenith angles
+    (degrees) and altitudes (m)."""
+    return jnp.stack([1.0 / jnp.cos(jnp.deg2rad(sza)), 1.0 / jnp.cos(jnp.deg2rad(vza)),
+                      surface_altitude_m / 1000.0,
+                      (sensor_altitude_m - surface_altitude_m) / 1000.0], -1)
+
+
+def reference_function(model: SifModel) -> Callable[[jax.Array], jax.Array]:
+    """``g -> log band radiance (B,)`` of a grey surface (reflectance 0.3, no SIF) under
+    the model's prior atmosphere (every free shared latent at its prior median), ``g``
+    as :func:`geometry_coordinates`; the operator is the model's
+    (:meth:`SifModel.operator`) of a patch at that geometry."""
+    fm = model.fm
+    grey = jnp.full((1, fm.n_basis), 0.3, jnp.float32)
+    no_sif = jnp.zeros(1, jnp.float32)
+
+    def f(g):
+        surf = g[2] * 1000.0
+        sza, vza = jnp.rad2deg(jnp.arccos(jnp.minimum(1.0 / g[:2], 1.0)))
+        geom = Geometry(sza, vza, jnp.float32(0.0), surf, surf + g[3] * 1000.0,
+                        jnp.float32(1.0))
+        patch = Patch(radiance=None, mask=None, ndvi=None, geometry=geom, noise_a=None,
+                      noise_b=None, surface_pressure0=standard_pressure_hpa(surf))
+        op = model.operator(patch)
+        return jnp.log(model.predict(op, grey, no_sif, no_sif)[0])
+    return f
+
+
+def reference_log_radiance(model: SifModel, sza: ArrayLike, vza: ArrayLike,
+                           surface_altitude_m: ArrayLike, sensor_altitude_m: ArrayLike
+                           ) -> jax.Array:
+    """Log band radiance (..., B) of a grey surface (reflectance 0.3, no SIF) under the
+    prior atmosphere at each geometry (degrees, m), exactly (one band operator each):
+    the reference the encoder reads each spectrum against (module docstring)."""
+    g = geometry_coordinates(*(jnp.asarray(v, jnp.float32) for v in
+                               (sza, vza, surface_altitude_m, sensor_altitude_m)))
+    f = reference_function(model)
+    flat = g.reshape(-1, 4)
+    return jax.lax.map(f, flat).reshape(g.shape[:-1] + (model.fm.n_bands,))
+
+
+def reference_expansion(model: SifModel, sza: ArrayLike, vza: ArrayLike,
+                        surface_altitude_m: ArrayLike, sensor_altitude_m: ArrayLike
+                        ) -> ReferenceExpansion:
+    """:func:`reference_log_radiance` expanded to second order about one geometry
+    (degrees, m), for the many pixels of a scene whose geometries are close to it."""
+    g0 = geometry_coordinates(*(jnp.asarray(v, jnp.float32) for v in
+                                (sza, vza, surface_altitude_m, sensor_altitude_m)))
+    # zenith angle as a function of airmass has an infinite slope at 0 deg: a nadir (or
+    # overhead-sun) scene is expanded about airmass 1.001 (2.6 deg), 1e-3 away
+    g0 = g0.at[:2].set(jnp.maximum(g0[:2], 1.001))
+    f = reference_function(model)
+    return ReferenceExpansion(g0, f(g0), jax.jacfwd(f)(g0), jax.jacfwd(jax.jacfwd(f))(g0))
+
+
+def expand_reference(ref: ReferenceExpansion, sza: ArrayLike, vza: ArrayLike,
+                     surface_altitude_m: ArrayLike, sensor_altitude_m: ArrayLike
+                     ) -> jax.Array:
+    """Evaluate a :class:`ReferenceExpansion` at geometries (...; degrees, m) ->
+    (..., B) log radiance."""
+    d = geometry_coordinates(sza, vza, surface_altitude_m, sensor_altitude_m) - ref.g0
+    return (ref.value + jnp.einsum("bj,...j->...b", ref.jac, d)
+            + 0.5 * jnp.einsum("bjk,...j,...k->...b", ref.hess, d, d))
+
+
+# --- a scene's image rows -> patches and encoder features ----------------------------------
+
+class GuideInputs(NamedTuple):
+    """Patches of a scene and the guide's inputs for them (leading patch dimension N).
+
+    Attributes
+    ----------
+    patches : Patch
+        The batch of patches (``radiance`` (N, P, B) with unusable pixels zeroed, or None
+        when not asked for; ``mask`` 1 where ``input_flag`` is 0).
+    features : array (N, P, F)
+        The encoder's normalised inputs (:func:`pixel_features`; 0 where flagged).
+    input_flag : array (N, P) int32
+        Bits of :data:`bayesfluo.scene.grid.INPUT_FLAGS` (padding pixels ``masked``).
+    """
+
+    patches: Patch
+    features: jax.Array
+    input_flag: jax.Array
+
+
+@partial(jax.jit, static_argnames=("patch_size", "n_cols", "n_patches", "with_radiance"))
+def _prepare(exp, rad, mask_flag, sza, vza, raa, surf, sens, ndvi, noise, limits, mean, sd, *,
+             patch_size: int, n_cols: int, n_patches: int, with_radiance: bool):
+    """Input flags and guide inputs of image rows in one compiled pass, cut into patches.
+
+    ``rad`` (rows, nx, B) as read; ``mask_flag`` (rows, nx) the ``masked`` bit of each
+    pixel; the geometry (degrees, m) and NDVI (rows, nx); ``noise`` = (a, b, reference
+    radiance); ``limits`` = (lowest, saturation) radiance. Returns the input flags (the
+    bits of :data:`INPUT_FLAGS`) and, in patches (``n_patches``, P, ...; padding pixels
+    flagged ``masked``, zero otherwise), the flags, the encoder's features
+    (:func:`pixel_features` with the reference spectrum expanded at each pixel's
+    geometry; zero where flagged), NDVI and (``with_radiance``) the radiance (zero where
+    flagged).
+    """
+    flag, rad = flag_pixels(rad, mask_flag, limits)
+    ok = (flag == 0)[..., None]
+    anc = ancillary_inputs(sza, vza, raa, surf, sens, noise[0], noise[1], ndvi, noise[2])
+    feats = pixel_features(rad, anc, mean, sd, expand_reference(exp, sza, vza, surf, sens))
+    feats = jnp.where(ok, feats, 0.0)
+    cut = partial(cut_patches, patch_size=patch_size, n_cols=n_cols, n_patches=n_patches)
+    out = dict(flag=flag, input_flag=cut(flag, fill=INPUT_FLAGS["masked"]),
+               features=cut(feats), ndvi=cut(ndvi))
+    if with_radiance:
+        out["radiance"] = cut(rad)
+    return out
+
+
+_EXPANSION_VALUES: dict = {}
+_EXPANSIONS: dict = {}
+
+
+def _expansion_about(model: SifModel, centre: tuple) -> ReferenceExpansion:
+    """The reference expansion about ``centre``, computed once per forward model,
+    configuration and centre (every chunk of a scene shares its centre)."""
+    fm, cfg = model.fm, model.cfg
+    key = (id(fm), repr(cfg), centre)
+    if key not in _EXPANSION_VALUES:
+        if len(_EXPANSION_VALUES) > 64:
+            _EXPANSION_VALUES.clear()
+        _EXPANSION_VALUES[key] = (fm, _reference_expansion_jit(model)(
+            *(jnp.float32(c) for c in centre)))
+    return _EXPANSION_VALUES[key][1]
+
+
+def _reference_expansion_jit(model: SifModel):
+    """Jitted :func:`reference_expansion` about a chunk's mean geometry (compiled once
+    per forward model and configuration; the model is kept alive with it)."""
+    key = (id(model.fm), repr(model.cfg))
+    if key not in _EXPANSIONS:
+        _EXPANSIONS[key] = (model, jax.jit(lambda *g: reference_expansion(model, *g)))
+    return _EXPANSIONS[key][1]
+
+
+def guide_inputs(scene: xr.Dataset, grid: PatchGrid, rows: slice, model: SifModel,
+                 feature_mean: ArrayLike, feature_sd: ArrayLike, reference_radiance: float,
+                 centre: tuple | None = None, *, n_patches: int | None = None,
+                 with_radiance: bool = True, device: bool = False) -> GuideInputs:
+    """The patches of the image rows ``rows`` (whole patch rows) of a scene and the
+    guide's inputs for them, flagging the pixels whose input is unusable.
+
+    Input flags, encoder features and the cutting into patches are one compiled pass.
+
+    Parameters
+    ----------
+    scene : xarray.Dataset
+        A scene (y, x, band) of the model's instrument
+        (:func:`bayesfluo.scene.grid.check_scene_for_model`).
+    grid : PatchGrid
+        The scene's patches.
+    rows : slice
+        Image rows (a whole number of patch rows; the last may be short).
+    model : SifModel
+        The guide's model (its prior atmosphere makes the reference spectra).
+    feature_mean, feature_sd : array_like (F,)
+        The guide's input normalisation.
+    reference_radiance : float
+        The instrument's reference radiance, mW m-2 sr-1 nm-1.
+    centre : tuple of float, optional
+        Geometry about which the reference spectra are expanded
+        (:func:`bayesfluo.scene.grid.reference_centre` of the whole scene by default, so
+        that results do not depend on how a scene is cut into chunks).
+    n_patches : int, optional
+        Pad with masked patches to this many (padding patches take the last patch's
+        geometry, noise and prior pressure).
+    with_radiance : bool
+        Include the radiance (needed by the fit check and the refinement).
+    device : bool
+        Keep the arrays cut into patches (``radiance``, ``mask``, ``ndvi``, ``features``,
+        ``input_flag``) as JAX arrays (no host copy); else everything is numpy.
+
+    Returns
+    -------
+    GuideInputs
+    """
+    px = read_rows(scene, rows)
+    ny = px.radiance.shape[0]
+    n_patches = n_patches or -(-ny // grid.patch_size) * grid.n_cols
+    centre = reference_centre(scene) if centre is None else centre
+    exp = _expansion_about(model, tuple(float(c) for c in centre))
+    f32 = partial(np.asarray, dtype=np.float32)
+    prep = _prepare(exp, px.radiance, px.mask_flag,
+                    *map(f32, (px.sza, px.vza, px.raa, px.surface_altitude,
+                               px.sensor_altitude, px.ndvi)),
+                    f32([px.noise_a, px.noise_b, reference_radiance]), f32(px.limits),
+                    f32(feature_mean), f32(feature_sd), patch_size=grid.patch_size,
+                    n_cols=grid.n_cols, n_patches=n_patches, with_radiance=with_radiance)
+    patches = assemble_patches(grid, px, np.asarray(prep["flag"]), prep["input_flag"],
+                               prep["ndvi"], prep.get("radiance"), sun_distance(scene),
+                               n_patches)
+    out = GuideInputs(patches, prep["features"], prep["input_flag"])
+    if not device:
+        out = jax.tree.map(np.asarray, out)
+    return out

@@ -1,0 +1,191 @@
+"""Posterior summaries of the guide's output in closed form (or one-dimensional
+quadrature), and draws from it.
+
+The marginal of a pixel's local latents is ``N(m, L L^T + A L_s L_s^T A^T)`` (see
+:mod:`bayesfluo.inference.guide`), so the summaries of F760, F687, the SIF peak, the
+reflectance at 760 nm and the patch's atmospheric and sensor terms need no sampling.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bayesfluo.inference.guide.encoder import GuideOutput
+from bayesfluo.model import Patch, SifModel, knee_softplus, reflectance_weights
+from bayesfluo.physics.surface import SifParams, sif_spectrum
+
+__all__ = ["summaries", "marginal_local", "sample_draws", "predicted_radiance", "fit_chi2"]
+
+
+# one-dimensional Gaussian expectations: the trapezoidal rule on 141 nodes over +-7 sd.
+# Gauss-Hermite would be exact for polynomials, but the SIF transform has a knee (width
+# 0.1 in the unconstrained coordinate) that a few dozen Hermite nodes step over when the
+# posterior is wide; the trapezoid's error there is below 1e-4 of the sd.
+_GH_X = np.linspace(-7.0, 7.0, 141)
+_GH_W = np.exp(-0.5 * _GH_X**2)
+_GH_W = _GH_W / _GH_W.sum()
+_Z05 = 1.6448536269514722
+
+
+def _quantity(mean, sd, f):
+    """Mean, sd and 5/50/95 % quantiles of ``f(v)``, ``v ~ N(mean, sd)``, ``f``
+    increasing: quantiles exactly, moments by quadrature."""
+    v = mean[..., None] + sd[..., None] * jnp.asarray(_GH_X, jnp.float32)
+    fv = f(v)
+    w = jnp.asarray(_GH_W, jnp.float32)
+    m = fv @ w
+    var = jnp.maximum(((fv - m[..., None]) ** 2) @ w, 0.0)
+    q = f(mean[..., None] + sd[..., None] * jnp.array([-_Z05, 0.0, _Z05], jnp.float32))
+    return dict(mean=m, sd=jnp.sqrt(var), q05=q[..., 0], q50=q[..., 1], q95=q[..., 2])
+
+
+def marginal_local(q: GuideOutput) -> tuple[jax.Array, jax.Array]:
+    """Mean (..., P, D) and covariance (..., P, D, D) of each pixel's local latents,
+    integrated over the patch's shared latents."""
+    cov_l = q.local_tril @ jnp.swapaxes(q.local_tril, -1, -2)
+    cov_s = q.shared_tril @ jnp.swapaxes(q.shared_tril, -1, -2)
+    a = q.coupling
+    cov = cov_l + a @ cov_s[..., None, :, :] @ jnp.swapaxes(a, -1, -2)
+    return q.local_loc, cov
+
+
+def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0) -> dict:
+    """Posterior summaries of every pixel from the guide's output (arrays with the
+    output's leading dims, then (P,) for pixel quantities).
+
+    Parameters
+    ----------
+    q : GuideOutput
+        The guide's output (any leading dims).
+    model : SifModel
+        The guide's model (priors and transforms of the latents).
+    ndvi : array (..., P)
+        NDVI of the pixels (the SIF prior's scale).
+    surface_pressure0 : array (...)
+        Prior mean surface pressure of each patch, hPa.
+
+    Returns
+    -------
+    dict
+        ``{quantity: {mean, sd, q05, q50, q95}}`` for ``f760`` (mW m-2 sr-1 nm-1),
+        ``f687`` (windows with the O2-B band), ``sif_peak``, ``reflectance760`` (1) and
+        each free shared latent (its physical units, per patch).
+    """
+    k = model.fm.n_basis
+    mean = q.local_loc
+    # the marginal covariance L L^T + B B^T, B = A L_s, only where needed (elementwise
+    # products and sums over the small axes: tiny batched matrix products are slow on CPU)
+    lb = jnp.concatenate([q.local_tril, jnp.sum(q.coupling[..., :, :, None]
+                                                * q.shared_tril[..., None, None, :, :],
+                                                -2)], -1)                    # (..., P, D, D + S)
+    sd = jnp.sqrt(jnp.sum(lb * lb, -1))
+    scale = model.sif_scale(ndvi)                                     # F760 per unit raw
+    shape_far = SifParams(0.0, 1.0)
+    peak_ratio = sif_spectrum(shape_far.centre_far_red, shape_far) / sif_spectrum(760.0,
+                                                                                  shape_far)
+    out = {}
+    f760 = _quantity(mean[..., k], sd[..., k], lambda v: scale[..., None] * knee_softplus(v))
+    out["f760"] = f760
+    out["sif_peak"] = {s: v * peak_ratio for s, v in f760.items()}
+    if model.has_red:
+        # F687 = red part + far-red tail; quadrature over the two marginals would need their
+        # correlation: use 2-D Gauss-Hermite on the pair
+        cov2 = jnp.sum(lb[..., k:k + 2, None, :] * lb[..., None, k:k + 2, :], -1)
+        out["f687"] = _f687(mean[..., k:k + 2], cov2, scale, model.cfg.sif_red_ratio)
+    # reflectance at 760 nm: linearised (its posterior sd is ~1e-3, far inside the
+    # sigmoid's linear range)
+    mu, chol = model.reflectance_prior()
+    w = reflectance_weights(model.fm, 760.0)
+    zr = mean[..., :k]
+    c = jax.nn.sigmoid(mu + zr @ chol.T)
+    r760 = c @ w
+    grad = (w * c * (1 - c)) @ chol                                   # d R760 / d z
+    g_lb = jnp.sum(grad[..., :, None] * lb[..., :k, :], -2)            # grad^T [L B]
+    var = jnp.sum(g_lb * g_lb, -1)
+    sd_r = jnp.sqrt(jnp.maximum(var, 0.0))
+    out["reflectance760"] = dict(mean=r760, sd=sd_r, q05=r760 - _Z05 * sd_r, q50=r760,
+                                 q95=r760 + _Z05 * sd_r)
+    # shared latents: exact (affine or log-normal in z)
+    s_sd = jnp.sqrt(jnp.diagonal(q.shared_tril @ jnp.swapaxes(q.shared_tril, -1, -2),
+                                 axis1=-2, axis2=-1))
+    for i, n in enumerate(model.free):
+        def phys(v, n=n):
+            zs = {m: v for m in model.free}
+            p0 = jnp.asarray(surface_pressure0)[..., None] if v.ndim > jnp.ndim(
+                surface_pressure0) else surface_pressure0
+            return model.shared(p0, zs)[2][n]
+        out[n] = _quantity(q.shared_loc[..., i], s_sd[..., i], phys)
+    return out
+
+
+def _f687(m2, c2, scale, red_ratio: float):
+    """Mean, sd and quantiles of F687 from the mean (..., 2) and covariance (..., 2, 2) of
+    the two SIF amplitudes' unconstrained coordinates (``red_ratio``: the red peak's
+    prior scale relative to the far-red one's)."""
+    shape = SifParams(1.0, 0.0)
+    r_red = sif_spectrum(687.0, shape) / sif_spectrum(760.0, SifParams(0.0, 1.0))
+    r_far = sif_spectrum(687.0, SifParams(0.0, 1.0)) / sif_spectrum(760.0, SifParams(0.0, 1.0))
+    l2 = jnp.linalg.cholesky(c2 + 1e-9 * jnp.eye(2))
+    x, w = np.polynomial.hermite_e.hermegauss(24)  # 2-D: 576 nodes
+    x, w = jnp.asarray(x, jnp.float32), jnp.asarray(w / w.sum(), jnp.float32)
+    gx, gy = jnp.meshgrid(x, x, indexing="ij")
+    nodes = jnp.stack([gx.ravel(), gy.ravel()], -1)                   # (n2, 2)
+    ww = (w[:, None] * w[None, :]).ravel()
+    v = m2[..., None, :] + jnp.einsum("...ij,nj->...ni", l2, nodes)
+    f = scale[..., None] * (r_far * knee_softplus(v[..., 0])
+                            + red_ratio * r_red * knee_softplus(v[..., 1]))
+    m = f @ ww
+    sd = jnp.sqrt(jnp.maximum(((f - m[..., None]) ** 2) @ ww, 0.0))
+    # quantiles: weighted empirical quantiles of the quadrature nodes
+    order = jnp.argsort(f, axis=-1)
+    fs = jnp.take_along_axis(f, order, -1)
+    cw = jnp.cumsum(ww[order], -1)
+    qs = [jnp.take_along_axis(fs, jnp.argmax(cw >= p, -1)[..., None], -1)[..., 0]
+          for p in (0.05, 0.5, 0.95)]
+    return dict(mean=m, sd=sd, q05=qs[0], q50=qs[1], q95=qs[2])
+
+
+def sample_draws(q: GuideOutput, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    """``n`` joint draws of the guide: shared (n, ..., S) and local (n, ..., P, D)
+    unconstrained latents."""
+    k1, k2 = jax.random.split(key)
+    e_s = jax.random.normal(k1, (n,) + q.shared_loc.shape)
+    zs = q.shared_loc + jnp.einsum("...ij,n...j->n...i", q.shared_tril, e_s)
+    e_l = jax.random.normal(k2, (n,) + q.local_loc.shape)
+    d = zs - q.shared_loc
+    loc = q.local_loc + jnp.einsum("...pds,n...s->n...pd", q.coupling, d)
+    u = loc + jnp.einsum("...pij,n...pj->n...pi", q.local_tril, e_l)
+    return zs, u
+
+
+def predicted_radiance(model: SifModel, q: GuideOutput, patches: Patch) -> jax.Array:
+    """Band radiance of every pixel at the guide's posterior mean (N, P, B), mW m-2 sr-1
+    nm-1: each patch's band operator (:meth:`SifModel.operator`) at the mean of its
+    shared latents, each pixel's reflectance and SIF (:meth:`SifModel.surface`) at their
+    means.
+
+    Parameters
+    ----------
+    model : SifModel
+        The guide's model.
+    q : GuideOutput
+        The posterior of N patches in the guide's form.
+    patches : Patch
+        The same N patches (leading patch dimension; the radiance is not needed).
+    """
+    # only what the operator needs goes through the map over patches
+    geo = Patch(radiance=None, mask=None, ndvi=None, geometry=patches.geometry,
+                noise_a=None, noise_b=None, surface_pressure0=patches.surface_pressure0)
+    # the fine-grid operator of 32 patches at a time: bounded memory
+    op = jax.lax.map(lambda a: model.operator(*a), (geo, q.shared_loc), batch_size=32)
+    coeffs, red, far = model.surface(q.local_loc, patches.ndvi)
+    return jax.vmap(model.predict)(op, coeffs, red, far)
+
+
+def fit_chi2(model: SifModel, q: GuideOutput, patches: Patch) -> jax.Array:
+    """Reduced chi-square (N, P) of each pixel's radiance at the guide's posterior mean
+    (:func:`predicted_radiance`) under the model's noise (:meth:`SifModel.fit_chi2`): the
+    ``poor_fit`` check of a retrieval and its reference on simulations after training."""
+    return jax.vmap(model.fit_chi2)(patches, predicted_radiance(model, q, patches))

@@ -1,0 +1,552 @@
+"""The model object: one physical and statistical model of a patch, used by every
+inference (guide, training, NUTS, refinement, baselines, SBC, retrieval, report).
+
+:class:`SifModel` owns, once: the forward model and its configuration, the atmosphere
+source (the built-in radiative transfer, an external transfer-function table, or a
+measured irradiance), which latents are free, the priors with their transforms
+(:mod:`bayesfluo.model.priors`), the patch's band operator and its expansion, prediction,
+the noise model (:func:`bayesfluo.physics.sensor.noise_variance`, one formula), the
+likelihood and the NumPyro programs.
+
+The program of one patch (:meth:`SifModel.program`), ``P`` pixels sharing an atmosphere
+and a sensor state:
+
+per pixel (plate ``pixel``)
+    ``reflectance_z`` (K): non-centred B-spline coefficients of the reflectance,
+    ``coeffs = sigmoid(mu + L z)`` with ``L`` the Cholesky factor of a squared-exponential
+    covariance over the knot positions (length ``reflectance_length_nm``). The sigmoid
+    keeps every coefficient, hence (convex hull of B-splines) the reflectance, in [0, 1];
+    the correlation keeps it smooth.
+    ``sif_far_red_raw`` (and ``sif_red_raw`` where the window has the O2-B band): SIF peak
+    amplitude in prior scales, ``scale(NDVI) * HalfNormal(1)``, in the softplus coordinate
+    of :class:`~bayesfluo.model.priors.SoftplusHalfNormal`.
+
+per patch (built-in atmosphere)
+    ``surface_pressure`` (hPa): ``p0 + pressure_sd * z``, p0 the standard pressure at the
+    surface altitude; ``aot550``: log-normal around ``aot550_prior``; ``diffuse_path``:
+    ``1 + lognormal``; sensor ``spectral_shift`` (nm): ``shift_sd * z``; ``fwhm_scale``:
+    ``1 + fwhm_sd * z``. Which are free is ``cfg.free``; the others take ``cfg.fixed``.
+
+per patch (external table)
+    ``table_tau_scale``, ``table_up_scale``, ``table_path_scale`` (priors near 1,
+    :class:`~bayesfluo.model.table_prior.PerturbationPrior`) replace the built-in
+    atmosphere's latents; the sensor latents of ``cfg.free`` stay.
+
+top of canopy (measured irradiance, FloX-like towers)
+    ``L = E/pi * R + F`` per band (:func:`toc_operator`): a few metres of air between
+    canopy and sensor are neglected, as FloX processing chains do, and there are no
+    atmospheric or sensor latents (``cfg.free`` must be empty). The measured irradiance's
+    own noise is carried through: ``var(e / pi) = a_E E/pi + b_E`` adds ``R^2 var(e/pi)``
+    to each band's variance; to first order in ``e`` this is the exact likelihood of the
+    radiance given the measured irradiance.
+
+Likelihood: ``radiance ~ Normal(L(theta), sqrt(a L + b))`` per band, masked by the pixel
+mask. Deterministic sites: ``f760``, ``f687`` (B band windows), ``sif_peak``,
+``reflectance760`` and each free shared latent's physical value.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions.transforms import biject_to
+
+from bayesfluo.instruments import get_instrument
+from bayesfluo.model.config import SENSOR_LATENTS, ModelConfig
+from bayesfluo.model.patch import Patch
+from bayesfluo.model.priors import (
+    SHAPE760,
+    SoftplusHalfNormal,
+    knee_softplus,
+    reflectance_prior,
+    reflectance_weights,
+    shared_values,
+    sif_scale,
+)
+from bayesfluo.model.table_prior import ExternalModel
+from bayesfluo.physics.external import (
+    PERTURBATION_SITES,
+    Perturbation,
+    band_operator_external,
+)
+from bayesfluo.physics.forward import (
+    BandOperator,
+    ForwardModel,
+    band_operator,
+    build_forward_model,
+    radiance_from_operator,
+)
+from bayesfluo.physics.sensor import noise_variance
+from bayesfluo.physics.surface import SifParams, sif_spectrum, sif_taylor
+
+__all__ = ["SifModel", "OperatorExpansion", "toc_operator", "has_red_peak"]
+
+
+class OperatorExpansion(NamedTuple):
+    """Second-order Taylor expansion of a patch's :class:`BandOperator` in the
+    standard-normal coordinates of the free shared latents (in ``cfg.free`` order)
+    about ``z0``: ``op(z) = value + jac . d + d . hess . d / 2``, ``d = z - z0``."""
+
+    z0: jax.Array
+    value: BandOperator
+    jac: BandOperator
+    hess: BandOperator
+
+    def __call__(self, z) -> BandOperator:
+        """The expanded operator at ``z``."""
+        d = jnp.asarray(z) - self.z0
+        return jax.tree.map(lambda v, j, h: v + j @ d + 0.5 * (h @ d) @ d, self.value,
+                            self.jac, self.hess)
+
+
+def has_red_peak(fm: ForwardModel) -> bool:
+    """Whether the window of ``fm`` holds the O2-B band (a red SIF peak is then a latent)."""
+    return bool(float(fm.band_centre_nm[0]) < 690.0)
+
+
+def toc_operator(irradiance) -> BandOperator:
+    """Band operators (leading dimensions of ``irradiance``) of a top-of-canopy
+    measurement: ``L = E/pi * R + F`` per band, ``E`` the measured irradiance
+    (mW m-2 nm-1): no path radiance, no multiple-scattering term, the reflectance and
+    SIF at the band centre."""
+    e = jnp.asarray(irradiance, jnp.float32) / jnp.pi
+    z = jnp.zeros_like(e)
+    return BandOperator(path=z, reflected=jnp.stack([e, z, z], -2),
+                        emitted=jnp.stack([jnp.ones_like(e), z, z], -2), rho_dd=z)
+
+
+class SifModel(eqx.Module):
+    """The probabilistic model of a patch (see the module docstring).
+
+    A JAX pytree (an :class:`equinox.Module`): the forward model's and the table's arrays
+    are its leaves, the configuration is static, so a model can be passed into a jitted
+    function as an argument as well as closed over.
+
+    Parameters
+    ----------
+    fm : ForwardModel
+        The instrument's forward model (band grid, fine grid, O2 tables, basis).
+    cfg : ModelConfig, optional
+        Priors and free latents (default :class:`ModelConfig`; a top-of-canopy model
+        defaults to no free shared latents).
+    table : ExternalModel, optional
+        An external transfer-function table with priors on its perturbations, used in
+        place of the built-in atmosphere.
+    top_of_canopy : bool
+        The atmosphere is the patch's measured irradiance (``Patch.irradiance``).
+    """
+
+    fm: ForwardModel
+    cfg: ModelConfig = eqx.field(static=True)
+    table: ExternalModel | None
+    top_of_canopy: bool = eqx.field(static=True)
+    has_red: bool = eqx.field(static=True)
+    _prior: tuple
+    _w760: jax.Array
+
+    def __init__(self, fm: ForwardModel, cfg: ModelConfig | None = None, *,
+                 table: ExternalModel | None = None, top_of_canopy: bool = False):
+        if cfg is None:
+            cfg = ModelConfig(free=()) if top_of_canopy else ModelConfig()
+        if top_of_canopy and cfg.free:
+            raise ValueError(f"a top-of-canopy model (measured irradiance) has no "
+                             f"atmospheric or sensor latents; got free={cfg.free}: use "
+                             "ModelConfig(free=())")
+        if top_of_canopy and table is not None:
+            raise ValueError("give either a measured irradiance or an external atmosphere, "
+                             "not both")
+        self.fm = fm
+        self.cfg = cfg
+        self.table = table
+        self.top_of_canopy = bool(top_of_canopy)
+        self.has_red = has_red_peak(fm)
+        self._prior = reflectance_prior(fm, cfg)
+        self._w760 = reflectance_weights(fm, 760.0)
+
+    @classmethod
+    def for_instrument(cls, instrument: str, cfg: ModelConfig | None = None,
+                       **kwargs) -> SifModel:
+        """The model of a named instrument (:func:`bayesfluo.instruments.get_instrument`);
+        a top-of-canopy instrument (FloX) gets the measured-irradiance source."""
+        inst = get_instrument(instrument)
+        kwargs.setdefault("top_of_canopy", inst.platform == "tower")
+        return cls(build_forward_model(inst), cfg, **kwargs)
+
+    def replace(self, **changes) -> SifModel:
+        """A model with some of ``fm``, ``cfg``, ``table``, ``top_of_canopy`` changed."""
+        kw = dict(fm=self.fm, cfg=self.cfg, table=self.table,
+                  top_of_canopy=self.top_of_canopy) | changes
+        fm, cfg = kw.pop("fm"), kw.pop("cfg")
+        return SifModel(fm, cfg, **kw)
+
+    def __repr__(self) -> str:
+        src = ("measured irradiance" if self.top_of_canopy else
+               "table" if self.table is not None else "built-in atmosphere")
+        return (f"SifModel({self.fm.instrument}, {len(self.fm.band_centre_nm)} bands, "
+                f"{src}, free={self.cfg.free}, red peak={self.has_red})")
+
+    # --- latents and priors ---------------------------------------------------------
+
+    @property
+    def instrument(self) -> str:
+        """Name of the instrument."""
+        return self.fm.instrument
+
+    @property
+    def free(self) -> tuple[str, ...]:
+        """Free shared latents of the built-in atmosphere and sensor (``cfg.free``)."""
+        return () if self.top_of_canopy else tuple(self.cfg.free)
+
+    @property
+    def n_local(self) -> int:
+        """Local (per-pixel) latent coordinates: K spline coefficients and 1 or 2 SIF."""
+        return self.fm.n_basis + 1 + int(self.has_red)
+
+    def local_names(self) -> list[str]:
+        """Names of the local latent coordinates, in the guide's order."""
+        return ([f"reflectance_z[{k}]" for k in range(self.fm.n_basis)]
+                + ["sif_far_red_raw"] + (["sif_red_raw"] if self.has_red else []))
+
+    def reflectance_prior(self) -> tuple[jax.Array, jax.Array]:
+        """``(mu, chol)`` of the reflectance prior
+        (:func:`bayesfluo.model.priors.reflectance_prior`)."""
+        return self._prior
+
+    def sif_scale(self, ndvi):
+        """Half-normal scale of F760 given NDVI (mW m-2 sr-1 nm-1)."""
+        return sif_scale(ndvi, self.cfg)
+
+    def coefficients(self, reflectance_z):
+        """B-spline coefficients of the reflectance from its prior coordinates (..., K)."""
+        mu, chol = self._prior
+        return jax.nn.sigmoid(mu + reflectance_z @ chol.T)
+
+    def amplitudes(self, ndvi, far_raw, red_raw=None):
+        """SIF peak amplitudes ``(red, far)`` (mW m-2 sr-1 nm-1, at the peaks' centres'
+        shape normalisation) from the raw amplitudes (prior scales)."""
+        scale = self.sif_scale(ndvi) / SHAPE760
+        far = scale * far_raw
+        red = (self.cfg.sif_red_ratio * scale * red_raw if self.has_red and red_raw is not None
+               else jnp.zeros_like(far))
+        return red, far
+
+    def surface(self, local_u, ndvi):
+        """Reflectance coefficients and SIF amplitudes ``(coeffs, red, far)`` of pixels
+        from their local latents in the guide's unconstrained order (..., D) (SIF in the
+        softplus coordinate)."""
+        k = self.fm.n_basis
+        coeffs = self.coefficients(local_u[..., :k])
+        red_raw = knee_softplus(local_u[..., k + 1]) if self.has_red else None
+        red, far = self.amplitudes(ndvi, knee_softplus(local_u[..., k]), red_raw)
+        return coeffs, red, far
+
+    def reflectance760(self, coeffs):
+        """Reflectance at 760 nm of B-spline coefficients (..., K)."""
+        return coeffs @ self._w760
+
+    def shared(self, surface_pressure0, z: dict):
+        """``(atmosphere, sensor, values)`` of a patch from the standard-normal
+        coordinates ``z`` (``{name: value}``) of the free shared latents
+        (:func:`bayesfluo.model.priors.shared_values`)."""
+        return shared_values(self.cfg, surface_pressure0, z)
+
+    def shared_physical(self, surface_pressure0, zvec) -> dict:
+        """Physical values of the free shared latents from their coordinates (..., S)."""
+        z = {n: zvec[..., i] for i, n in enumerate(self.free)}
+        return self.shared(surface_pressure0, z)[2]
+
+    # --- the patch operator -----------------------------------------------------------
+
+    def operator(self, patch: Patch, zvec=None) -> BandOperator:
+        """The patch's band operator at the coordinates ``zvec`` (S,) of the free shared
+        latents (``cfg.free`` order; default: the prior mean, zeros). Measured irradiance:
+        one operator per pixel (leading dim P)."""
+        if self.top_of_canopy:
+            return toc_operator(patch.irradiance)
+        if self.table is not None:
+            raise ValueError("a table model's operator depends on its perturbations: use "
+                             "table_operator")
+        if zvec is None:
+            zvec = jnp.zeros(len(self.free), jnp.float32)
+        atm, sens, _ = self.shared(patch.surface_pressure0,
+                                   dict(zip(self.free, zvec, strict=True)))
+        return band_operator(self.fm, atm, patch.geometry, sens)
+
+    def table_operator(self, sensor_z: dict, perturbation: Perturbation) -> BandOperator:
+        """Band operator through the external table, with sensor latents ``sensor_z``
+        (``{name: z}``, the sensor latents of ``cfg.free``) and the table's perturbation."""
+        fixed = {"surface_pressure": 1013.25, "aot550": 0.12, "diffuse_path": 1.5,
+                 "angstrom": 1.3, "spectral_shift": 0.0, "fwhm_scale": 1.0, **self.cfg.fixed}
+        cfg_s = self.cfg.replace(free=tuple(n for n in self.cfg.free if n in SENSOR_LATENTS),
+                                 fixed=fixed)
+        _, sens, _ = shared_values(cfg_s, jnp.float32(1013.25), sensor_z)
+        return band_operator_external(self.fm, self.table.atmosphere, sens, perturbation)
+
+    def operator_expansion(self, patch: Patch, z0, order: int = 2) -> OperatorExpansion:
+        """The patch's band operator expanded about ``z0`` (one value per free latent) to
+        first or second order (the Hessian term zero for ``order=1``).
+
+        NUTS and the refinement evaluate the operator (fine-grid atmosphere and sensor
+        response, most of the cost of a gradient) thousands of times within a small
+        posterior region of the few shared latents; the expansion replaces it there at a
+        tiny fraction of the cost. Its error is third order in the distance from ``z0``.
+        """
+        z0 = jnp.asarray(z0, jnp.float32)
+
+        def op_of(zv):
+            return self.operator(patch, zv)
+
+        if order == 2:
+            return OperatorExpansion(z0, op_of(z0), jax.jacfwd(op_of)(z0),
+                                     jax.jacfwd(jax.jacfwd(op_of))(z0))
+        value, jac = jax.jvp(op_of, (z0,), (jnp.zeros_like(z0),))[0], jax.jacfwd(op_of)(z0)
+        hess = jax.tree.map(lambda j: jnp.zeros(j.shape + z0.shape, j.dtype), jac)
+        return OperatorExpansion(z0, value, jac, hess)
+
+    # --- prediction and noise ---------------------------------------------------------
+
+    def predict(self, op: BandOperator, coeffs, red, far) -> jax.Array:
+        """Band radiance (P, B) of the pixels of a patch through its operator (one
+        operator, or one per pixel for a top-of-canopy patch), mW m-2 sr-1 nm-1."""
+        if self.top_of_canopy:
+            # radiance_from_operator(fm, toc_operator(E), ...) without its zero terms
+            # (path, higher moments, multiple scattering): a third of the cost
+            e = op.reflected[..., 0, :]
+            r0 = coeffs @ self.fm.basis_band[0].T
+            sif = sif_spectrum(self.fm.band_centre_nm, SifParams(red[..., None],
+                                                                 far[..., None]))
+            return e * r0 + sif
+        return jax.vmap(lambda c, r, f: radiance_from_operator(
+            self.fm, op, c, SifParams(r, f)))(coeffs, red, far)
+
+    def noise_variance(self, predicted, noise_a, noise_b, extra=0.0):
+        """Noise variance per band ``a max(L, 0) + b`` (plus ``extra``, e.g. the measured
+        irradiance's noise carried through), (mW m-2 sr-1 nm-1)^2."""
+        return noise_variance(predicted, noise_a, noise_b) + extra
+
+    def irradiance_variance(self, patch: Patch, coeffs):
+        """Variance added to each band by the measured irradiance's own noise (top of
+        canopy): ``R^2 var(e/pi)``, ``R`` the reflectance at the band centre."""
+        r0 = coeffs @ self.fm.basis_band[0].T
+        e = patch.irradiance / jnp.pi
+        ea = patch.noise_a if patch.irradiance_noise_a is None else patch.irradiance_noise_a
+        eb = patch.noise_b if patch.irradiance_noise_b is None else patch.irradiance_noise_b
+        return r0**2 * noise_variance(e, ea, eb)
+
+    def predict_mean(self, patch: Patch, shared_z, local_u) -> jax.Array:
+        """Band radiance of a patch's pixels (P, B) at given shared coordinates (S,) and
+        local latents (P, D) (the guide's unconstrained order)."""
+        coeffs, red, far = self.surface(local_u, patch.ndvi)
+        return self.predict(self.operator(patch, shared_z), coeffs, red, far)
+
+    def fit_chi2(self, patch: Patch, predicted) -> jax.Array:
+        """Reduced chi-square of each pixel's radiance against ``predicted`` (P,)."""
+        var = self.noise_variance(predicted, patch.noise_a, patch.noise_b)
+        return jnp.mean((patch.radiance - predicted) ** 2 / var, -1)
+
+    def expanded_potential(self, patch: Patch, expansion: OperatorExpansion, z: dict
+                           ) -> jax.Array:
+        """The potential energy of :meth:`program` through an operator ``expansion``,
+        written out for samplers: ``-log p(radiance, z)`` at the unconstrained sites
+        ``z`` (NumPyro's unconstrained space: the SIF amplitudes in their softplus
+        coordinate, the log Jacobian included). Built-in atmosphere only.
+
+        Equal to ``numpyro.infer.util.potential_energy(self.program, (patch, expansion),
+        {}, z)`` to float32 rounding (tested), and about three times cheaper to
+        differentiate for a patch of 64 pixels: the radiance is linear in the spline
+        coefficients and the SIF amplitudes but for the multiple-scattering factor, so
+        the per-pixel work is two small matrix products for all pixels, where
+        :func:`bayesfluo.physics.forward.radiance_from_operator` under ``vmap`` builds the
+        SIF Taylor terms pixel by pixel.
+        """
+        if self.top_of_canopy or self.table is not None:
+            raise ValueError("the expanded potential is the built-in atmosphere's")
+        fm = self.fm
+        half_log_2pi = 0.5 * np.log(2.0 * np.pi)
+        zs = jnp.stack([z[f"{n}_z"] for n in self.free]) if self.free else jnp.zeros(0)
+        refl = z["reflectance_z"]
+        # priors: standard normal reflectance and shared coordinates, soft-plus half-normal
+        # SIF amplitudes (the program's own distribution and transform)
+        lp = -0.5 * (jnp.sum(refl**2) + jnp.sum(zs**2)) - half_log_2pi * (refl.size
+                                                                          + zs.size)
+        sif_prior = SoftplusHalfNormal(1.0)
+        to_sif = biject_to(sif_prior.support)
+
+        def amplitude(v):
+            x = to_sif(v)
+            return x, jnp.sum(sif_prior.log_prob(x) + to_sif.log_abs_det_jacobian(v, x))
+
+        far_raw, lp_far = amplitude(z["sif_far_red_raw"])
+        lp = lp + lp_far
+        red_raw = None
+        if self.has_red:
+            red_raw, lp_red = amplitude(z["sif_red_raw"])
+            lp = lp + lp_red
+        red, far = self.amplitudes(patch.ndvi, far_raw, red_raw)
+        coeffs = self.coefficients(refl)                                  # (P, K)
+        # the radiance of every pixel through the expanded operator
+        op = expansion(zs) if self.free else expansion.value
+        c = fm.band_centre_nm
+        emitted = [jnp.sum(op.emitted * sif_taylor(c, SifParams(0.0, 1.0)), 0)]
+        amps = [far]
+        if self.has_red:
+            emitted.append(jnp.sum(op.emitted * sif_taylor(c, SifParams(1.0, 0.0)), 0))
+            amps.append(red)
+        design = jnp.concatenate(
+            [jnp.einsum("dbk,db->kb", fm.basis_band, op.reflected), jnp.stack(emitted)])
+        num = jnp.concatenate([coeffs, jnp.stack(amps, -1)], -1) @ design
+        pred = op.path + num / (1.0 - op.rho_dd * (coeffs @ fm.basis_band[0].T))
+        # the likelihood, masked per pixel
+        sd = jnp.sqrt(self.noise_variance(pred, patch.noise_a, patch.noise_b))
+        ll = jnp.sum(-0.5 * ((patch.radiance - pred) / sd) ** 2 - jnp.log(sd)
+                     - half_log_2pi, -1)
+        return -(lp + jnp.sum(jnp.where(patch.mask > 0, ll, 0.0)))
+
+    # --- NumPyro programs ---------------------------------------------------------------
+
+    def _surface_sites(self, ndvi, n_pix: int, dim: int = -1):
+        """Sample the pixel-level latents (inside the caller's other plates) and record
+        the deterministic summaries: ``(coeffs, amp_red, amp_far)``."""
+        cfg, fm = self.cfg, self.fm
+        with numpyro.plate("pixel", n_pix, dim=dim):
+            z = numpyro.sample("reflectance_z", dist.Normal(0.0, 1.0).expand([fm.n_basis])
+                               .to_event(1))
+            coeffs = numpyro.deterministic("reflectance_coeffs", self.coefficients(z))
+            scale = sif_scale(ndvi, cfg) / SHAPE760
+            far = numpyro.sample("sif_far_red_raw", SoftplusHalfNormal(1.0))
+            amp_far = numpyro.deterministic("sif_far_red", scale * far)
+            if self.has_red:
+                red = numpyro.sample("sif_red_raw", SoftplusHalfNormal(1.0))
+                amp_red = numpyro.deterministic("sif_red", cfg.sif_red_ratio * scale * red)
+            else:
+                amp_red = jnp.zeros_like(amp_far)
+            sif = SifParams(amp_red, amp_far)
+            numpyro.deterministic("f760", sif_spectrum(760.0, sif))
+            if self.has_red:
+                numpyro.deterministic("f687", sif_spectrum(687.0, sif))
+            numpyro.deterministic("sif_peak", sif_spectrum(sif.centre_far_red, sif))
+            numpyro.deterministic("reflectance760", self.reflectance760(coeffs))
+        return coeffs, amp_red, amp_far
+
+    def _likelihood(self, pred, obs, mask, noise_a, noise_b, extra_var=0.0):
+        sd = jnp.sqrt(self.noise_variance(pred, noise_a, noise_b, extra_var))
+        numpyro.sample("radiance", dist.Normal(pred, sd).to_event(1).mask(mask > 0),
+                       obs=obs)
+
+    def _sample_perturbation(self) -> Perturbation:
+        """Sample the free perturbations of the table's prior (sites ``table_<name>_z``,
+        values ``table_<name>``)."""
+        prior = self.table.prior
+        n_groups = self.table.atmosphere.n_groups
+        sds = {"tau_scale": prior.tau_log_sd, "up_scale": prior.up_log_sd,
+               "path_scale": prior.path_log_sd}
+        shapes = {"tau_scale": (), "up_scale": (n_groups,), "path_scale": ()}
+        vals = {}
+        for name in PERTURBATION_SITES:
+            if name in prior.free:
+                z = numpyro.sample(f"table_{name}_z", dist.Normal(0.0, 1.0).expand(
+                    list(shapes[name])).to_event(len(shapes[name])))
+                vals[name] = numpyro.deterministic(f"table_{name}", jnp.exp(sds[name] * z))
+            else:
+                vals[name] = jnp.ones(shapes[name], jnp.float32)
+        return Perturbation(**vals)
+
+    def program(self, patch: Patch, expansion: OperatorExpansion | None = None):
+        """NumPyro program of one patch (see the module docstring); ``patch.radiance``
+        None gives the prior predictive. ``expansion`` (:meth:`operator_expansion`)
+        replaces the exact band operator of the built-in atmosphere."""
+        n_pix = patch.ndvi.shape[0]
+        if self.top_of_canopy:
+            self._check_toc(patch)
+            mask = patch.mask
+            # masked pixels may carry any irradiance: keep their operator finite
+            irr = jnp.where((mask > 0)[:, None], jnp.asarray(patch.irradiance, jnp.float32),
+                            1.0)
+            p = patch.replace(irradiance=irr)
+            coeffs, amp_red, amp_far = self._surface_sites(patch.ndvi, n_pix)
+            with numpyro.plate("pixel", n_pix):
+                pred = self.predict(toc_operator(irr), coeffs, amp_red, amp_far)
+                self._likelihood(pred, patch.radiance, mask, patch.noise_a, patch.noise_b,
+                                 self.irradiance_variance(p, coeffs))
+            return
+        if self.table is not None:
+            sens_free = tuple(n for n in self.cfg.free if n in SENSOR_LATENTS)
+            z = {n: numpyro.sample(f"{n}_z", dist.Normal(0.0, 1.0)) for n in sens_free}
+            for n in sens_free:
+                numpyro.deterministic(n, self.shared(jnp.float32(1013.25), {
+                    **{m: jnp.float32(0.0) for m in self.cfg.free}, **z})[2][n])
+            op = self.table_operator(z, self._sample_perturbation())
+        else:
+            z = {n: numpyro.sample(f"{n}_z", dist.Normal(0.0, 1.0)) for n in self.free}
+            vals = self.shared(patch.surface_pressure0, z)[2]
+            for n in self.free:
+                numpyro.deterministic(n, vals[n])
+            zvec = jnp.stack([z[n] for n in self.free]) if self.free else None
+            op = self.operator(patch, zvec) if expansion is None else expansion(zvec)
+        coeffs, amp_red, amp_far = self._surface_sites(patch.ndvi, n_pix)
+        with numpyro.plate("pixel", n_pix):
+            pred = self.predict(op, coeffs, amp_red, amp_far)
+            self._likelihood(pred, patch.radiance, patch.mask, patch.noise_a, patch.noise_b)
+
+    def batch_program(self, patches: Patch, subsample_size: int | None = None,
+                      operator: BandOperator | None = None):
+        """NumPyro program of many patches at once, for SVI: the priors and likelihood of
+        :meth:`program`, one independent atmosphere and sensor state per patch.
+
+        ``patches`` has a leading patch dimension N on every field. ``operator``: a
+        :class:`BandOperator` per patch (leading dim N), used instead of computing it; the
+        caller conditions the shared latents to the values it was computed for (the
+        training simulator does). ``subsample_size``: patches per minibatch (the ``patch``
+        plate draws that many at random and scales the log density by N /
+        subsample_size, an unbiased minibatch ELBO).
+        """
+        n_patch, n_pix = patches.ndvi.shape
+        with numpyro.plate("patch", n_patch, subsample_size=subsample_size, dim=-2) as idx:
+            d = patches.index(idx)
+            z = {n: numpyro.sample(f"{n}_z", dist.Normal(0.0, 1.0)) for n in self.free}
+            z1 = {n: v[..., 0] for n, v in z.items()}  # (batch,)
+            batch = d.ndvi.shape[0]
+            vals = self.shared(d.surface_pressure0, z1)[2]
+            for n in self.free:
+                numpyro.deterministic(n, vals[n][..., None])
+            if operator is not None:
+                op = jax.tree.map(lambda v: v[idx], operator)
+            else:
+                zvec = (jnp.stack([z1[n] for n in self.free], -1) if self.free
+                        else jnp.zeros((batch, 0), jnp.float32))
+                op = jax.vmap(self.operator)(d, zvec)
+            coeffs, amp_red, amp_far = self._surface_sites(d.ndvi, n_pix, dim=-1)
+            pred = jax.vmap(self.predict)(op, coeffs, amp_red, amp_far)
+            with numpyro.plate("pixel", n_pix, dim=-1):
+                self._likelihood(pred, d.radiance, d.mask, d.noise_a[:, None, None],
+                                 d.noise_b[:, None, None])
+
+    def _check_toc(self, patch: Patch) -> None:
+        """Raise ValueError naming the problem if ``patch`` cannot be a top-of-canopy
+        patch (shapes; with concrete arrays also non-finite or non-positive irradiance of
+        unmasked pixels)."""
+        irr = patch.irradiance
+        if irr is None:
+            raise ValueError("a top-of-canopy patch needs its measured irradiance "
+                             "(mW m-2 nm-1)")
+        n_pix = patch.ndvi.shape[0]
+        want = (n_pix, self.fm.n_bands)
+        if tuple(irr.shape) != want:
+            raise ValueError(f"irradiance has shape {tuple(irr.shape)}, expected (pixels, "
+                             f"bands) = {want} (mW m-2 nm-1 on the {self.fm.instrument} bands)")
+        rad = patch.radiance
+        if rad is not None and tuple(rad.shape) != want:
+            raise ValueError(f"radiance has shape {tuple(rad.shape)}, expected {want}")
+        if not isinstance(irr, jax.core.Tracer):
+            e = np.asarray(irr)
+            use = np.asarray(patch.mask) > 0
+            bad = use & ~np.all(np.isfinite(e) & (e > 0), axis=-1)
+            if bad.any():
+                raise ValueError(f"irradiance is not finite and positive in {int(bad.sum())}"
+                                 " unmasked pixel(s)/time step(s): mask them (mask = 0)")

@@ -1,0 +1,2 @@
+"""Reports and figures: the HTML report (:mod:`~bayesfluo.report.html`), maps and
+diagnostic plots."""
