@@ -149,8 +149,18 @@ def test_streamed_retrieval_equals_in_memory(tmp_path, scene_path, model_dir, re
                         retriever=retriever)
     back = xr.open_dataset(out, decode_coords="all")
     assert_same_maps(result, back)
+    # the same dtypes as in memory: flags stay integers users can test bits of
+    assert {k: back[k].dtype for k in result.data_vars} == {
+        k: result[k].dtype for k in result.data_vars}
+    assert back["quality_flag"].dtype == np.int8 and back["input_flag"].dtype == np.int8
+    assert int(((back["quality_flag"] & 1) != 0).sum()) == 1   # the NaN pixel
     assert back.attrs["input"] == "geo.nc" and back.rio.crs.to_epsg() == EPSG
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    # the report reads what the retrieval wrote
+    from bayesfluo.report.html import write_report
+    page = write_report(out, tmp_path / "report.html")
+    assert page.stat().st_size > 0
+    page.unlink()
 
 
 def test_streaming_never_reads_the_whole_cube(geo_scene, retriever, result, tmp_path):

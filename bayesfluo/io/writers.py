@@ -222,6 +222,10 @@ def zarr_encoding(ds: xr.Dataset, chunk_rows: int | None) -> dict:
         if var.ndim:
             enc[name] = {**_kept(var), "compressors": (comp,),
                           "chunks": _chunks(var, chunk_rows)}
+            if var.dtype.kind in "iu":
+                # integer flags have a value at every pixel: no fill value (Zarr's default
+                # fill of 0 would be read back as missing, turning the flags into floats)
+                enc[name].setdefault("_FillValue", None)
     return enc
 
 

@@ -113,12 +113,14 @@ def run_kind(run: xr.Dataset | xr.DataTree) -> str:
 
 
 def _open_run(path: Path):
-    if not path.is_file():
+    zarr = path.suffix == ".zarr" and path.is_dir()
+    if not (path.is_file() or zarr):
         raise FileNotFoundError(f"no run file at {path}")
     try:
-        dt = xr.open_datatree(path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {path} as netCDF: {err}") from err
+        dt = xr.open_datatree(path, engine="zarr") if zarr else xr.open_datatree(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"cannot read {path} as {'Zarr' if zarr else 'netCDF'}: {err}"
+                         ) from err
     if "posterior" in dt.children:
         return dt.load()
     return dt.to_dataset().load()

@@ -100,7 +100,7 @@ def _template(piece: xr.Dataset, scene: xr.Dataset, chunk_rows: int) -> xr.Datas
         shape = tuple(ny if d == "y" else n for d, n in zip(v.dims, v.shape, strict=True))
         chunks = tuple(chunk_rows if d == "y" else n for d, n in zip(v.dims, shape,
                                                                     strict=True))
-        tmpl[k] = (v.dims, da.zeros(shape, v.dtype, chunks=chunks), v.attrs)
+        tmpl[k] = (v.dims, da.zeros(shape, dtype=v.dtype, chunks=chunks), v.attrs)
     return tmpl
 
 
