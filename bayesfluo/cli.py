@@ -4,12 +4,61 @@ report | instruments | atmosphere``."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main"]
+from bayesfluo import __version__
+
+__all__ = ["main", "build_parser"]
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless it has none (None, a flag) or
+    its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS or "default" in text):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser (and its subcommands') whose help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _cli_wording(message: str) -> str:
+    """An error message of the Python API in the command line's terms: ``pass
+    instrument=...`` -> ``--instrument NAME``, ``geometry={'sza': ...}`` -> ``--geometry
+    sza=...``."""
+    message = re.sub(r"\binstrument=\.\.\.", "--instrument NAME", message)
+
+    def geometry(m: re.Match) -> str:
+        keys = re.findall(r"'(\w+)'\s*:", m.group(1))
+        return "--geometry " + ",".join(f"{k}=..." for k in keys) if keys else "--geometry"
+
+    message = re.sub(r"\bgeometry=\{([^}]*)\}", geometry, message)
+    return re.sub(r" to (read_\w+/)?open_scene\b", "", message)
+
+
+def _parse_size(text: str, instrument: str) -> str | tuple[int, int]:
+    """``--size``: ``NYxNX``, or one number N: N x N pixels for an image, N time steps for
+    a tower (top-of-canopy) instrument."""
+    if text.strip().isdigit():
+        from bayesfluo.instruments import get_instrument
+
+        n = int(text)
+        return (n, 1) if get_instrument(instrument).platform == "tower" else (n, n)
+    return text
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -32,7 +81,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         fm = build_forward_model(args.instrument)
         atmosphere = external_atmosphere(fm, read_table(args.atmosphere))
     t0 = time.perf_counter()
-    ds = simulate_scene(args.instrument, args.size, seed=args.seed, surface=surface,
+    ds = simulate_scene(args.instrument, _parse_size(args.size, args.instrument),
+                        seed=args.seed, surface=surface,
                         sza_deg=args.sza, altitude_m=args.altitude,
                         snr=np.inf if args.no_noise else args.snr, progress=not args.quiet,
                         model=fm, atmosphere=atmosphere)
@@ -129,7 +179,7 @@ def _parse_geometry(text: str | None) -> dict | None:
 def _cmd_retrieve(args: argparse.Namespace) -> int:
     from bayesfluo.inference.guide import load_guide
     from bayesfluo.io.writers import output_format
-    from bayesfluo.retrieval.api import RetrieveOptions, Retriever, retrieve_file
+    from bayesfluo.retrieval.api import FlagSummary, RetrieveOptions, Retriever, retrieve_file
     from bayesfluo.retrieval.batch import EXTENSIONS, is_batch, run_batch
     from bayesfluo.retrieval.executors import executor_context
     from bayesfluo.shipped import resolve_model
@@ -156,16 +206,19 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
                                retriever=retriever, executor=executor,
                                reader_kwargs=reader_kwargs, variables=variables,
                                separate=args.separate_maps, progress=not args.quiet)
-            print(f"{args.out}: {report.summary()} ({time.perf_counter() - t0:.1f} s)")
+            first, *rest = report.summary().splitlines()
+            print(f"{args.out}: {first} ({time.perf_counter() - t0:.1f} s)", *rest, sep="\n")
             return 0 if report.ok else 1
         if args.format and output_format(args.out) != output_format(
                 "x" + EXTENSIONS[args.format]):
             raise ValueError(f"--format {args.format} disagrees with --out {args.out}")
+        flags = FlagSummary()
         out = retrieve_file(args.scene[0], model_dir, args.out, opts, progress=not args.quiet,
                             retriever=retriever, reader_kwargs=reader_kwargs,
                             executor=executor, variables=variables,
-                            separate=args.separate_maps)
+                            separate=args.separate_maps, flags=flags)
     print(f"wrote {out} ({time.perf_counter() - t0:.1f} s)")
+    print(f"  {flags.line()}")
     return 0
 
 
@@ -235,18 +288,24 @@ def _cmd_instruments(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bayesfluo`` command."""
-    p = argparse.ArgumentParser(prog="bayesfluo", description=(
-        "Probabilistic retrieval of sun-induced chlorophyll fluorescence."))
+    p = _Parser(prog="bayesfluo", description=("Probabilistic retrieval of sun-induced "
+                                               "chlorophyll fluorescence."))
+    p.add_argument("--version", action="version", version=f"bayesfluo {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="simulate a scene with known truth (netCDF)")
-    s.add_argument("--instrument", default="hyplant-fluo")
-    s.add_argument("--size", default="128x128", help="NYxNX pixels (time steps for flox)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--instrument", default="hyplant-fluo",
+                   help="instrument name (see 'bayesfluo instruments')")
+    s.add_argument("--size", default="128x128",
+                   help="NYxNX pixels, or N (N x N pixels; N time steps for a tower such "
+                   "as flox)")
+    s.add_argument("--seed", type=int, default=0, help="random seed of the scene")
     s.add_argument("--surface", help="netCDF of reflectance and sif spectra (pixel, wavelength)")
     s.add_argument("--sza", type=float, default=30.0, help="sun zenith angle, degrees")
-    s.add_argument("--altitude", type=float, help="sensor height above ground, m")
-    s.add_argument("--snr", type=float, help="signal-to-noise ratio at reference radiance")
+    s.add_argument("--altitude", type=float, help="sensor height above ground, m "
+                   "(default: the instrument's)")
+    s.add_argument("--snr", type=float, help="signal-to-noise ratio at reference radiance "
+                   "(default: the instrument's)")
     s.add_argument("--no-noise", action="store_true", help="noise-free radiance")
     s.add_argument("--plot", help="also write an overview PNG here")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -257,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     at = sub.add_parser("atmosphere", help="export the built-in atmosphere as a "
                         "transfer-function table (netCDF for .nc, else text)")
-    at.add_argument("--instrument", default="hyplant-fluo")
+    at.add_argument("--instrument", default="hyplant-fluo",
+                    help="instrument name (see 'bayesfluo instruments')")
     at.add_argument("--sza", type=float, default=30.0, help="sun zenith angle, degrees")
     at.add_argument("--vza", type=float, default=0.0, help="view zenith angle, degrees")
     at.add_argument("--raa", type=float, default=0.0, help="relative azimuth, degrees")
@@ -267,9 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--pressure", type=float, help="surface pressure, hPa (default: standard "
                     "atmosphere at the surface altitude)")
     at.add_argument("--aot", type=float, default=0.12, help="aerosol optical thickness, 550 nm")
-    at.add_argument("--angstrom", type=float, default=1.3)
-    at.add_argument("--diffuse-path", type=float, default=1.5)
-    at.add_argument("--day-of-year", type=int, default=180)
+    at.add_argument("--angstrom", type=float, default=1.3, help="aerosol Angstrom exponent")
+    at.add_argument("--diffuse-path", type=float, default=1.5,
+                    help="diffuse-path factor of the atmosphere")
+    at.add_argument("--day-of-year", type=int, default=180,
+                    help="day of the year (Earth-Sun distance)")
     at.add_argument("--layout", choices=("named", "t18"), default="named",
                     help="text layout (ignored for .nc)")
     at.add_argument("--out", required=True, help="output table (.nc, .txt, .atm)")
@@ -277,12 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="simulate a demo scene, retrieve it with the shipped "
                        "model, map F760 beside the truth")
-    d.add_argument("--instrument", default="hyplant-fluo-o2a")
-    d.add_argument("--size", default="64x64")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--instrument", default="hyplant-fluo-o2a",
+                   help="instrument of the demo scene")
+    d.add_argument("--size", default="64x64", help="NYxNX pixels of the demo scene")
+    d.add_argument("--seed", type=int, default=0, help="random seed of the demo scene")
     d.add_argument("--model", help="model directory or shipped model name (default: the "
                    "instrument's shipped model)")
-    d.add_argument("--out-dir", default="bayesfluo-demo")
+    d.add_argument("--out-dir", default="bayesfluo-demo",
+                   help="folder of the scene, result and figure")
     d.set_defaults(func=_cmd_demo)
 
     t = sub.add_parser("train", help="train an amortized guide (TOML configuration)")
@@ -304,12 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file, its format by extension (.nc netCDF, .zarr Zarr, .tif "
                    "GeoTIFF maps); for several inputs or a glob, an output directory")
     r.add_argument("--format", choices=("nc", "zarr", "tif"),
-                   help="output format of a batch (default nc)")
+                   help="output format of a batch (default: nc; a single output's format "
+                   "follows --out)")
     r.add_argument("--variables", help="GeoTIFF maps to write, comma-separated (default "
                    "F760 mean, sd, 5 and 95 %% quantiles, SIF peak, reflectance, quality flag)")
     r.add_argument("--separate-maps", action="store_true",
                    help="GeoTIFF: one file per variable (<name>_<variable>.tif)")
-    r.add_argument("--instrument", help="instrument name, where the input file does not say")
+    r.add_argument("--instrument", help="instrument name, where the input file does not "
+                   "say (see 'bayesfluo instruments')")
     r.add_argument("--geometry", help="values the input lacks, e.g. "
                    "'sza=35,saa=160,vza=0,vaa=0,surface_altitude=100,sensor_altitude=1700' "
                    "(degrees, m)")
@@ -341,12 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--patch-size", type=int, default=8,
                    help="pixels in the same PATCH_SIZE-square block share an atmosphere "
                         "(time series: blocks of PATCH_SIZE**2 time steps)")
-    n.add_argument("--warmup", type=int, default=500)
-    n.add_argument("--samples", type=int, default=500)
-    n.add_argument("--chains", type=int, default=4)
+    n.add_argument("--warmup", type=int, default=500, help="warm-up iterations per chain")
+    n.add_argument("--samples", type=int, default=500, help="draws kept per chain")
+    n.add_argument("--chains", type=int, default=4, help="independent chains")
     n.add_argument("--predictive-draws", type=int, default=50,
                    help="posterior-predictive draws kept per chain")
-    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--seed", type=int, default=0, help="random seed of the chains")
     n.add_argument("--out", required=True, help="output netCDF (DataTree groups)")
     n.set_defaults(func=_cmd_nuts)
 
@@ -354,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "of a scene, for comparison")
     b.add_argument("scene", help="scene netCDF")
     b.add_argument("--method", default="ifld",
-                   choices=["sfld", "3fld", "ifld", "sfm", "oe", "oe-atmosphere"])
+                   choices=["sfld", "3fld", "ifld", "sfm", "oe", "oe-atmosphere"],
+                   help="the retrieval method")
     b.add_argument("--patch-size", type=int, default=8,
                    help="pixels per side sharing one geometry and atmosphere operator")
     b.add_argument("--out", required=True, help="output netCDF file")
@@ -376,14 +443,67 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _os_error(err: OSError, args: argparse.Namespace) -> str:
+    """One line for an OSError: the output it hit (where it is one) and the OS's words."""
+    reason = " ".join(str(err.strerror or err).split())   # HDF5's messages span lines
+    out = getattr(args, "out", None) or getattr(args, "out_dir", None)
+    name = err.filename
+    inputs = getattr(args, "scene", None) or []
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    if name is not None and any(Path(str(name)).resolve() == Path(i).resolve()
+                                for i in inputs):
+        return f"cannot read {name}: {reason}"
+    if out is not None:
+        o = Path(str(out)).resolve()
+        hit = Path(str(name)).resolve() if name is not None else None
+        if (hit is None or hit == o or o in hit.parents or hit in o.parents
+                or hit.parent == o.parent):
+            return f"cannot write {out}: {reason}" + (f" ({name})" if name is not None
+                                                       and hit != o else "")
+    return f"{name}: {reason}" if name is not None else reason
+
+
+def _compilation_cache() -> None:
+    """Keep JAX's compiled programs between runs in the user's cache directory
+    (``$BAYESFLUO_CACHE``, else ``$XDG_CACHE_HOME/bayesfluo/jax``, else
+    ``~/.cache/bayesfluo/jax``; ``BAYESFLUO_CACHE=off`` disables it): a second run of a
+    command skips most of its compilation. JAX writes each entry atomically, so
+    concurrent processes share the directory safely."""
+    import os
+    from pathlib import Path
+    where = os.environ.get("BAYESFLUO_CACHE")
+    if where == "off":
+        return
+    if not where:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        where = str(Path(base) / "bayesfluo" / "jax")
+    try:
+        Path(where).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # no writable cache: compile every time
+    import jax
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``bayesfluo`` console script."""
+    """Entry point of the ``bayesfluo`` console script.
+
+    Exit codes: 0 done; 1 an output could not be written (read-only or full file
+    system, an output another run is writing) or a batch had failures; 2 bad input or
+    usage (the reason printed); 3 training diverged.
+    """
     args = build_parser().parse_args(argv)
+    _compilation_cache()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"bayesfluo {args.command}: error: {err}", file=sys.stderr)
+        print(f"bayesfluo {args.command}: error: {_cli_wording(str(err))}", file=sys.stderr)
         return 2
+    except OSError as err:  # writing (also an output another run is writing)
+        print(f"bayesfluo {args.command}: error: {_os_error(err, args)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

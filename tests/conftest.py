@@ -38,3 +38,22 @@ def gaussian_convolve(wl, spectrum, centres, fwhm):
     w = np.exp(-0.5 * ((wl[None, :] - centres[:, None]) / sigma) ** 2)
     w /= w.sum(axis=1, keepdims=True)
     return w @ spectrum
+
+
+# the shipped HyPlant O2-A guide and its retriever, shared by the retrieval tests
+@pytest.fixture(scope="session")
+def model_dir():
+    from bayesfluo.shipped import resolve_model
+    return resolve_model("hyplant-fluo-o2a")
+
+
+@pytest.fixture(scope="session")
+def guide(model_dir):
+    from bayesfluo.inference.guide import load_guide
+    return load_guide(model_dir)
+
+
+@pytest.fixture(scope="session")
+def retriever(guide, model_o2a):
+    from bayesfluo.retrieval.api import Retriever
+    return Retriever(guide, model_o2a)

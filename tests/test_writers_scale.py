@@ -12,26 +12,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from bayesfluo.inference.guide import load_guide
 from bayesfluo.io import write_dataset
-from bayesfluo.retrieval.api import RetrieveOptions, Retriever, retrieve
-from bayesfluo.shipped import resolve_model
+from bayesfluo.retrieval.api import RetrieveOptions, retrieve
 
 #: Two chunks of one patch row each on a 16 x 16 scene (patches of 8 x 8); draws for a
 #: variable over (y, x, draw); no fit check (its compilation would double the test time)
 OPTS = RetrieveOptions(chunk_pixels=128, n_draws=2, quality=False)
 EPSG = 32632
 X0, Y0, DX = 400000.0, 5600000.0, 3.0   # pixel centres of the test scene, m
-
-
-@pytest.fixture(scope="module")
-def model_dir():
-    return resolve_model("hyplant-fluo-o2a")
-
-
-@pytest.fixture(scope="module")
-def retriever(model_dir, model_o2a):
-    return Retriever(load_guide(model_dir), model_o2a)
 
 
 @pytest.fixture(scope="module")

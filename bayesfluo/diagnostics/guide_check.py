@@ -24,6 +24,9 @@ from bayesfluo.inference.guide import (
     GuideInputs,
     GuideOutput,
     ancillary_inputs,
+    f760_inflation,
+    fit_chi2,
+    inflate_f760,
     pixel_features,
     reference_log_radiance,
     summaries,
@@ -65,6 +68,10 @@ def _apply(guide: AmortizedGuide, inputs: GuideInputs, refine: RefineOptions | N
     params, static = eqx.partition(guide.encoder, eqx.is_inexact_array)
     q = jax.jit(lambda p, f, m: eqx.combine(p, static).encode(f, m))(
         params, inputs.features, patches.mask)
+    infl = guide.info.get("f760_sd_inflation")
+    if infl:
+        c2 = jax.jit(lambda qq, pp: fit_chi2(model, qq, pp))(q, patches)
+        q = inflate_f760(q, model, f760_inflation(patches.ndvi, infl, c2))
     if refine is not None:
         q, _ = jax.jit(lambda qq, pp: laplace_refine(model, qq, pp, refine))(q, patches)
     s = jax.jit(lambda qq, nd, p0: summaries(qq, model, nd, p0))(

@@ -49,6 +49,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.scipy.stats
 import numpy as np
 import numpyro.distributions as dist
 import optax
@@ -58,6 +59,7 @@ from tqdm.auto import tqdm
 
 from bayesfluo.inference.guide import (
     ANCILLARY,
+    F760_INFLATION_EDGES,
     AmortizedGuide,
     Encoder,
     GuideInputs,
@@ -66,22 +68,28 @@ from bayesfluo.inference.guide import (
     geometry_coordinates,
     guide_inputs,
     guide_program,
+    inflate_f760,
     load_guide,
     new_encoder,
+    patch_relative_chi2,
     pixel_features,
     reference_function,
+    summaries,
 )
+from bayesfluo.inference.world import WorldPool, build_world_pool, world_scene
 from bayesfluo.instruments import get_instrument
 from bayesfluo.io.atomic import atomic_path
 from bayesfluo.model import ModelConfig, Patch, SifModel, inverse_knee_softplus
 from bayesfluo.physics.forward import Geometry, build_forward_model, standard_pressure_hpa
+from bayesfluo.scene.bands import model_on_scene_grid, same_grid, scene_bands
 from bayesfluo.scene.grid import PatchGrid, check_scene_for_model
 from bayesfluo.scene.prior import Atmospheres
 from bayesfluo.scene.prior import simulate_batch as prior_batch
 
 __all__ = ["TrainConfig", "train", "TrainingDiverged", "default_ranges", "build_pool",
            "TrainingPool", "TrainingBatch", "simulate_batch", "feature_statistics",
-           "init_linear_skips", "npe_loss", "fit_chi2_quantiles", "scene_inputs"]
+           "init_linear_skips", "npe_loss", "world_loss", "fit_chi2_quantiles",
+           "world_holdout_calibration", "scene_inputs"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -128,6 +136,14 @@ class TrainConfig:
     ranges : dict
         Conditions of the simulations (:func:`default_ranges`); ``bare_fraction`` of the
         pixels are bare.
+    world_steps, world_scenes, world_size, world_prosail_every, world_seed,
+    world_batch_patches, world_learning_rate, world_weight, world_holdout : int/float
+        The world phase (:mod:`bayesfluo.inference.world`), after pre-training: steps,
+        simulated scenes (``world_size`` pixels square, every ``world_prosail_every``-th
+        with PROSAIL surfaces, seeds from ``world_seed``), their patches per step (each
+        step also takes ``batch_patches`` prior draws, so the guide keeps the prior's
+        calibration), peak learning rate, weight of the world loss, and scenes held out
+        for the ``poor_fit`` reference (:func:`fit_chi2_quantiles`).
     scenes : tuple of str
         Scene files (netCDF) for self-supervised fine-tuning (read by the caller and
         given to :func:`train`).
@@ -154,6 +170,15 @@ class TrainConfig:
     warmup_steps: int = 200
     ranges: dict = field(default_factory=dict)
     bare_fraction: float = 0.25
+    world_steps: int = 0
+    world_scenes: int = 224
+    world_size: int = 32
+    world_prosail_every: int = 3
+    world_seed: int = 1_000_000
+    world_batch_patches: int = 16
+    world_learning_rate: float = 3e-4
+    world_weight: float = 1.0
+    world_holdout: int = 32
     scenes: tuple[str, ...] = ()
     finetune_steps: int = 0
     finetune_batch_patches: int = 8
@@ -376,6 +401,34 @@ def init_linear_skips(encoder: Encoder, batches: list[TrainingBatch], mean: np.n
     return enc
 
 
+def world_loss(encoder: Encoder, feats: jax.Array, mask: jax.Array, u_reflectance: jax.Array,
+               u_f760: jax.Array, censored: jax.Array, f760_weight: float = 4.0) -> jax.Array:
+    """Amortized forward KL on simulated scenes of the world
+    (:mod:`bayesfluo.inference.world`), per pixel, on the marginals the targets define:
+    ``-(log q(u_R) + w log q(u_F)) / n`` with ``q`` the pixel's local marginal
+    ``N(m, L L^T + A L_s L_s^T A^T)`` (the patch's shared latents integrated out: the
+    world's atmosphere has no true value in the model's coordinates), ``u_R`` the
+    reflectance's projection onto the model's family, ``u_F`` the true F760 in the SIF
+    coordinate; where the true F760 is zero the target is censored, ``log
+    P(u_F' < u_F)``. ``w`` weights the F760 term (one coordinate against the
+    reflectance's K)."""
+    q = encoder.encode(feats, mask)
+    k = u_reflectance.shape[-1]
+    lb = jnp.concatenate([q.local_tril, jnp.einsum("npds,nst->npdt", q.coupling,
+                                                   q.shared_tril)], -1)
+    cov_r = jnp.einsum("npit,npjt->npij", lb[..., :k, :], lb[..., :k, :])
+    chol_r = jnp.linalg.cholesky(cov_r + 1e-6 * jnp.eye(k))
+    lp_r = dist.MultivariateNormal(q.local_loc[..., :k], scale_tril=chol_r).log_prob(
+        u_reflectance)
+    m = q.local_loc[..., k]
+    sd = jnp.sqrt(jnp.sum(lb[..., k, :] ** 2, -1))
+    zz = (u_f760 - m) / sd
+    lp_f = jnp.where(censored, jax.scipy.stats.norm.logcdf(zz),
+                     -0.5 * zz**2 - jnp.log(sd) - 0.5 * jnp.log(2 * jnp.pi))
+    n = jnp.maximum(mask.sum(), 1.0)
+    return -jnp.sum(mask * (lp_r + f760_weight * lp_f)) / n
+
+
 def npe_loss(encoder: Encoder, feats: jax.Array, mask: jax.Array, z_true: jax.Array,
              u_true: jax.Array, shared_weight: float = 16.0) -> jax.Array:
     """Amortized forward KL per pixel: ``-(w log q(z_s) + sum_i log q(u_i | z_s)) / n``.
@@ -574,8 +627,48 @@ def train(tc: TrainConfig, progress: bool = True, *,
 
         params, _ = _loop("pretrain", step_fn, params, opt_state, step0, tc.pretrain_steps,
                           k_pre, history, ckpt, saver, tc, progress)
-        phase0, step0, opt_leaves = "finetune", 0, None
+        phase0, step0, opt_leaves = "world", 0, None
     elif phase0 == "pretrain":
+        phase0, step0 = "world", 0
+
+    # --- the world: simulated scenes outside the model's family ---------------------------
+    if tc.world_steps and phase0 == "world":
+        if pool is None:
+            pool = build_pool(model, tc, k_pool, tc.n_atmospheres, progress)
+        wtrain = jax.tree.map(jnp.asarray, _world_pool(model, tc, mean, sd, out, progress))
+        opt = _optimizer(tc.world_learning_rate, min(tc.warmup_steps, tc.world_steps // 10),
+                         tc.world_steps, tc)
+        opt_state = restore_opt(opt, params)
+        k_world = jax.random.fold_in(key, 77)
+
+        @jax.jit
+        def world_step(p, o, k, pl, w):
+            k1, k2 = jax.random.split(k)
+            b = shard(sim(pl, k1))
+            feats = pixel_features(b.patches.radiance, b.ancillary, mean_j, sd_j,
+                                   b.reference)
+            n_w = w.features.shape[0]
+            idx = jax.random.choice(k2, n_w, (min(tc.world_batch_patches, n_w),),
+                                    replace=False)
+            wb = jax.tree.map(lambda v: v[idx], w)
+
+            def loss(pp):
+                enc = eqx.combine(pp, static)
+                return (npe_loss(enc, feats, b.patches.mask, b.z_true, b.u_true)
+                        + tc.world_weight * world_loss(enc, wb.features, wb.mask,
+                                                       wb.u_reflectance, wb.u_f760,
+                                                       wb.censored))
+            val, g = jax.value_and_grad(loss)(p)
+            upd, o2 = opt.update(g, o, p)
+            return optax.apply_updates(p, upd), o2, val, optax.tree.norm(g)
+
+        def wstep_fn(p, o, k):
+            return world_step(p, o, k, pool, wtrain)
+
+        params, _ = _loop("world", wstep_fn, params, opt_state, step0, tc.world_steps,
+                          k_world, history, ckpt, saver, tc, progress)
+        phase0, step0, opt_leaves = "finetune", 0, None
+    elif phase0 == "world":
         phase0, step0 = "finetune", 0
 
     # --- fine-tuning on scenes --------------------------------------------------------------
@@ -629,6 +722,14 @@ def train(tc: TrainConfig, progress: bool = True, *,
                            dict(width=tc.width, depth=tc.depth), info, model)
     if pool is not None:
         info["fit_chi2_quantiles"] = fit_chi2_quantiles(guide, tc, pool, k_stats)
+    if tc.world_steps:
+        # the poor_fit reference: the fit on held-out world scenes (the model's own
+        # simulations fit better than any real scene; their quantiles are kept too)
+        info["fit_chi2_quantiles_prior"] = info.pop("fit_chi2_quantiles", None)
+        info.update(world_holdout_calibration(guide, tc))
+        info["world"] = dict(scenes=tc.world_scenes, size=tc.world_size,
+                             prosail_every=tc.world_prosail_every, seed=tc.world_seed,
+                             steps=tc.world_steps, holdout=tc.world_holdout)
     guide.save(out)
     _write_history(out / "history.csv", history)
     return guide
@@ -657,6 +758,114 @@ def fit_chi2_quantiles(guide: AmortizedGuide, tc: TrainConfig, pool: TrainingPoo
     c2 = np.concatenate([np.asarray(one(jax.random.fold_in(key, 10_000 + i))).ravel()
                          for i in range(n_batches)])
     return {str(q): float(np.quantile(c2, q)) for q in (0.5, 0.9, 0.99, 0.999)}
+
+
+def _world_seeds(tc: TrainConfig) -> tuple[list[int], list[int]]:
+    """Seeds of the world scenes: training, held out (the last ``world_holdout``)."""
+    seeds = [tc.world_seed + i for i in range(tc.world_scenes)]
+    return seeds[:-tc.world_holdout or None], seeds[len(seeds) - tc.world_holdout:]
+
+
+def _world_pool(model: SifModel, tc: TrainConfig, mean, sd, out: Path,
+                progress: bool) -> WorldPool:
+    """The world phase's training patches, simulated once and kept in ``out`` (a killed
+    run resumes without simulating them again)."""
+    path = out / "world_pool.npz"
+    fp = tc.fingerprint()
+    if path.exists():
+        with np.load(path) as z:
+            if str(z["fingerprint"]) == fp:
+                return WorldPool(*(z[f] for f in WorldPool._fields))
+    train_seeds, _ = _world_seeds(tc)
+    pool = build_world_pool(model, train_seeds, (tc.world_size, tc.world_size), tc.ranges,
+                            tc.world_prosail_every, tc.patch_size, mean, sd, progress)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, fingerprint=fp, **pool._asdict())
+    return pool
+
+
+def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
+    """The guide's references on the held-out world scenes
+    (:func:`bayesfluo.inference.world.world_scene`, never trained on):
+
+    ``fit_chi2_quantiles``, ``fit_chi2_ratio_quantiles``
+        Quantiles of the reduced chi-square of the fit at the guide's posterior mean
+        (:func:`bayesfluo.inference.guide.fit_chi2`, on each scene's own bands) and of its
+        ratio to the patch's median (:func:`~bayesfluo.inference.guide.patch_relative_chi2`):
+        the references of the ``poor_fit`` flag. A pixel that fits as well as the
+        simulator's scenes (terrain, smile, aerosol, canopies the model does not describe
+        exactly) passes; spikes, broken bands and pixels unlike their neighbours do not.
+    ``f760_sd_inflation``
+        Factors on the F760 posterior sd in the guide's coordinate per NDVI class, for
+        pixels whose fit chi-square exceeds the 0.99 quantile on the model's own draws
+        (``chi2_min``; :func:`~bayesfluo.inference.guide.f760_inflation`,
+        :func:`~bayesfluo.inference.guide.inflate_f760`): for each class the smallest
+        factor (0.5 to 6, steps of 0.05) whose shortest 90 % intervals hold the truth for
+        >= 90 % of the class's held-out pixels. Amortization and the misfit the guide
+        cannot see leave its F760 intervals too narrow (or too wide) on scenes the model
+        did not generate; this is their temperature scaling, fitted on scenes apart from
+        both the training and the validation (``benchmarks/offmodel_validation.py``)
+        scenes.
+    """
+    model = guide.model
+    inst = get_instrument(tc.instrument)
+    params, static = eqx.partition(guide.encoder, eqx.is_inexact_array)
+    encode = jax.jit(lambda p, f, m: eqx.combine(p, static).encode(f, m))
+    chi2 = jax.jit(fit_chi2)
+    factors = np.round(np.arange(0.5, 6.001, 0.05), 2)
+
+    @jax.jit
+    def hdi(q, ndvi, p0, c):
+        qq = inflate_f760(q, model, jnp.full(ndvi.shape, c))
+        f = summaries(qq, model, ndvi, p0)["f760"]
+        return f["lo90"], f["hi90"]
+
+    _, seeds = _world_seeds(tc)
+    c2, ratio, hits, ndvis = [], [], [], []
+    for seed in seeds:
+        i = seed - tc.world_seed
+        sc = world_scene(tc.instrument, seed, (tc.world_size, tc.world_size), tc.ranges,
+                         bool(tc.world_prosail_every) and i % tc.world_prosail_every
+                         == tc.world_prosail_every - 1, model.fm)
+        grid = PatchGrid((sc.sizes["y"], sc.sizes["x"]), tc.patch_size)
+        bands = scene_bands(sc, tc.instrument)
+        d = guide_inputs(sc, grid, slice(None), model, guide.feature_mean, guide.feature_sd,
+                         inst.reference_radiance, device=True, bands=bands)
+        q = encode(params, d.features, d.patches.mask)
+        # the fit is judged on the scene's own bands, as a retrieval judges it
+        m = model if same_grid(bands, model, sc.sizes["band"]) else model_on_scene_grid(
+            model, bands)
+        v = np.asarray(chi2(m, q, d.patches))
+        ok = np.asarray(d.patches.mask) > 0
+        c2.append(v[ok])
+        ratio.append(patch_relative_chi2(np.where(ok, v, np.nan))[ok])
+        truth = grid.to_patches(np.asarray(sc["true_f760"].values))[ok]
+        hit = []
+        for c in factors:
+            lo, hi = hdi(q, d.patches.ndvi, d.patches.surface_pressure0, c)
+            hit.append((truth >= np.asarray(lo)[ok]) & (truth <= np.asarray(hi)[ok]))
+        hits.append(np.stack(hit))
+        ndvis.append(np.asarray(d.patches.ndvi)[ok])
+    c2, ratio = np.concatenate(c2), np.concatenate(ratio)
+    hits, ndvi = np.concatenate(hits, 1), np.concatenate(ndvis)
+    qs = (0.5, 0.9, 0.95, 0.99, 0.999)
+    cls = np.digitize(ndvi, F760_INFLATION_EDGES)
+    # the factors are for pixels that fit worse than the model's own draws (above their
+    # 0.99 quantile): below it the guide is calibrated as it is (factor 1)
+    chi2_min = (guide.info.get("fit_chi2_quantiles_prior") or {}).get("0.99")
+    misfit = c2 > chi2_min if chi2_min is not None else np.ones(c2.size, bool)
+    inflation = []
+    for k in range(len(F760_INFLATION_EDGES) + 1):
+        sel = (cls == k) & misfit
+        cov = hits[:, sel].mean(1) if np.any(sel) else np.ones(factors.size)
+        ok_c = np.flatnonzero(cov >= 0.9)
+        inflation.append(float(factors[ok_c[0]] if ok_c.size else factors[-1]))
+    return {"fit_chi2_quantiles": {str(q): float(np.quantile(c2, q)) for q in qs},
+            "fit_chi2_ratio_quantiles": {str(q): float(np.quantile(ratio, q)) for q in qs},
+            "f760_sd_inflation": {"ndvi_edges": list(F760_INFLATION_EDGES),
+                                  "factors": inflation, "chi2_min": chi2_min,
+                                  "holdout_pixels": int(ndvi.size),
+                                  "holdout_pixels_misfit": int(misfit.sum())}}
 
 
 def _write_history(path: Path, history: list) -> None:

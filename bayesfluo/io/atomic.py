@@ -1,7 +1,9 @@
 """Atomic file writes: write to a temporary name beside the target, rename when complete.
 
 A killed process never leaves a half-written file under the final name (the rename is
-atomic on POSIX file systems); a failed write removes its temporary file.
+atomic on POSIX file systems); a failed write removes its temporary file. Attributes that
+are NumPy scalars or strings (``numpy.str_`` has no netCDF type) are written as plain
+Python values (:func:`plain_attrs`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,37 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "to_netcdf_atomically"]
+import numpy as np
+
+__all__ = ["atomic_path", "to_netcdf_atomically", "plain_value", "plain_attrs"]
+
+
+def plain_value(value):
+    """An attribute value as netCDF and Zarr store it: NumPy scalars (``numpy.str_``,
+    ``numpy.float32``, ``numpy.bool_``, ...) and 0-d arrays as the Python ``str``,
+    ``float``, ``int`` or ``bool``; lists and tuples item by item; anything else as is."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple) and any(isinstance(v, np.generic) for v in value):
+        return type(value)(v.item() if isinstance(v, np.generic) else v for v in value)
+    return value
+
+
+def plain_attrs(ds):
+    """A shallow copy of an :class:`xarray.Dataset` whose global and variable attributes
+    hold plain Python values (:func:`plain_value`); the data are not copied. Anything else
+    (a DataTree) is returned as it is."""
+    import xarray as xr
+
+    if not isinstance(ds, xr.Dataset):
+        return ds
+    out = ds.copy(deep=False)
+    out.attrs = {k: plain_value(v) for k, v in ds.attrs.items()}
+    for name, var in out.variables.items():
+        var.attrs = {k: plain_value(v) for k, v in ds.variables[name].attrs.items()}
+    return out
 
 
 def _default_mode(path: str) -> None:
@@ -57,6 +89,7 @@ def to_netcdf_atomically(obj, path: str | os.PathLike, encoding: dict | None = N
     pathlib.Path
         ``path``.
     """
+    obj = plain_attrs(obj)
     with atomic_path(path) as tmp:
         obj.to_netcdf(tmp, engine="h5netcdf", encoding=encoding or {})
     return Path(path)

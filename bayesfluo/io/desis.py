@@ -22,7 +22,10 @@ attribute ``sensor_altitude_assumed``). A bayesfluo file ``<base>-BAYESFLUO_ANCI
 beside the product (bands described ``sza``, ``saa``, ``vza``, ``vaa``,
 ``surface_altitude``, ``sensor_altitude``, ``ndvi``, ``mask``, ``column``), as written by
 :func:`write_desis_like`, supplies per-pixel values that override the XML's scene-wide
-angles.
+angles. Band centres below 10 are taken as micrometres (with a warning); widths must lie
+in (0, 50] nm. A truncated image is found when it is opened (its last pixel is read), or,
+if it changes later, when its data are loaded: both raise
+:class:`~bayesfluo.io.common.SceneReadError` naming the image.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from bayesfluo.io.common import (
     GEOMETRY_VARIABLES,
     SceneReadError,
     apparent_ndvi,
+    check_band_grid,
+    check_day_of_year,
     check_geometry_keys,
     check_instrument,
     finish,
@@ -75,9 +80,17 @@ def find_desis_files(path: str | os.PathLike) -> tuple[Path, Path, Path | None]:
         If the image or the XML cannot be found.
     """
     path = Path(path)
+    try:
+        return _find_desis_files(path)
+    except OSError as err:  # a folder that cannot be listed, a link loop, ...
+        raise SceneReadError(f"{path}: cannot read the DESIS product ({err.strerror or err})"
+                             ) from None
+
+
+def _find_desis_files(path: Path) -> tuple[Path, Path, Path | None]:
     if path.is_dir():
         tifs = sorted(p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff")
-                      and "ANCILLARY" not in p.name.upper())
+                      and "ANCILLARY" not in p.name.upper() and p.is_file())
         spectral = [p for p in tifs if "SPECTRAL_IMAGE" in p.name.upper()]
         tifs = spectral or tifs
         if len(tifs) != 1:
@@ -96,10 +109,15 @@ def find_desis_files(path: str | os.PathLike) -> tuple[Path, Path, Path | None]:
     else:
         tif = path
     xml = tif.with_name(tif.name.replace("SPECTRAL_IMAGE", "METADATA")).with_suffix(".xml")
+    if not tif.is_file():
+        raise SceneReadError(f"{tif}: the DESIS spectral image is not a readable file")
     if not xml.is_file():
-        xmls = sorted(tif.parent.glob("*METADATA*.xml")) or sorted(tif.parent.glob("*.xml"))
+        xmls = [p for p in sorted(tif.parent.glob("*METADATA*.xml")) if p.is_file()] or \
+            [p for p in sorted(tif.parent.glob("*.xml")) if p.is_file()]
         if len(xmls) != 1:
-            raise SceneReadError(f"{tif}: no DESIS metadata XML ({xml.name}) beside the image")
+            raise SceneReadError(f"{tif}: no DESIS metadata XML ({xml.name}) beside the image"
+                                 + (" (a folder or a broken link has that name)"
+                                    if os.path.lexists(xml) else ""))
         xml = xmls[0]
     anc = tif.with_name(tif.name.replace("SPECTRAL_IMAGE", "BAYESFLUO_ANCILLARY"))
     return tif, xml, (anc if anc.is_file() and anc != tif else None)
@@ -120,7 +138,8 @@ def read_desis_metadata(xml: str | os.PathLike) -> dict:
     xml = Path(xml)
     try:
         root = ET.parse(xml).getroot()
-    except (ET.ParseError, UnicodeDecodeError) as err:
+    except (ET.ParseError, UnicodeDecodeError, LookupError, ValueError, OSError) as err:
+        # LookupError: an unknown encoding in the XML declaration
         raise SceneReadError(f"{xml}: not a readable XML file ({err})") from None
     meta: dict = {}
     bands = []
@@ -194,16 +213,12 @@ def read_desis(path: str | os.PathLike, *, geometry: dict | None = None,
     b = meta["bands"]
     wl, fwhm = b["wavelengthCenterOfBand"], b["wavelengthWidthOfBand"]
     attrs: dict = {}
-    if np.nanmax(wl) < 10.0:  # a grid in micrometres
+    if np.all(np.isfinite(wl)) and np.max(wl) < 10.0:  # a grid in micrometres
         wl, fwhm = wl * 1e3, fwhm * 1e3
-        attrs["wavelength_units_converted"] = "micrometres in the XML, converted to nm"
-    if not np.all(np.isfinite(wl)) or np.any(np.diff(wl) <= 0) or wl.min() < 300 or \
-            wl.max() > 2600:
-        raise SceneReadError(f"{xml}: band centres must be finite, increasing and in nm "
-                             f"(found {np.nanmin(wl):.4g}-{np.nanmax(wl):.4g})")
-    if not np.all(np.isfinite(fwhm)) or np.any(fwhm <= 0) or np.any(fwhm > 100):
-        raise SceneReadError(f"{xml}: wavelengthWidthOfBand must be positive and below "
-                             "100 nm")
+        attrs["wavelength_units_guessed"] = "micrometres in the XML (from the values)"
+        warnings.warn(f"{xml}: band centres below 10: taken as micrometres and converted "
+                      "to nm", stacklevel=2)
+    check_band_grid(wl, fwhm, str(xml), "band centres (wavelengthCenterOfBand)")
     info = _tiff_info(tif)
     nb, ny, nx = info["shape"]
     if nb != wl.size:
@@ -251,6 +266,8 @@ def read_desis(path: str | os.PathLike, *, geometry: dict | None = None,
         attrs["sensor_altitude_assumed"] = f"{height:g} m above the mean surface altitude"
     geo = require_geometry(values, ny, nx, where, _HOW)
     doy, t0 = geometry.get("day_of_year"), None
+    if doy is not None:
+        doy = check_day_of_year(doy, where)
     if meta.get("startTime"):
         try:
             when = _dt.datetime.fromisoformat(meta["startTime"].replace("Z", "+00:00"))
@@ -262,10 +279,12 @@ def read_desis(path: str | os.PathLike, *, geometry: dict | None = None,
 
     ndvi_attrs = {"units": "1", "standard_name": "normalized_difference_vegetation_index"}
     ndvi = geometry.get("ndvi", anc.get("ndvi"))
+    derived: tuple[str, ...] = ()
     if ndvi is not None:
         ndvi = geometry_array("ndvi", ndvi, ny, nx, where).values
         ndvi_attrs["long_name"] = "NDVI (given)"
     else:
+        derived = ("ndvi",)  # out-of-range values masked, not refused
         sza = geo["sza"].set_dims(("y", "x"), (ny, nx)).values
         ndvi, used = apparent_ndvi(rad, wl, fwhm, sza, doy)
         if ndvi is None:
@@ -320,7 +339,7 @@ def read_desis(path: str | os.PathLike, *, geometry: dict | None = None,
 
         ds = ds.rio.write_crs(crs).rio.write_coordinate_system()
         ds["radiance"].attrs["grid_mapping"] = "spatial_ref"
-    return finish(ds, where)
+    return finish(ds, where, derived)
 
 
 @contextlib.contextmanager
@@ -342,13 +361,35 @@ def _tiff_info(path: Path) -> dict:
             dtypes = set(src.dtypes)
             if len(dtypes) != 1:
                 raise SceneReadError(f"{path}: bands of different data types {dtypes}")
-            return {"shape": (src.count, src.height, src.width),
+            info = {"shape": (src.count, src.height, src.width),
                     "dtype": np.dtype(dtypes.pop()), "crs": src.crs,
                     "transform": src.transform}
+            _check_complete(src, path, info)
+            return info
     except SceneReadError:
         raise
-    except Exception as err:  # rasterio raises RasterioIOError, CPLE_* ...
+    except Exception as err:  # noqa: BLE001 - rasterio raises RasterioIOError, CPLE_* ...
         raise SceneReadError(f"{path}: cannot read as GeoTIFF ({err})") from None
+
+
+def _check_complete(src, path: Path, info: dict) -> None:
+    """Cheap checks that a GeoTIFF is complete: an uncompressed image is not larger than
+    the file, and the last pixel of the last band (stored last) can be read."""
+    from rasterio.windows import Window
+
+    nb, ny, nx = info["shape"]
+    if min(nb, ny, nx) <= 0:
+        raise SceneReadError(f"{path}: the image has no pixels ({nb} x {ny} x {nx})")
+    need = nb * ny * nx * info["dtype"].itemsize
+    size = path.stat().st_size
+    if src.compression is None and need > size:
+        raise SceneReadError(f"{path}: the GeoTIFF is truncated: {size} bytes, its "
+                             f"{nb} x {ny} x {nx} {info['dtype'].name} pixels need {need}")
+    try:
+        src.read(nb, window=Window(nx - 1, ny - 1, 1, 1))
+    except Exception as err:  # noqa: BLE001 - rasterio raises RasterioIOError, CPLE_* ...
+        raise SceneReadError(f"{path}: the GeoTIFF is truncated or damaged (its last "
+                             f"pixel cannot be read: {err})") from None
 
 
 class _TiffBands:
@@ -366,12 +407,17 @@ class _TiffBands:
         key = key + (slice(None),) * (3 - len(key))
         (b0, b1, _), (r0, r1, _), (c0, c1, _) = (k.indices(n) for k, n in
                                                  zip(key, self.shape, strict=True))
-        with _quiet(), rasterio.open(self.path) as src:
-            if b1 <= b0 or r1 <= r0 or c1 <= c0:
-                return np.empty((max(b1 - b0, 0), max(r1 - r0, 0), max(c1 - c0, 0)),
-                                self.dtype)
-            return src.read(list(range(b0 + 1, b1 + 1)),
-                            window=Window(c0, r0, c1 - c0, r1 - r0))
+        if b1 <= b0 or r1 <= r0 or c1 <= c0:
+            return np.empty((max(b1 - b0, 0), max(r1 - r0, 0), max(c1 - c0, 0)),
+                            self.dtype)
+        try:
+            with _quiet(), rasterio.open(self.path) as src:
+                return src.read(list(range(b0 + 1, b1 + 1)),
+                                window=Window(c0, r0, c1 - c0, r1 - r0))
+        except Exception as err:  # noqa: BLE001 - rasterio raises RasterioIOError, ...
+            raise SceneReadError(f"{self.path}: cannot read the DESIS spectral image "
+                                 f"(bands {b0 + 1}-{b1}, rows {r0}-{r1 - 1}: {err}); "
+                                 "truncated or damaged?") from None
 
 
 def _read_ancillary(path: Path, ny: int, nx: int) -> dict[str, np.ndarray]:
@@ -379,13 +425,15 @@ def _read_ancillary(path: Path, ny: int, nx: int) -> dict[str, np.ndarray]:
 
     try:
         with _quiet(), rasterio.open(path) as src:
+            if (src.height, src.width) != (ny, nx):
+                raise SceneReadError(f"{path}: the ancillary image is {src.height} x "
+                                     f"{src.width}, the product {ny} x {nx}")
             names = list(src.descriptions)
             arr = src.read().astype(np.float64)
-    except Exception as err:  # rasterio errors
+    except SceneReadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - rasterio errors
         raise SceneReadError(f"{path}: cannot read the ancillary GeoTIFF ({err})") from None
-    if arr.shape[1:] != (ny, nx):
-        raise SceneReadError(f"{path}: the ancillary image is {arr.shape[1]} x "
-                             f"{arr.shape[2]}, the product {ny} x {nx}")
     out = {n: arr[i] for i, n in enumerate(names) if n in _ANCILLARY}
     for n, v in out.items():
         if n in GEOMETRY_VARIABLES and np.all(v == v.flat[0]):

@@ -3,7 +3,11 @@
 An ENVI cube is a flat binary file of ``lines x samples x bands`` numbers and a text header
 (``.hdr``) of ``key = value`` lines (``{...}`` lists may span lines). :func:`read_envi`
 returns a scene (README, "Scene format") whose ``radiance`` is a dask array over a
-memory map of the file, so cubes larger than memory are read chunk by chunk.
+memory map of the file, so cubes larger than memory are read chunk by chunk. A key given
+twice with the same value is read once, with different values refused; keys that hold one
+value (:data:`SCALAR_KEYS`) given as a ``{...}`` list are refused. Band widths must lie in
+(0, 50] nm; geometry out of :data:`bayesfluo.io.common.ANCILLARY_RANGES` is refused when
+scene-wide (header keys) and set to NaN pixel by pixel (ancillary file).
 
 Standard header keys used
 -------------------------
@@ -70,6 +74,8 @@ from bayesfluo.io.common import (
     GEOMETRY_VARIABLES,
     SceneReadError,
     apparent_ndvi,
+    check_band_grid,
+    check_day_of_year,
     check_geometry_keys,
     check_instrument,
     finish,
@@ -80,7 +86,7 @@ from bayesfluo.io.common import (
 )
 
 __all__ = ["read_envi", "write_envi", "read_envi_header", "ENVI_DTYPES",
-           "BAYESFLUO_HEADER_KEYS"]
+           "BAYESFLUO_HEADER_KEYS", "SCALAR_KEYS"]
 
 #: ENVI ``data type`` codes
 ENVI_DTYPES = {1: "u1", 2: "i2", 3: "i4", 4: "f4", 5: "f8", 12: "u2", 13: "u4", 14: "i8",
@@ -109,17 +115,24 @@ def read_envi_header(path: str | os.PathLike) -> dict[str, str | list[str]]:
     """Parse an ENVI header into ``{key: value}`` (keys lower case; ``{...}`` values as
     lists of stripped strings).
 
+    A key given twice with the same value is read once; with different values it is
+    refused (which one would be meant?).
+
     Raises
     ------
     SceneReadError
-        If the file does not start with ``ENVI`` or a line is neither ``key = value`` nor
-        a continuation of a ``{...}`` list.
+        If the file cannot be read (a folder, a symbolic link loop, no permission), does
+        not start with ``ENVI``, a line is neither ``key = value`` nor a continuation of a
+        ``{...}`` list, or a key is given twice with different values.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8", errors="strict")
     except UnicodeDecodeError as err:
         raise SceneReadError(f"{path}: not an ENVI header (not text: {err})") from None
+    except OSError as err:
+        raise SceneReadError(f"{path}: cannot read the ENVI header ({err.strerror or err})"
+                             ) from None
     lines = text.splitlines()
     if not lines or lines[0].strip() != "ENVI":
         raise SceneReadError(f"{path}: not an ENVI header (the first line must be 'ENVI')")
@@ -128,6 +141,7 @@ def read_envi_header(path: str | os.PathLike) -> dict[str, str | list[str]]:
     while i < len(lines):
         line = lines[i].strip()
         i += 1
+        start = i
         if not line or line.startswith(";"):
             continue
         key, eq, value = line.partition("=")
@@ -141,13 +155,36 @@ def read_envi_header(path: str | os.PathLike) -> dict[str, str | list[str]]:
                 value += " " + lines[i].strip()
                 i += 1
             inner = value[1:value.index("}")]
-            out[key] = [v.strip() for v in inner.split(",")] if key != "description" \
-                else inner.strip()
-            if key == "coordinate system string":
-                out[key] = inner.strip()
+            parsed = [v.strip() for v in inner.split(",")] if key not in (
+                "description", "coordinate system string") else inner.strip()
         else:
-            out[key] = value
+            parsed = value
+        if key in out and out[key] != parsed:
+            raise SceneReadError(f"{path}, line {start}: key {key!r} is given twice with "
+                                 f"different values ({_short(out[key])} and "
+                                 f"{_short(parsed)})")
+        out[key] = parsed
     return out
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+#: Standard and bayesfluo header keys that hold one value, not a {...} list
+SCALAR_KEYS = ("samples", "lines", "bands", "header offset", "data type", "byte order",
+               "interleave", "wavelength units", "data ignore value", "file type",
+               "data units", "reflectance scale factor") + tuple(
+    k for k in BAYESFLUO_HEADER_KEYS if k != "detector column")
+
+
+def _check_scalar_keys(h: dict, where: str) -> None:
+    """SceneReadError for a key of :data:`SCALAR_KEYS` given as a ``{...}`` list."""
+    for key in SCALAR_KEYS:
+        if isinstance(h.get(key), list):
+            raise SceneReadError(f"{where}: {key!r} must be one value, not a list "
+                                 f"({_short(h[key])})")
 
 
 def _int(h: dict, key: str, where: str, default: int | None = None) -> int:
@@ -203,9 +240,14 @@ class _RawFile:
         self.ndim = len(shape)
 
     def __getitem__(self, key):
-        mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset,
-                       shape=self.shape)
-        return np.array(mm[key])
+        try:
+            mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset,
+                           shape=self.shape)
+            return np.array(mm[key])
+        except (OSError, ValueError) as err:  # the file changed since it was opened
+            raise SceneReadError(f"{self.path}: cannot read the ENVI data file "
+                                 f"({type(err).__name__}: {err}); truncated or replaced "
+                                 "since it was opened?") from None
 
 
 def _layout(interleave: str, lines: int, samples: int, bands: int) -> tuple:
@@ -250,7 +292,11 @@ def _open_raw(hdr: Path, data: Path, h: dict, chunks) -> tuple[da.Array, dict]:
     if interleave not in ("bsq", "bil", "bip"):
         raise SceneReadError(f"{where}: interleave {interleave!r} must be bsq, bil or bip")
     expected = offset + lines * samples * bands * dtype.itemsize
-    st = data.stat()
+    try:
+        st = data.stat()
+    except OSError as err:
+        raise SceneReadError(f"{data}: cannot read the ENVI data file ({err.strerror or err})"
+                             ) from None
     size = st.st_size
     if size < expected:
         raise SceneReadError(
@@ -292,8 +338,16 @@ def _georeference(h: dict, ny: int, nx: int, where: str):
         rx, ry, e0, n0, dx, dy = (float(v) for v in mi[1:7])
     except ValueError:
         raise SceneReadError(f"{where}: map info {mi!r} has non-numeric entries") from None
-    if any("rotation" in v.lower() and float(v.split("=")[1]) != 0.0 for v in mi[7:]
-           if "=" in v):
+    rotation = 0.0
+    for v in mi[7:]:
+        key, eq, val = v.partition("=")
+        if eq and key.strip().lower() == "rotation":
+            try:
+                rotation = float(val)
+            except ValueError:
+                raise SceneReadError(f"{where}: map info has rotation={val.strip()!r}, not a "
+                                     "number") from None
+    if not np.isfinite(rotation) or rotation != 0.0:
         warnings.warn(f"{where}: map info has a rotation; x/y coordinates not set",
                       stacklevel=3)
         return None, None, None
@@ -381,20 +435,13 @@ def _wavelengths(h: dict, bands: int, where: str) -> tuple[np.ndarray, np.ndarra
         raise SceneReadError(f"{where}: wavelength units {unit!r} not supported "
                              "(Nanometers or Micrometers)")
     wl, fwhm = wl * scale, fwhm * scale
-    if not np.all(np.isfinite(wl)) or np.any(np.diff(wl) <= 0):
-        raise SceneReadError(f"{where}: the wavelengths must be finite and increasing")
-    if wl.min() < 300.0 or wl.max() > 2600.0:
-        raise SceneReadError(f"{where}: the wavelengths span {wl.min():.4g}-{wl.max():.4g} "
-                             "nm after unit conversion: wrong 'wavelength units'?")
-    if not np.all(np.isfinite(fwhm)) or np.any(fwhm <= 0) or np.any(fwhm > 100):
-        raise SceneReadError(f"{where}: fwhm must be positive and below 100 nm, found "
-                             f"{np.nanmin(fwhm):.3g}-{np.nanmax(fwhm):.3g} nm")
+    check_band_grid(wl, fwhm, where)
     return wl, fwhm, attrs
 
 
 def _day_of_year(h: dict, geometry: dict, where: str) -> tuple[int | None, str | None]:
     if "day_of_year" in geometry:
-        return int(geometry["day_of_year"]), None
+        return check_day_of_year(geometry["day_of_year"], where), None
     t = h.get("acquisition time")
     if t:
         try:
@@ -403,10 +450,7 @@ def _day_of_year(h: dict, geometry: dict, where: str) -> tuple[int | None, str |
             raise SceneReadError(f"{where}: acquisition time {t!r} is not ISO 8601") from None
         return when.timetuple().tm_yday, when.isoformat()
     if "day of year" in h:
-        doy = _int(h, "day of year", where)
-        if not 1 <= doy <= 366:
-            raise SceneReadError(f"{where}: day of year {doy} must be 1-366")
-        return doy, None
+        return check_day_of_year(_int(h, "day of year", where), where), None
     return None, None
 
 
@@ -415,9 +459,13 @@ def _ancillary(hdr: Path, h: dict, ny: int, nx: int) -> dict[str, np.ndarray]:
     if not name:
         return {}
     path = hdr.parent / str(name).strip()
+    if not path.name or path.is_dir():
+        raise SceneReadError(f"{hdr}: ancillary file = {name!r} does not name a file "
+                             f"({path} is a folder or has no name)")
     anc_hdr, anc_data = _find_files(path if path.suffix == ".hdr" else
                                     Path(str(path)))
     ah = read_envi_header(anc_hdr)
+    _check_scalar_keys(ah, str(anc_hdr))
     raw, info = _open_raw(anc_hdr, anc_data, ah, chunks=None)
     if (info["lines"], info["samples"]) != (ny, nx):
         raise SceneReadError(f"{anc_hdr}: the ancillary file is {info['lines']} x "
@@ -472,6 +520,7 @@ def read_envi(path: str | os.PathLike, *, geometry: dict | None = None,
     hdr, data = _find_files(path)
     where = str(hdr)
     h = read_envi_header(hdr)
+    _check_scalar_keys(h, where)
     geometry = check_geometry_keys(geometry, where, ("ndvi", "mask", "day_of_year"))
     raw, info = _open_raw(hdr, data, h, chunks)
     ny, nx, nb = info["lines"], info["samples"], info["bands"]
@@ -537,10 +586,12 @@ def read_envi(path: str | os.PathLike, *, geometry: dict | None = None,
     # --- NDVI, band selection -------------------------------------------------------------
     ndvi_attrs = {"units": "1", "standard_name": "normalized_difference_vegetation_index"}
     ndvi = geometry.get("ndvi", anc.get("ndvi"))
+    derived: tuple[str, ...] = ()
     if ndvi is not None:
         ndvi = geometry_array("ndvi", ndvi, ny, nx, where).values
         ndvi_attrs["long_name"] = "NDVI (given)"
     else:
+        derived = ("ndvi",)  # out-of-range values masked, not refused
         sza = np.broadcast_to(geo["sza"].set_dims(("y", "x"), (ny, nx)).values, (ny, nx))
         ndvi, used = apparent_ndvi(rad, wl, fwhm, sza, doy)
         if ndvi is None:
@@ -607,7 +658,7 @@ def read_envi(path: str | os.PathLike, *, geometry: dict | None = None,
 
         ds = ds.rio.write_crs(crs).rio.write_coordinate_system()
         ds["radiance"].attrs["grid_mapping"] = "spatial_ref"
-    return finish(ds, where)
+    return finish(ds, where, derived)
 
 
 # --------------------------------------------------------------------------------------

@@ -19,16 +19,21 @@ this (``write_flox_csv`` writes it)::
 * ``# key = value`` lines before the table give file-wide values: ``instrument``,
   ``radiance_units`` and ``irradiance_units`` (default mW m-2 sr-1 nm-1 and mW m-2 nm-1,
   recorded as ``units_guessed`` when absent; W m-2 sr-1 um-1, uW cm-2 sr-1 nm-1 and other
-  spellings are converted), ``wavelength_units`` (nm or um), ``wavelength_medium``, and
-  any geometry (``sza``, ``saa``, ``vza``, ``vaa`` in degrees, ``surface_altitude`` and
-  ``sensor_altitude`` in m above sea level) that does not change with time.
+  spellings are converted), ``wavelength_units`` (nm or um; without it, wavelength
+  columns all below 10 are taken as um with a warning and ``wavelength_units_guessed``
+  recorded), ``wavelength_medium``, and any geometry (``sza``, ``saa``, ``vza``, ``vaa``
+  in degrees, ``surface_altitude`` and ``sensor_altitude`` in m above sea level) that
+  does not change with time. A key given twice with different values is refused.
 * The column names after the fixed columns are the band centres. The fixed columns are
   ``time`` (ISO 8601) and ``quantity``, then any of ``sza``, ``saa``, ``vza``, ``vaa``,
   ``surface_altitude``, ``sensor_altitude``, ``ndvi`` and ``mask`` (1 usable, 0 excluded).
-* One row with ``quantity = fwhm`` gives the band widths (nm); without it the
-  instrument's nominal FWHM is used and ``fwhm_assumed`` recorded.
+* One row with ``quantity = fwhm`` gives the band widths (in the wavelength units,
+  (0, 50] nm); without it the instrument's nominal FWHM is used and ``fwhm_assumed``
+  recorded.
 * Each time stamp has one ``L_up`` row (radiance) and one ``E_down`` row (irradiance);
-  geometry is read from the ``L_up`` row. Empty or NaN cells mask that time step.
+  geometry is read from the ``L_up`` row. Empty or NaN cells mask that time step (a
+  geometry or NDVI value that is empty or out of range becomes NaN, see
+  :data:`bayesfluo.io.common.ANCILLARY_RANGES`); an empty time stamp is refused.
 
 The scene (README, "Scene format") has ``radiance`` and ``irradiance`` over
 (time, band), geometry over (time), and ``ndvi`` from the canopy reflectance
@@ -50,12 +55,15 @@ from bayesfluo.io.atomic import atomic_path
 from bayesfluo.io.common import (
     GEOMETRY_VARIABLES,
     SceneReadError,
+    check_band_grid,
+    check_day_of_year,
     check_geometry_keys,
     check_instrument,
     finish,
     radiance_unit_factor,
     require_geometry,
     select_window,
+    wavelength_unit_factor,
 )
 
 __all__ = ["read_flox_csv", "write_flox_csv"]
@@ -72,7 +80,11 @@ def _header(text: str, where: str) -> tuple[dict[str, str], str]:
     while i < len(lines) and (lines[i].startswith("#") or not lines[i].strip()):
         key, eq, value = lines[i].lstrip("#").partition("=")
         if eq:
-            keys[key.strip().lower()] = value.strip()
+            key, value = key.strip().lower(), value.strip()
+            if key in keys and keys[key] != value:
+                raise SceneReadError(f"{where}, line {i + 1}: '# {key}' is given twice "
+                                     f"with different values ({keys[key]!r} and {value!r})")
+            keys[key] = value
         i += 1
     if i == len(lines):
         raise SceneReadError(f"{where}: no table after the '#' header lines")
@@ -132,12 +144,25 @@ def read_flox_csv(path: str | os.PathLike, *, geometry: dict | None = None,
         raise SceneReadError(f"{where}: the table has no wavelength columns")
     attrs: dict = {}
     wunit = keys.get("wavelength_units", "").lower()
-    if wunit in ("um", "micrometers", "micrometres", "µm") or (not wunit and wl.max() < 10):
-        wl = wl * 1e3
-        attrs["wavelength_units_converted"] = "micrometres in the file, converted to nm"
-    elif wunit not in ("", "nm", "nanometers", "nanometres"):
-        raise SceneReadError(f"{where}: wavelength_units {wunit!r} must be nm or um")
-    if np.any(np.diff(wl) <= 0) or wl.min() < 300 or wl.max() > 2600:
+    if wunit:
+        try:
+            wscale = wavelength_unit_factor(wunit)
+        except ValueError:
+            raise SceneReadError(f"{where}: wavelength_units {wunit!r} must be nm or um"
+                                 ) from None
+        if wscale != 1.0:
+            attrs["wavelength_units_converted"] = "micrometres in the file, converted to nm"
+    elif np.all(np.isfinite(wl)) and wl.max() < 10:
+        wscale = 1e3
+        attrs["wavelength_units_guessed"] = ("micrometres (no wavelength_units; the "
+                                             "wavelength columns are below 10)")
+        warnings.warn(f"{where}: no '# wavelength_units' and the wavelength columns are "
+                      "below 10: assumed micrometres, converted to nm", stacklevel=2)
+    else:
+        wscale = 1.0
+    wl = wl * wscale
+    if not np.all(np.isfinite(wl)) or np.any(np.diff(wl) <= 0) or wl.min() < 300 or \
+            wl.max() > 2600:
         raise SceneReadError(f"{where}: wavelength columns must increase and lie in "
                              f"300-2600 nm (found {wl.min():.4g}-{wl.max():.4g})")
     q = df["quantity"].astype(str).str.strip()
@@ -161,15 +186,20 @@ def read_flox_csv(path: str | os.PathLike, *, geometry: dict | None = None,
     if fw_rows.size > 1:
         raise SceneReadError(f"{where}: more than one fwhm row")
     if fw_rows.size:
-        fwhm = values[fw_rows[0]] * (1e3 if "wavelength_units_converted" in attrs else 1.0)
+        fwhm = values[fw_rows[0]] * wscale
         if not np.all(np.isfinite(fwhm)) or np.any(fwhm <= 0):
             raise SceneReadError(f"{where}: the fwhm row must be positive numbers")
+        check_band_grid(wl, fwhm, where, "the wavelength columns")
     else:
         fwhm = np.full(wl.size, get_instrument(instrument).fwhm_nm)
         attrs["fwhm_assumed"] = f"no fwhm row; the {instrument} nominal FWHM"
         warnings.warn(f"{where}: no fwhm row; assumed the {instrument} nominal "
                       f"{fwhm[0]:g} nm", stacklevel=2)
 
+    missing = df["time"].isna().to_numpy() & (q != "fwhm").to_numpy()
+    if missing.any():
+        r = int(np.flatnonzero(missing)[0])
+        raise SceneReadError(f"{where}: table row {r + 1} ({q.iloc[r]}) has no time stamp")
     times = df["time"].astype(str).str.strip()
     up = df[q == "L_up"]
     t_up, t_down = times[q == "L_up"].to_numpy(), times[q == "E_down"].to_numpy()
@@ -267,10 +297,12 @@ def read_flox_csv(path: str | os.PathLike, *, geometry: dict | None = None,
         variables["ndvi"] = (("time",), np.asarray(ndvi).astype(np.float32),
                              {"units": "1", "long_name": ndvi_name,
                               "standard_name": "normalized_difference_vegetation_index"})
-    t0 = np.datetime_as_string(time[0], unit="s")
-    doy = geometry.get("day_of_year",
-                       int(np.datetime64(time[0], "D").astype("datetime64[D]").item()
-                           .timetuple().tm_yday))
+    t0 = str(np.datetime_as_string(time[0], unit="s"))
+    if "day_of_year" in geometry:
+        doy = check_day_of_year(geometry["day_of_year"], where)
+    else:
+        doy = int(np.datetime64(time[0], "D").astype("datetime64[D]").item()
+                  .timetuple().tm_yday)
     ds = xr.Dataset(variables, coords={
         "time": ("time", time),
         "wavelength": ("band", wl[keep], {"units": "nm", "medium": medium,
@@ -281,7 +313,7 @@ def read_flox_csv(path: str | os.PathLike, *, geometry: dict | None = None,
     }, attrs={"Conventions": "CF-1.10", "instrument": instrument,
               "source": f"FloX table {path.name}", "day_of_year": int(doy),
               "time_coverage_start": t0, **attrs})
-    return finish(ds, where)
+    return finish(ds, where, () if "ndvi" in up.columns else ("ndvi",))
 
 
 def _isfloat(s: str) -> bool:

@@ -2,8 +2,11 @@
 
 :func:`write_dataset` writes to a temporary file beside the target and renames it when
 complete, so a killed process never leaves a half-written output under the final name.
-:func:`read_scene` opens a scene and :func:`validate_scene` checks it against the scene
-format (README, "Scene format"), raising :class:`ValueError` with every problem named.
+:func:`read_scene` opens a scene lazily, converts the units it states, checks its geometry
+(:data:`bayesfluo.io.common.ANCILLARY_RANGES`) and validates it against the scene format
+(:func:`validate_scene`, README "Scene format"), raising
+:class:`~bayesfluo.io.common.SceneReadError` (a :class:`ValueError`) with the problem named;
+a variable that fails to read later (a damaged chunk) raises it too, naming the file.
 """
 
 from __future__ import annotations
@@ -11,15 +14,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 
-from bayesfluo.instruments import INSTRUMENTS
 from bayesfluo.io.atomic import to_netcdf_atomically
+from bayesfluo.io.common import SceneReadError, prepare_xarray_scene, validate_scene
 
 __all__ = ["write_dataset", "write_datatree", "read_scene", "validate_scene"]
-
-_RADIANCE_UNITS = {"mW m-2 sr-1 nm-1", "mW/m2/sr/nm", "mW m^-2 sr^-1 nm^-1"}
 
 
 def _compressed(ds) -> dict:
@@ -44,70 +44,51 @@ def write_datatree(dt: xr.DataTree, path: str | os.PathLike) -> Path:
     return to_netcdf_atomically(dt, path, encoding)
 
 
-def read_scene(path: str | os.PathLike, validate: bool = True) -> xr.Dataset:
-    """Open a scene file (netCDF) lazily; check it against the scene format.
+def read_scene(path: str | os.PathLike, validate: bool = True, *,
+               geometry: dict | None = None, instrument: str | None = None) -> xr.Dataset:
+    """Open a scene file (netCDF) lazily; convert the units it states and check it.
+
+    Radiance and irradiance in other units than the scene format's, and wavelengths in um,
+    are converted (:func:`bayesfluo.io.common.prepare_xarray_scene`); geometry, ``ndvi``
+    and ``day_of_year`` are checked against
+    :data:`bayesfluo.io.common.ANCILLARY_RANGES` (per-pixel values out of range become
+    NaN). Variables are read when used; one that fails to read (a chunk failing its
+    compression filter) raises :class:`~bayesfluo.io.common.SceneReadError` naming the
+    file and the variable.
+
+    Parameters
+    ----------
+    path : str or path-like
+    validate : bool
+        Convert units and check (default); False opens the file as it is (still with
+        read errors named).
+    geometry : dict, optional
+        Values that fill in or override the file's: ``sza``, ``saa``, ``vza``, ``vaa``
+        (degrees), ``surface_altitude``, ``sensor_altitude`` (m), ``ndvi``,
+        ``day_of_year``.
+    instrument : str, optional
+        Overrides the file's ``instrument`` attribute.
 
     Raises
     ------
     FileNotFoundError
         If the file does not exist.
-    ValueError
-        If the file cannot be read as netCDF (truncated or not netCDF), or the scene
-        breaks the format (see :func:`validate_scene`).
+    SceneReadError
+        A :class:`ValueError`: if the file cannot be read as netCDF (truncated or not
+        netCDF), states units that are not understood, or breaks the scene format (see
+        :func:`validate_scene`) or the geometry ranges.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"scene file not found: {path}")
     try:
         ds = xr.open_dataset(path, engine="h5netcdf")
-    except Exception as err:  # h5py raises OSError, xarray ValueError, ...
-        raise ValueError(f"cannot read {path} as netCDF-4 (truncated or not netCDF?): "
-                         f"{err}") from err
-    if validate:
-        validate_scene(ds, name=str(path))
-    return ds
-
-
-def validate_scene(ds: xr.Dataset, name: str = "scene") -> None:
-    """Check a scene against the scene format; raise ValueError listing every problem."""
-    problems = []
-    if "radiance" not in ds:
-        problems.append("no 'radiance' variable")
-    else:
-        rad = ds["radiance"]
-        if "band" not in rad.dims:
-            problems.append("'radiance' has no 'band' dimension")
-        units = rad.attrs.get("units")
-        if units is None:
-            problems.append("'radiance' has no units attribute (expected mW m-2 sr-1 nm-1)")
-        elif units not in _RADIANCE_UNITS:
-            problems.append(f"'radiance' units are {units!r}; expected mW m-2 sr-1 nm-1")
-    if "wavelength" not in ds.coords and "wavelength" not in ds:
-        problems.append("no 'wavelength' coordinate")
-    else:
-        wl = ds["wavelength"]
-        if wl.attrs.get("units") not in ("nm", "nanometer", "nanometers"):
-            problems.append(f"'wavelength' units are {wl.attrs.get('units')!r}; expected nm")
-        if wl.attrs.get("medium") not in ("air", "vacuum"):
-            problems.append("'wavelength' needs attribute medium = 'air' or 'vacuum'")
-        values = np.asarray(wl.values, dtype=np.float64)
-        if not np.all(np.isfinite(values)) or np.any(np.diff(values) <= 0):
-            problems.append("'wavelength' must be finite and strictly increasing")
-        elif values.size and (values.min() < 300 or values.max() > 2600):
-            problems.append(f"'wavelength' spans {values.min():.4g}-{values.max():.4g}; "
-                            "not a grid in nm")
-        if "radiance" in ds and "band" in ds["radiance"].dims and \
-                ds.sizes.get("band") != values.size:
-            problems.append("'wavelength' and the band dimension of 'radiance' differ in length")
-    if "fwhm" not in ds.coords and "fwhm" not in ds:
-        problems.append("no 'fwhm' coordinate")
-    inst = ds.attrs.get("instrument")
-    if inst is None:
-        problems.append("no global attribute 'instrument'")
-    elif inst not in INSTRUMENTS:
-        problems.append(f"unknown instrument {inst!r}; known: {', '.join(sorted(INSTRUMENTS))}")
-    for angle in ("sza", "vza"):
-        if angle not in ds:
-            problems.append(f"no '{angle}' variable (degrees)")
-    if problems:
-        raise ValueError(f"{name} is not a valid bayesfluo scene: " + "; ".join(problems))
+    except Exception as err:  # noqa: BLE001 - h5py raises OSError, xarray ValueError, ...
+        raise SceneReadError(f"cannot read {path} as netCDF-4 (truncated or not netCDF?): "
+                             f"{err}") from err
+    try:
+        return prepare_xarray_scene(ds, str(path), validate=validate, geometry=geometry,
+                                    instrument=instrument)
+    except BaseException:
+        ds.close()
+        raise

@@ -10,8 +10,18 @@
 * FloX-style top-of-canopy tables (``.csv``): :mod:`bayesfluo.io.flox`.
 
 Every reader raises :class:`SceneReadError` (a :class:`ValueError`) naming the file and the
-problem. What the format readers share lives in :mod:`bayesfluo.io.common`; this module only
-dispatches to them.
+problem, when the file is opened and when its lazily read arrays are loaded (a damaged
+chunk, a truncated image; see :mod:`bayesfluo.io.common`). An error a reader did not foresee
+is turned into a :class:`SceneReadError` too ("unexpected ... while reading"), so callers
+need to catch one type. What the format readers share lives in :mod:`bayesfluo.io.common`;
+this module only dispatches to them.
+
+A Zarr store must hold every chunk of its ``radiance`` (and ``irradiance``): Zarr reads a
+missing chunk as fill values (NaN), so a store with a chunk deleted would open as a
+scene with NaN pixels; it is refused instead. Stores written by
+:func:`bayesfluo.io.writers.write_zarr` hold every chunk; others whose all-NaN chunks were
+left out (``write_empty_chunks=False``) must be rewritten with
+``write_empty_chunks=True``.
 """
 
 from __future__ import annotations
@@ -21,13 +31,13 @@ from pathlib import Path
 
 import xarray as xr
 
-from bayesfluo.io.common import GEOMETRY_VARIABLES, SceneReadError, finish, geometry_array
+from bayesfluo.io.common import SceneReadError, prepare_xarray_scene
 from bayesfluo.io.desis import read_desis
 from bayesfluo.io.envi import read_envi
 from bayesfluo.io.flox import read_flox_csv
 from bayesfluo.io.netcdf import read_scene
 
-__all__ = ["open_scene", "SceneReadError", "SUPPORTED_FORMATS"]
+__all__ = ["open_scene", "SceneReadError", "SUPPORTED_FORMATS", "check_zarr_chunks"]
 
 #: What :func:`open_scene` reads, for messages and the README.
 SUPPORTED_FORMATS = (
@@ -69,20 +79,26 @@ def open_scene(path: str | os.PathLike, *, geometry: dict | None = None,
     """
     path = Path(path)
     if not path.exists():
+        if os.path.lexists(path):
+            raise SceneReadError(f"{path}: a symbolic link that leads nowhere (a missing "
+                                 "target or a loop)")
         raise FileNotFoundError(f"scene file not found: {path}")
+    try:
+        return _open(path, geometry, instrument, chunks)
+    except (SceneReadError, FileNotFoundError, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - one error type for callers, cause kept
+        raise SceneReadError(f"{path}: unexpected {type(err).__name__} while reading the "
+                             f"scene: {err}") from err
+
+
+def _open(path: Path, geometry: dict | None, instrument: str | None, chunks) -> xr.Dataset:
+    """The reader of ``path``'s kind, called."""
     kind = _kind(path)
     if kind == "netcdf":
-        try:
-            ds = read_scene(path)
-        except ValueError as err:
-            raise SceneReadError(str(err)) from err
-        return _override(ds, geometry, instrument, path)
+        return read_scene(path, geometry=geometry, instrument=instrument)
     if kind == "zarr":
-        try:
-            ds = xr.open_zarr(path, chunks=chunks)
-        except Exception as err:  # zarr raises several types for a broken store
-            raise SceneReadError(f"cannot read {path} as a Zarr scene: {err}") from err
-        return _override(ds, geometry, instrument, path)
+        return _open_zarr(path, chunks, geometry, instrument)
     if kind == "envi":
         return read_envi(path, geometry=geometry, instrument=instrument, chunks=chunks)
     if kind == "desis":
@@ -91,6 +107,56 @@ def open_scene(path: str | os.PathLike, *, geometry: dict | None = None,
         return read_flox_csv(path, geometry=geometry, instrument=instrument)
     raise SceneReadError(f"{path}: unknown scene file type; bayesfluo reads "
                          + "; ".join(SUPPORTED_FORMATS))
+
+
+def _open_zarr(path: Path, chunks, geometry: dict | None, instrument: str | None
+               ) -> xr.Dataset:
+    """A Zarr scene: every radiance chunk present (:func:`check_zarr_chunks`), variables
+    guarded and checked (:func:`bayesfluo.io.common.prepare_xarray_scene`)."""
+    try:
+        ds = xr.open_zarr(path, chunks=None)
+    except Exception as err:  # noqa: BLE001 - zarr raises several types for a broken store
+        raise SceneReadError(f"cannot read {path} as a Zarr scene: {err}") from err
+    check_zarr_chunks(path)
+    st = path.stat()
+    try:
+        return prepare_xarray_scene(ds, str(path), chunks=chunks,
+                                    token=f"{path.resolve()}-{st.st_mtime_ns}",
+                                    geometry=geometry, instrument=instrument)
+    except BaseException:
+        ds.close()
+        raise
+
+
+def check_zarr_chunks(path: str | os.PathLike,
+                      names: tuple[str, ...] = ("radiance", "irradiance")) -> None:
+    """Check that a Zarr store holds every chunk of the arrays ``names`` (those it has),
+    from the store's listing (no chunk is read).
+
+    Raises
+    ------
+    SceneReadError
+        Naming the store, the variable and how many chunks are missing.
+    """
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        for name in names:
+            if name not in group:
+                continue
+            arr = group[name]
+            have, need = arr.nchunks_initialized, arr.nchunks
+            if have < need:
+                raise SceneReadError(
+                    f"{path}: variable {name!r} has {need - have} of its {need} chunks "
+                    "missing from the Zarr store (deleted or never written); they would "
+                    "read as NaN. If they were left out on purpose as all-NaN chunks, "
+                    "rewrite the store with write_empty_chunks=True")
+    except SceneReadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zarr raises several types for a broken store
+        raise SceneReadError(f"cannot read {path} as a Zarr scene: {err}") from err
 
 
 def _kind(path: Path) -> str | None:
@@ -113,21 +179,3 @@ def _kind(path: Path) -> str | None:
     if path.with_suffix(".hdr").exists() or Path(str(path) + ".hdr").exists():
         return "envi"
     return None
-
-
-def _override(ds: xr.Dataset, geometry: dict | None, instrument: str | None,
-              path: Path) -> xr.Dataset:
-    """Apply user geometry / instrument to a scene read from netCDF or Zarr, validate."""
-    if instrument is not None:
-        ds = ds.assign_attrs(instrument=instrument)
-    ny = ds.sizes.get("y", ds.sizes.get("time"))
-    nx = ds.sizes.get("x")
-    for key, value in (geometry or {}).items():
-        if key == "day_of_year":
-            ds = ds.assign_attrs(day_of_year=int(value))
-        elif key in GEOMETRY_VARIABLES or key == "ndvi":
-            ds[key] = geometry_array(key, value, ny, nx, str(path))
-        else:
-            raise SceneReadError(f"{path}: unknown geometry key {key!r} (known: "
-                                 f"{', '.join(GEOMETRY_VARIABLES)}, ndvi, day_of_year)")
-    return finish(ds, str(path))

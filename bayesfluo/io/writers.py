@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from bayesfluo.io.atomic import atomic_path, to_netcdf_atomically
+from bayesfluo.io.atomic import atomic_path, plain_attrs, to_netcdf_atomically
 
 __all__ = ["FORMATS", "output_format", "scene_crs", "georeference", "atomic_dir",
            "write_netcdf", "write_zarr", "write_geotiff", "write_result",
@@ -202,11 +202,14 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, chunk_rows: int | None
 def write_zarr(ds: xr.Dataset, path: str | os.PathLike, chunk_rows: int | None = 256) -> Path:
     """Write a Dataset to a Zarr store atomically (a temporary directory, renamed when
     complete): Zarr format 2, Blosc-zstd level 3 with byte shuffle, chunks of
-    ``chunk_rows`` image rows, consolidated metadata."""
+    ``chunk_rows`` image rows, consolidated metadata. Every chunk is written, all-NaN
+    ones too, so that a reader can tell a missing chunk from an empty one
+    (:func:`bayesfluo.io.readers.check_zarr_chunks`); NumPy scalars and strings in
+    attributes are written as plain values."""
     with atomic_dir(path) as tmp:
-        ds = _clear_encoding(ds)
+        ds = plain_attrs(_clear_encoding(ds))
         ds.to_zarr(tmp, mode="w", encoding=zarr_encoding(ds, chunk_rows), zarr_format=2,
-                   consolidated=True)
+                   consolidated=True, write_empty_chunks=True)
     return Path(path)
 
 
@@ -220,7 +223,9 @@ def zarr_encoding(ds: xr.Dataset, chunk_rows: int | None) -> dict:
     enc = {}
     for name, var in ds.variables.items():
         if var.ndim:
-            enc[name] = {**_kept(var), "compressors": (comp,),
+            # "coordinates" is an attribute xarray writes itself; zarr refuses it as encoding
+            kept = {k: v for k, v in _kept(var).items() if k != "coordinates"}
+            enc[name] = {**kept, "compressors": (comp,),
                           "chunks": _chunks(var, chunk_rows)}
             if var.dtype.kind in "iu":
                 # integer flags have a value at every pixel: no fill value (Zarr's default

@@ -42,7 +42,8 @@ from bayesfluo.physics.solar import solar_irradiance, solar_range_air_nm
 from bayesfluo.physics.standard_atmosphere import us1976
 from bayesfluo.physics.surface import SifParams
 
-__all__ = ["Geometry", "ForwardModel", "BandOperator", "FineTerms", "build_forward_model",
+__all__ = ["bands_on_fine_grid", "Geometry", "ForwardModel", "BandOperator", "FineTerms",
+           "build_forward_model",
            "fine_terms", "windows", "response", "integrate_bands", "radiance_from_terms",
            "operator_from_terms",
            "radiance_fine", "radiance_exact", "irradiance_exact", "band_operator",
@@ -105,21 +106,75 @@ class ForwardModel(eqx.Module):
         return int(self.basis_fine.shape[1])
 
 
+def bands_on_fine_grid(instrument: str | Instrument, band_centre_nm, band_fwhm_nm,
+                       fine_step_nm: float | None = None) -> np.ndarray:
+    """Which bands of an own grid (centres, FWHM, nm) the instrument's nominal fine grid
+    holds with their whole response windows (at the largest shift and FWHM scale the
+    model allows): bool per band. Bands at the window's ends of a grid shifted outwards
+    or widened do not fit and are left out."""
+    inst = get_instrument(instrument)
+    step = fine_step_nm or inst.fine_step_nm
+    centres, fwhm = inst.band_centres(), inst.band_fwhm()
+    max_shift = MAX_SHIFT_FWHM * fwhm.max()
+    margin = 4.0 * fwhm.max() * MAX_FWHM_SCALE * sensor.FWHM_TO_SIGMA + max_shift + 2 * step
+    # the fine grid and the response windows exactly as build_forward_model lays them out
+    n = int(np.ceil((centres[-1] - centres[0] + 2 * margin) / step)) + 1
+    fine0 = centres[0] - margin
+    c = np.asarray(band_centre_nm, np.float64)
+    w = np.broadcast_to(np.asarray(band_fwhm_nm, np.float64), c.shape)
+    half = 4.0 * np.max(w) * MAX_FWHM_SCALE * sensor.FWHM_TO_SIGMA + max_shift
+    taps = int(np.ceil(2 * half / step)) + 1
+    start = np.round((c - half - fine0) / step)
+    return (start >= 0) & (start + taps <= n)
+
+
 def build_forward_model(instrument: str | Instrument, fine_step_nm: float | None = None,
-                        n_basis: int | None = None) -> ForwardModel:
+                        n_basis: int | None = None, *, band_centre_nm=None,
+                        band_fwhm_nm=None) -> ForwardModel:
     """Precompute the solar spectrum, O2 table, response windows and spline basis.
 
     The O2 table is cached on disk after the first call (see :mod:`bayesfluo.physics.o2`).
 
+    Parameters
+    ----------
+    instrument : str or Instrument
+    fine_step_nm : float, optional
+        Step of the fine grid (nm; default the instrument's).
+    n_basis : int, optional
+        B-spline reflectance basis size (default the instrument's).
+    band_centre_nm, band_fwhm_nm : array_like, optional
+        A band grid of the instrument's own (a scene's calibrated band centres and FWHM,
+        air, nm; increasing centres, any spacing, bands may be missing) in place of the
+        nominal one. The fine grid and the reflectance basis stay those of the nominal
+        grid, so the latents (and a guide's outputs) mean the same on every grid; the
+        bands must lie inside the nominal window (+- half a nominal band).
+
     Raises
     ------
     ValueError
-        If the instrument is unknown or its window lies outside the shipped solar spectrum.
+        If the instrument is unknown, its window lies outside the shipped solar spectrum
+        or a given band grid leaves the nominal window.
     """
     inst = get_instrument(instrument)
     step = fine_step_nm or inst.fine_step_nm
     centres = inst.band_centres()
     fwhm = inst.band_fwhm()
+    own = None
+    if band_centre_nm is not None:
+        own = np.asarray(band_centre_nm, np.float64)
+        own_fwhm = (np.broadcast_to(np.asarray(band_fwhm_nm, np.float64), own.shape)
+                    if band_fwhm_nm is not None else np.interp(own, centres, fwhm))
+        half = 0.5 * float(np.median(np.diff(centres)))
+        if (own.ndim != 1 or own.size < 4 or np.any(np.diff(own) <= 0)
+                or not np.all(np.isfinite(own))):
+            raise ValueError("band centres must be 1-D, finite, strictly increasing, >= 4")
+        if own[0] < centres[0] - half or own[-1] > centres[-1] + half:
+            raise ValueError(
+                f"bands {own[0]:.2f}-{own[-1]:.2f} nm leave the {inst.name} window "
+                f"{centres[0]:.2f}-{centres[-1]:.2f} nm")
+        if not np.all((own_fwhm > 0) & (own_fwhm <= 1.5 * fwhm.max())):
+            raise ValueError(f"band FWHM must lie in (0, {1.5 * fwhm.max():.3g}] nm for "
+                             f"{inst.name}, got {own_fwhm.min():.3g}-{own_fwhm.max():.3g}")
     if centres.size < 4:
         raise ValueError(f"instrument {inst.name} has only {centres.size} bands in its window")
     max_shift = MAX_SHIFT_FWHM * fwhm.max()
@@ -133,8 +188,10 @@ def build_forward_model(instrument: str | Instrument, fine_step_nm: float | None
     n = int(np.ceil((centres[-1] - centres[0] + 2 * margin) / step)) + 1
     fine = centres[0] - margin + step * np.arange(n)
     table = o2_table(fine)
-    start, taps, stride = sensor.tap_layout(fine, centres, fwhm, max_shift, MAX_FWHM_SCALE)
     knots = surface.bspline_knots(fine[0], fine[-1], n_basis or inst.n_basis)
+    if own is not None:
+        centres, fwhm = own, own_fwhm
+    start, taps, stride = sensor.tap_layout(fine, centres, fwhm, max_shift, MAX_FWHM_SCALE)
     basis_band = np.stack([surface.bspline_basis(centres, knots, d) / (1.0, 1.0, 2.0)[d]
                            for d in range(3)])
     f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)  # noqa: E731

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["plot_error_maps", "posterior_mean_fit", "plot_spectral_fit",
            "plot_convergence", "plot_guide_vs_nuts", "plot_rank_ecdf",
-           "plot_coverage_levels", "plot_training", "pick_pixels"]
+           "plot_coverage_levels", "plot_training", "pick_pixels", "plot_f760_series"]
 
 
 def _plt():
@@ -36,7 +36,9 @@ def pick_pixels(result: xr.Dataset, n: int = 3) -> list[tuple[int, int]]:
     """Sample pixels (y, x) of a retrieval with usable input: the highest, the median and
     the lowest posterior mean of F760 (the ends of the range and its middle)."""
     m = result["f760_mean"].values
-    ok = np.isfinite(m) & ((result["quality_flag"].values & 1) == 0)
+    ok = np.isfinite(m)
+    if "quality_flag" in result:
+        ok &= (result["quality_flag"].values.astype(int) & 1) == 0
     if not ok.any():
         return []
     idx = np.flatnonzero(ok.ravel())
@@ -53,7 +55,8 @@ def pick_pixels(result: xr.Dataset, n: int = 3) -> list[tuple[int, int]]:
 def plot_error_maps(result: xr.Dataset, scene: xr.Dataset | None = None):
     """Maps of the quality flag and ``fit_chi2`` and, with a scene's truth, of the error
     of the posterior mean (mean - truth, mW m-2 sr-1 nm-1) and the standardised error
-    (mean - truth) / sd."""
+    (mean - truth) / sd; each panel where its variables are there (``None`` when none
+    is, e.g. GeoTIFF maps of the mean alone)."""
     plt = _plt()
     panels = []
     if scene is not None and "true_f760" in scene:
@@ -61,14 +64,18 @@ def plot_error_maps(result: xr.Dataset, scene: xr.Dataset | None = None):
         lim = float(np.nanpercentile(np.abs(err), 99)) or 1.0
         panels.append((err, "posterior mean - true F760", "RdBu_r", (-lim, lim),
                        "mW m-2 sr-1 nm-1"))
-        z = err / result["f760_sd"].values
-        panels.append((z, "(mean - truth) / sd", "RdBu_r", (-4, 4), "1"))
+        if "f760_sd" in result:
+            z = err / result["f760_sd"].values
+            panels.append((z, "(mean - truth) / sd", "RdBu_r", (-4, 4), "1"))
     if "fit_chi2" in result:
         c2 = result["fit_chi2"].values
         panels.append((np.log10(c2), "log10 fit_chi2 (reduced chi-square)", "magma",
                        (float(np.nanmin(np.log10(c2))), float(np.nanmax(np.log10(c2)))), "1"))
-    panels.append((result["quality_flag"].values.astype(float), "quality_flag (bits)",
-                   "tab10", (0, 9), "1"))
+    if "quality_flag" in result:
+        panels.append((result["quality_flag"].values.astype(float), "quality_flag (bits)",
+                       "tab10", (0, 9), "1"))
+    if not panels:
+        return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.4), squeeze=False)
     for ax, (v, title, cmap, lim, units) in zip(axes[0], panels, strict=True):
         im = ax.imshow(v, cmap=cmap, vmin=lim[0], vmax=lim[1], interpolation="nearest")
@@ -76,6 +83,52 @@ def plot_error_maps(result: xr.Dataset, scene: xr.Dataset | None = None):
         ax.set_xticks([])
         ax.set_yticks([])
         fig.colorbar(im, ax=ax, shrink=0.85, label=units)
+    fig.tight_layout()
+    return fig
+
+
+def plot_f760_series(time, mean, lower=None, upper=None, truth=None,
+                     title: str = "F760 posterior"):
+    """F760 of a top-of-canopy time series (a tower such as FloX) against time: the
+    posterior mean, its 90 % interval as a band (where ``lower`` and ``upper`` are
+    given) and the truth of a simulated scene (where given).
+
+    Parameters
+    ----------
+    time : array-like
+        (T,) times (datetime64) or time-step indices.
+    mean : array-like
+        (T,) posterior mean of F760, mW m-2 sr-1 nm-1.
+    lower, upper : array-like, optional
+        (T,) ends of the 90 % interval.
+    truth : array-like, optional
+        (T,) true F760.
+    title : str
+        Title of the axes.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _plt()
+    t = np.asarray(time)
+    order = np.argsort(t, kind="stable")
+    t = t[order]
+    fig, ax = plt.subplots(figsize=(8.0, 3.4))
+    marker = "o" if t.size <= 60 else None
+    if lower is not None and upper is not None:
+        ax.fill_between(t, np.asarray(lower, float)[order], np.asarray(upper, float)[order],
+                        color="C0", alpha=0.25, lw=0, label="90 % interval")
+    ax.plot(t, np.asarray(mean, float)[order], color="C0", marker=marker, ms=3, lw=1.0,
+            label="posterior mean")
+    if truth is not None:
+        ax.plot(t, np.asarray(truth, float)[order], color="k", ls="--", marker=marker, ms=3,
+                lw=0.8, label="truth")
+    ax.set_xlabel("time" if np.issubdtype(t.dtype, np.datetime64) else "time step")
+    ax.set_ylabel("F760 (mW m-2 sr-1 nm-1)")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -123,7 +176,7 @@ def posterior_mean_fit(scene: xr.Dataset, guide, pixels: list[tuple[int, int]],
     chunks = {}
     for pr0 in sorted({w[0] for w in where}):  # only the chunks of the pixels
         d = chunk_inputs(scene, pr0, plan, r, opt)
-        q, _, _ = r.chunk_maps(d, opt.ood_sigma, opt.min_patch_pixels,
+        q, _, _, _ = r.chunk_maps(d, opt.ood_sigma, opt.min_patch_pixels,
                                opt.refine_batch if opt.refine else None)
         p = d.patches
         pred = r.predict(q, p)
@@ -162,10 +215,14 @@ def plot_spectral_fit(fit: dict, labels: list[str] | None = None):
 
 def plot_convergence(conv: xr.Dataset, rhat_max: float = 1.01, ess_min: float = 400):
     """Histograms of per-pixel split R-hat (of F760 and the worst over the pixel's and its
-    patch's latents) and bulk and tail ESS of F760, with the thresholds."""
+    patch's latents) and bulk and tail ESS of F760, with the thresholds; those with no
+    finite value are left out (``None`` when none is left)."""
     plt = _plt()
     panels = [(v, t) for v, t in (("r_hat", rhat_max), ("r_hat_max", rhat_max),
-                                  ("ess_bulk", ess_min), ("ess_tail", ess_min)) if v in conv]
+                                  ("ess_bulk", ess_min), ("ess_tail", ess_min))
+              if v in conv and np.isfinite(conv[v].values).any()]  # R-hat: NaN, 1 chain
+    if not panels:
+        return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
     for ax, (v, thr) in zip(axes[0], panels, strict=True):
         x = np.asarray(conv[v].values, float)

@@ -2,13 +2,16 @@
 
 A run is one of three files, told apart by their content:
 
-- a **retrieval** result (``bayesfluo retrieve`` / ``demo``: ``f760_mean`` ... over y, x);
+- a **retrieval** result (``bayesfluo retrieve`` / ``demo``: ``f760_mean`` ... over y, x,
+  or over time for a tower), as netCDF, Zarr or GeoTIFF maps (``.tif``: only the maps
+  written, without the result's attributes; the report says what is missing);
 - a **NUTS** reference run (``bayesfluo nuts``: a DataTree with a ``posterior`` group);
 - a **validation** run (:func:`bayesfluo.diagnostics.sbc.validate`, as committed in
   ``docs/validation/<instrument>_validation.nc``: SBC ranks and interval hits per pixel).
 
 Sections, each present when its inputs are: summary table of checks against stated
-thresholds; F760 mean and sd maps (truth and error with a simulated scene); spectral fits
+thresholds; F760 mean and sd maps (truth and error with a simulated scene), or for a
+top-of-canopy time series (FloX) the F760 mean and 90 % interval against time; spectral fits
 and residuals of sample pixels (retrieval with its scene and model; NUTS from its
 posterior predictive); NUTS diagnostics (R-hat, ESS, divergences, trace and rank plots);
 guide versus NUTS (a validation run with a model, or a NUTS run with its scene and a
@@ -53,7 +56,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-top:.6em}
 table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em}
 th{background:#f3f3f3;text-align:left}.pass{background:#dff3df}.fail{background:#f8d7d7}
-.info{background:#eef}figure{margin:.8em 0}figcaption{font-size:.85em;color:#444}
+.info{background:#eef}.note{color:#754}figure{margin:.8em 0}figcaption{font-size:.85em;color:#444}
 img{max-width:100%;height:auto}.meta{font-size:.85em;color:#555}
 """
 
@@ -81,6 +84,8 @@ class _Section:
     def figure(self, fig, caption: str) -> None:
         import matplotlib.pyplot as plt
 
+        if fig is None:  # nothing to draw (the run lacks what the figure shows)
+            return
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
         plt.close(fig)
@@ -112,7 +117,47 @@ def run_kind(run: xr.Dataset | xr.DataTree) -> str:
                      "DataTree (posterior group) or a validation run (rank_*, hit_f760)")
 
 
+_TIFF = (".tif", ".tiff")
+
+
+def _open_geotiff(path: Path) -> xr.Dataset:
+    """A retrieval's GeoTIFF maps as a Dataset over (y, x), one variable per band (named
+    by the band descriptions :func:`bayesfluo.io.writers.write_geotiff` writes). With
+    ``--separate-maps`` the maps are ``<stem>_<variable>.tif``: given ``<stem>.tif`` that
+    does not exist, those files are read together."""
+    import rioxarray
+
+    files = [path] if path.is_file() else sorted(
+        path.parent.glob(f"{path.stem}_*{path.suffix}"))
+    if not files:
+        raise FileNotFoundError(f"no run file at {path} (nor maps {path.stem}_*"
+                                f"{path.suffix} beside it)")
+    out = xr.Dataset()
+    for f in files:
+        try:
+            da = rioxarray.open_rasterio(f, masked=True).load()
+        except Exception as err:  # rasterio raises its own error classes
+            raise ValueError(f"cannot read {f} as GeoTIFF: {err}") from err
+        names = da.attrs.get("long_name")
+        names = (names,) if isinstance(names, str) else tuple(names or ())
+        if len(names) != da.sizes["band"]:
+            raise ValueError(f"{f}: its bands carry no variable names (band "
+                             "descriptions); not a bayesfluo result")
+        for i, name in enumerate(names):
+            v = da.isel(band=i, drop=True).drop_vars("spatial_ref", errors="ignore")
+            v.attrs = {}
+            if name == "quality_flag":
+                # flags are written as float32 (nodata NaN): back to integer bits; a
+                # missing value counts as masked input
+                v = v.fillna(1).astype(np.int32)
+            out[str(name)] = v
+    out.attrs["format"] = "GeoTIFF"
+    return out
+
+
 def _open_run(path: Path):
+    if path.suffix.lower() in _TIFF:
+        return _open_geotiff(path)
     zarr = path.suffix == ".zarr" and path.is_dir()
     if not (path.is_file() or zarr):
         raise FileNotFoundError(f"no run file at {path}")
@@ -177,6 +222,10 @@ def _convergence_checks(conv: xr.Dataset, divergences: int) -> list[Check]:
                      ("r_hat_max", "worst R-hat of the pixel's and its patch's latents")):
         if v in conv:
             x = conv[v].values
+            if not np.isfinite(x).any():
+                out.append(Check(label, f"undefined on all {x.size} pixels (one chain?)",
+                                 f"<= {r} on every pixel", "fail"))
+                continue
             out.append(Check(label, f"max {np.nanmax(x):.4f}; {np.mean(x <= r):.1%} of "
                              f"{x.size} pixels <= {r}", f"<= {r} on every pixel",
                              "pass" if np.all(x <= r) else "fail"))
@@ -209,53 +258,112 @@ def _history(model_dir: Path | None):
 
 # --- sections ---------------------------------------------------------------------------
 
-def _retrieval_sections(res: xr.Dataset, scene, model_dir, checks, secs) -> None:
+#: Variables of a retrieval result the report uses beyond ``f760_mean``
+_RETRIEVAL_VARS = ("f760_sd", "f760_q05", "f760_q95", "quality_flag", "fit_chi2",
+                   "f760_draws")
+
+
+def _interval_vars(res) -> tuple[str, str] | None:
+    for lo, hi in (("f760_lo90", "f760_hi90"), ("f760_q05", "f760_q95")):
+        if lo in res and hi in res:
+            return lo, hi
+    return None
+
+
+def _is_series(da: xr.DataArray) -> bool:
+    """Whether a per-pixel variable is a top-of-canopy time series (no (y, x) image)."""
+    return "y" not in da.dims or "x" not in da.dims
+
+
+def _retrieval_sections(res: xr.Dataset, scene, model_dir, checks, secs,
+                        notes: list[str]) -> None:
     from bayesfluo.report.figures import (
         pick_pixels,
         plot_error_maps,
+        plot_f760_series,
         plot_spectral_fit,
         posterior_mean_fit,
     )
     from bayesfluo.report.plotting import plot_retrieval
     from bayesfluo.retrieval.api import QUALITY_FLAGS
 
+    missing = [v for v in _RETRIEVAL_VARS if v not in res]
+    if res.attrs.get("format") == "GeoTIFF":
+        ask = [w for w, have in (("--scene", scene is not None),
+                                 ("--model", model_dir is not None)) if not have]
+        notes.append("GeoTIFF maps: " + ", ".join(res.data_vars) + "."
+                     + (f" Not in them: {', '.join(missing)}." if missing else "")
+                     + " A GeoTIFF keeps none of the result's attributes (scene, model, "
+                     "options)" + (f": give {' and '.join(ask)} for the truth, spectral "
+                                   "fits and training curve." if ask else ".")
+                     + " The netCDF or Zarr result holds every variable.")
+    elif missing:
+        notes.append(f"not in the result: {', '.join(missing)}; the checks and figures "
+                     "that need them are left out"
+                     + (" (draws: bayesfluo retrieve --draws N)." if "f760_draws" in missing
+                        else "."))
     has_truth = scene is not None and "true_f760" in scene
     if has_truth and scene["true_f760"].shape != res["f760_mean"].shape:
         raise ValueError(f"the scene's true_f760 {scene['true_f760'].shape} does not match "
                          f"the result's pixels {res['f760_mean'].shape}")
-    flag = res["quality_flag"].values
-    usable = (flag & QUALITY_FLAGS["masked_input"]) == 0
-    bad = (flag & (QUALITY_FLAGS["poor_fit"] | QUALITY_FLAGS["out_of_distribution"])) != 0
-    frac = float(np.mean(bad[usable])) if usable.any() else float("nan")
-    counts = ", ".join(f"{n} {int(np.sum((flag & b) != 0))}" for n, b in QUALITY_FLAGS.items())
-    checks.append(Check("usable pixels flagged poor_fit or out_of_distribution",
-                        f"{frac:.1%} of {int(usable.sum())} ({counts})",
-                        f"<= {THRESHOLDS['flagged_max']:.0%}",
-                        "pass" if frac <= THRESHOLDS["flagged_max"] else "fail"))
-    s = secs.setdefault("maps", _Section("maps", "F760 posterior maps"))
-    s.figure(plot_retrieval(res, scene if has_truth else None),
-             "F760 posterior mean and sd" + (", truth, and mean with 90 % interval against "
-                                             "truth" if has_truth else ", quality flag"))
-    s.figure(plot_error_maps(res, scene if has_truth else None),
-             ("error and standardised error of the posterior mean, " if has_truth else "")
-             + "fit quality (fit_chi2) and quality flag bits "
-             + ", ".join(f"{b} {n}" for n, b in QUALITY_FLAGS.items()))
+    mean = res["f760_mean"].values
+    if "quality_flag" in res:
+        flag = res["quality_flag"].values.astype(int)
+        usable = (flag & QUALITY_FLAGS["masked_input"]) == 0
+        bad = (flag & (QUALITY_FLAGS["poor_fit"] | QUALITY_FLAGS["out_of_distribution"])
+               ) != 0
+        frac = float(np.mean(bad[usable])) if usable.any() else float("nan")
+        counts = ", ".join(f"{n} {int(np.sum((flag & b) != 0))}"
+                           for n, b in QUALITY_FLAGS.items())
+        checks.append(Check("usable pixels flagged poor_fit or out_of_distribution",
+                            f"{frac:.1%} of {int(usable.sum())} ({counts})",
+                            f"<= {THRESHOLDS['flagged_max']:.0%}",
+                            "pass" if frac <= THRESHOLDS["flagged_max"] else "fail"))
+    else:
+        usable = np.isfinite(mean)
+    iv = _interval_vars(res)
+    if _is_series(res["f760_mean"]):
+        # a tower's time series: F760 against time, no image maps
+        s = secs.setdefault("series", _Section("series", "F760 time series"))
+        tdim = res["f760_mean"].dims[0]
+        t = res[tdim].values if tdim in res.coords else np.arange(mean.size)
+        s.figure(plot_f760_series(t, mean, *((res[iv[0]].values, res[iv[1]].values)
+                                             if iv else (None, None)),
+                                  scene["true_f760"].values if has_truth else None,
+                                  "retrieval"),
+                 "F760 posterior mean" + (" and 90 % interval" if iv else "")
+                 + (" against time, with the truth" if has_truth else " against time"))
+    else:
+        s = secs.setdefault("maps", _Section("maps", "F760 posterior maps"))
+        s.figure(plot_retrieval(res, scene if has_truth else None),
+                 "F760 posterior mean" + (" and sd" if "f760_sd" in res else "")
+                 + (", truth, and mean with 90 % interval against truth" if has_truth
+                    else (", quality flag" if "quality_flag" in res else "")))
+        fig = plot_error_maps(res, scene if has_truth else None)
+        if fig is not None:
+            s.figure(fig, ("error and standardised error of the posterior mean, "
+                           if has_truth else "")
+                     + "fit quality (fit_chi2) and quality flag bits "
+                     + ", ".join(f"{b} {n}" for n, b in QUALITY_FLAGS.items()))
     if has_truth:
         t = scene["true_f760"].values
-        good = usable & np.isfinite(res["f760_mean"].values)
-        e = res["f760_mean"].values[good] - t[good]
+        good = usable & np.isfinite(mean)
+        e = mean[good] - t[good]
         rmse = float(np.sqrt(np.mean(e ** 2)))
         checks.append(Check("F760 RMSE of the posterior mean (usable pixels)",
                             f"{rmse:.3f} mW m-2 sr-1 nm-1 (bias {np.mean(e):+.3f})",
                             f"<= {THRESHOLDS['rmse_max']} (FLEX requirement)",
                             "pass" if rmse <= THRESHOLDS["rmse_max"] else "fail"))
-        hits = ((t >= res["f760_q05"].values) & (t <= res["f760_q95"].values))[good]
-        checks.append(_coverage_check(hits, "90 % interval of F760 holds the truth",
-                                      THRESHOLDS["alpha"]))
+        if iv:
+            lo, hi = iv
+            hits = ((t >= res[lo].values) & (t <= res[hi].values))[good]
+            checks.append(_coverage_check(hits, "90 % interval of F760 holds the truth"
+                                          + (" (shortest interval)" if lo == "f760_lo90"
+                                             else ""), THRESHOLDS["alpha"]))
         if "f760_draws" in res:
             draws = res["f760_draws"].values[good]           # (n, draw)
             _calibration_from_draws(t[good], draws, secs, "guide draws of the retrieval")
-    if scene is not None and model_dir is not None:
+    if scene is not None and model_dir is not None and not _is_series(res["f760_mean"]):
         from bayesfluo.inference.guide import load_guide
         guide = load_guide(model_dir)
         pix = pick_pixels(res)
@@ -263,8 +371,7 @@ def _retrieval_sections(res: xr.Dataset, scene, model_dir, checks, secs) -> None
             from bayesfluo.retrieval.api import RetrieveOptions
             refined = "refined" in str(res.attrs.get("posterior", ""))
             fit = posterior_mean_fit(scene, guide, pix, RetrieveOptions(refine=refined))
-            m = res["f760_mean"].values
-            labels = [f"y={y}, x={x}, F760 {m[y, x]:.2f}" for y, x in pix]
+            labels = [f"y={y}, x={x}, F760 {mean[y, x]:.2f}" for y, x in pix]
             f = secs.setdefault("fits", _Section("fits", "Spectral fits of sample pixels"))
             f.figure(plot_spectral_fit(fit, labels),
                      "radiance of the pixels with the highest, median and lowest posterior "
@@ -290,9 +397,15 @@ def _calibration_from_draws(truth, draws, secs, what: str) -> None:
              f"rate {THRESHOLDS['alpha']:g} (pixels treated as independent)")
 
 
-def _nuts_sections(dt: xr.DataTree, scene, model_dir, checks, secs) -> None:
+def _scene_series(scene) -> bool:
+    """Whether a scene is a top-of-canopy time series (radiance over time, no image)."""
+    return scene is not None and "y" not in scene["radiance"].dims
+
+
+def _nuts_sections(dt: xr.DataTree, scene, model_dir, checks, secs,
+                   notes: list[str]) -> None:
     from bayesfluo.report.diagnostic_plots import plot_residuals, plot_trace_rank
-    from bayesfluo.report.figures import plot_convergence
+    from bayesfluo.report.figures import plot_convergence, plot_f760_series
 
     conv = dt["convergence"].to_dataset()
     div = int(dt["sample_stats"]["diverging"].sum().item())
@@ -307,7 +420,11 @@ def _nuts_sections(dt: xr.DataTree, scene, model_dir, checks, secs) -> None:
            "tree depth.")
     n.figure(plot_convergence(conv, THRESHOLDS["rhat_max"], THRESHOLDS["ess_min"]),
              "per-pixel split R-hat and ESS of F760 (red line: threshold)")
-    worst = int(np.nanargmax(conv["r_hat"].values))
+    r_hat = conv["r_hat"].values
+    if post.sizes["chain"] < 2:
+        notes.append("one chain: R-hat needs several chains (bayesfluo nuts --chains), so "
+                     "the R-hat checks cannot pass.")
+    worst = int(np.nanargmax(r_hat)) if np.isfinite(r_hat).any() else 0
     n_pix = post.sizes["pixel"]
     picks = list(dict.fromkeys([worst, 0, n_pix - 1, 1, n_pix - 2]))[:min(3, n_pix)]
     for i in picks:
@@ -322,11 +439,34 @@ def _nuts_sections(dt: xr.DataTree, scene, model_dir, checks, secs) -> None:
         f.figure(plot_residuals(dt, pixels=tuple(picks[:2])),
                  "observed radiance and posterior-predictive mean (dashed); residual in "
                  "units of the predictive sd, pixels " + ", ".join(map(str, picks[:2])))
-    if scene is not None and "true_f760" in scene and "constant_data" in dt.children:
+    tower = (_scene_series(scene) or "time series" in str(dt.attrs.get("layout", ""))
+             or (scene is not None and "true_f760" in scene
+                 and _is_series(scene["true_f760"])))
+    draws = post["f760"].transpose(..., "pixel").values.reshape(-1, post.sizes["pixel"]).T
+    has_cd = "constant_data" in dt.children
+
+    def at(values: np.ndarray) -> np.ndarray:
+        """A scene's per-pixel values at the run's pixels (time steps of a tower)."""
         yy = dt["constant_data"]["y"].values
-        xx = dt["constant_data"]["x"].values
-        truth = scene["true_f760"].values[yy, xx]
-        draws = post["f760"].values.reshape(-1, yy.size).T
+        return values[yy] if tower else values[yy, dt["constant_data"]["x"].values]
+
+    if tower:
+        # a top-of-canopy time series: F760 against time instead of maps
+        steps = dt["constant_data"]["y"].values if has_cd else np.arange(draws.shape[0])
+        t = steps
+        if scene is not None and "time" in scene.coords and has_cd:
+            t = scene["time"].values[steps]
+        truth_t = (at(scene["true_f760"].values) if has_cd and scene is not None
+                   and "true_f760" in scene else None)
+        q05, q95 = np.quantile(draws, [0.05, 0.95], axis=1)
+        ts = secs.setdefault("series", _Section("series", "F760 time series"))
+        ts.figure(plot_f760_series(t, draws.mean(1), q05, q95, truth_t, "NUTS posterior"),
+                  "NUTS posterior mean of F760 and its central 90 % interval against "
+                  "time" + (", with the scene's truth" if truth_t is not None else "")
+                  + ("" if scene is not None and "time" in scene.coords
+                     else " (time-step index: give --scene for times)"))
+    if scene is not None and "true_f760" in scene and has_cd:
+        truth = at(scene["true_f760"].values)
         hits = ((truth >= np.quantile(draws, 0.05, 1)) & (truth <= np.quantile(draws, 0.95, 1)))
         checks.append(_coverage_check(hits, "90 % NUTS interval of F760 holds the scene's "
                                       "truth", THRESHOLDS["alpha"]))
@@ -337,8 +477,8 @@ def _nuts_sections(dt: xr.DataTree, scene, model_dir, checks, secs) -> None:
             from bayesfluo.retrieval.api import retrieve
             g = retrieve(scene, load_guide(model_dir), progress=False)
             nm, ns = draws.mean(1), draws.std(1, ddof=1)
-            gm = g["f760_mean"].values[yy, xx]
-            gs = g["f760_sd"].values[yy, xx]
+            gm = at(g["f760_mean"].values)
+            gs = at(g["f760_sd"].values)
             cmp = xr.Dataset({"nuts_mean": ("pixel", nm), "nuts_sd": ("pixel", ns),
                               "guide_mean": ("pixel", gm), "guide_sd": ("pixel", gs),
                               "ndvi": ("pixel", dt["constant_data"]["ndvi"].values),
@@ -432,11 +572,11 @@ def _training_section(model_dir, secs) -> None:
              "(thick), and the gradient norm; one colour per phase")
 
 
-_ORDER = ("summary", "maps", "fits", "nuts", "guide", "calibration", "training")
+_ORDER = ("summary", "series", "maps", "fits", "nuts", "guide", "calibration", "training")
 
 
 def _render(title: str, meta: list[tuple[str, str]], checks: list[Check],
-            secs: dict[str, _Section]) -> str:
+            secs: dict[str, _Section], notes: list[str] = ()) -> str:
     rows = "".join(
         f'<tr class="{c.status}"><td>{html.escape(c.name)}</td><td>{html.escape(c.value)}'
         f"</td><td>{html.escape(c.threshold)}</td><td>{c.status}</td></tr>" for c in checks)
@@ -446,7 +586,9 @@ def _render(title: str, meta: list[tuple[str, str]], checks: list[Check],
     n_fail = sum(c.status == "fail" for c in checks)
     summary = (f'<section id="summary"><h2>Summary</h2><table class="meta">{head}</table>'
                f"<p>{len(checks) - n_fail} of {len(checks)} checks pass"
-               f"{'' if not n_fail else f'; {n_fail} fail'}.</p><table><tr><th>check</th>"
+               f"{'' if not n_fail else f'; {n_fail} fail'}.</p>"
+               + "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+               + "<table><tr><th>check</th>"
                f"<th>value</th><th>threshold</th><th>status</th></tr>{rows}</table></section>")
     body = [summary] + [f'<section id="{k}"><h2>{html.escape(secs[k].title)}</h2>'
                         + "".join(secs[k].parts) + "</section>"
@@ -491,10 +633,11 @@ def write_report(run_path: str | Path, out: str | Path | None = None, scene=None
     model_dir, model_note = _find_model(run, kind, model)
     checks: list[Check] = []
     secs: dict[str, _Section] = {}
+    notes: list[str] = []
     if kind == "retrieval":
-        _retrieval_sections(run, scn, model_dir, checks, secs)
+        _retrieval_sections(run, scn, model_dir, checks, secs, notes)
     elif kind == "nuts":
-        _nuts_sections(run, scn, model_dir, checks, secs)
+        _nuts_sections(run, scn, model_dir, checks, secs, notes)
     else:
         _validation_sections(run, model_dir, checks, secs)
     _training_section(model_dir, secs)
@@ -503,7 +646,7 @@ def write_report(run_path: str | Path, out: str | Path | None = None, scene=None
             ("instrument", str(run.attrs.get("instrument", ""))),
             ("created", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())),
             ("bayesfluo", __version__)]
-    text = _render(f"bayesfluo report: {run_path.name}", meta, checks, secs)
+    text = _render(f"bayesfluo report: {run_path.name}", meta, checks, secs, notes)
     with atomic_path(out) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
     return out

@@ -81,7 +81,9 @@ def plot_scene(ds: xr.Dataset, path: str | Path | None = None, dpi: int = 110):
 def plot_retrieval(result: xr.Dataset, truth: xr.Dataset | None = None,
                    path: str | Path | None = None, dpi: int = 110):
     """Posterior maps of F760 (mean and sd), beside the truth of a simulated scene, and
-    the posterior mean against truth with 90 % intervals; PNG when ``path`` is given."""
+    the posterior mean against truth with 90 % intervals; PNG when ``path`` is given.
+    Variables the result lacks (sd, intervals, quality flag: GeoTIFF maps of chosen
+    variables) are left out."""
     import matplotlib
 
     if path is not None:
@@ -89,14 +91,18 @@ def plot_retrieval(result: xr.Dataset, truth: xr.Dataset | None = None,
     import matplotlib.pyplot as plt
 
     has_truth = truth is not None and "true_f760" in truth
-    n = 4 if has_truth else 3
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8))
+    has_sd = "f760_sd" in result
+    last = "truth" if has_truth else ("flag" if "quality_flag" in result else None)
+    n = int(has_truth) + 1 + int(has_sd) + int(last is not None)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
+    axes = axes[0]
     mean = result["f760_mean"]
     vmax = float(np.nanpercentile(truth["true_f760"] if has_truth else mean, 99.5))
     panels = ([(truth["true_f760"], "true F760", "viridis", (0, vmax))] if has_truth else [])
-    panels += [(mean, "posterior mean of F760", "viridis", (0, vmax)),
-               (result["f760_sd"], "posterior sd of F760", "magma",
-                (0, float(np.nanpercentile(result["f760_sd"], 99.5))))]
+    panels += [(mean, "posterior mean of F760", "viridis", (0, vmax))]
+    if has_sd:
+        panels += [(result["f760_sd"], "posterior sd of F760", "magma",
+                    (0, float(np.nanpercentile(result["f760_sd"], 99.5))))]
     for ax, (v, title, cmap, lim) in zip(axes, panels, strict=False):
         im = ax.imshow(np.asarray(v), cmap=cmap, vmin=lim[0], vmax=lim[1],
                        interpolation="nearest")
@@ -105,19 +111,27 @@ def plot_retrieval(result: xr.Dataset, truth: xr.Dataset | None = None,
         ax.set_yticks([])
         fig.colorbar(im, ax=ax, shrink=0.85, label="mW m-2 sr-1 nm-1")
     ax = axes[-1]
-    if has_truth:
+    if last == "truth":
         t = np.asarray(truth["true_f760"]).ravel()
         m = np.asarray(mean).ravel()
-        lo = m - np.asarray(result["f760_q05"]).ravel()
-        hi = np.asarray(result["f760_q95"]).ravel() - m
+        lo_v, hi_v = (("f760_lo90", "f760_hi90") if "f760_lo90" in result
+                      else ("f760_q05", "f760_q95"))
         ok = np.isfinite(m)
-        ax.errorbar(t[ok], m[ok], yerr=[lo[ok], hi[ok]], fmt="o", ms=2, lw=0.4, alpha=0.4,
-                    color="C0", ecolor="C0")
+        if lo_v in result and hi_v in result:
+            # the mean may lie outside a skewed posterior's shortest interval: bars end
+            # at it
+            lo = np.maximum(m - np.asarray(result[lo_v]).ravel(), 0.0)
+            hi = np.maximum(np.asarray(result[hi_v]).ravel() - m, 0.0)
+            ax.errorbar(t[ok], m[ok], yerr=[lo[ok], hi[ok]], fmt="o", ms=2, lw=0.4,
+                        alpha=0.4, color="C0", ecolor="C0")
+            ax.set_ylabel("posterior mean, 90 % interval")
+        else:
+            ax.plot(t[ok], m[ok], "o", ms=2, alpha=0.4, color="C0")
+            ax.set_ylabel("posterior mean")
         ax.plot([0, vmax], [0, vmax], "k--", lw=0.8)
         ax.set_xlabel("true F760 (mW m-2 sr-1 nm-1)")
-        ax.set_ylabel("posterior mean, 90 % interval")
         ax.set_title("retrieved against truth", fontsize=10)
-    else:
+    elif last == "flag":
         flag = np.asarray(result["quality_flag"])
         ax.imshow(flag, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
         ax.set_title("quality flag", fontsize=10)

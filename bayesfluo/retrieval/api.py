@@ -15,7 +15,7 @@ process or on a dask cluster (:func:`retrieve_file`,
 same plan (:func:`plan_retrieval`) and per-chunk function (:func:`retrieve_chunk`) as
 here.
 
-Output (``shared/SCENE_FORMAT.md`` section 4): for ``f760``, ``sif_peak``,
+Output (the README's "Use" section): for ``f760``, ``sif_peak``,
 ``reflectance760`` (and ``f687`` where the window has the O2-B band) and each free
 atmospheric or sensor latent: ``Q_mean``, ``Q_sd``, ``Q_q05``, ``Q_q50``, ``Q_q95`` over
 (y, x); ``quality_flag`` (bits: :data:`QUALITY_FLAGS`), ``input_flag`` (what was wrong
@@ -25,6 +25,7 @@ and optionally ``f760_draws`` (y, x, draw). CF attributes and units on every var
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -41,11 +42,18 @@ from bayesfluo.retrieval.chunk import (
     retrieve_chunk,
 )
 from bayesfluo.retrieval.result import QUALITY_FLAGS, result_attrs, result_dataset
-from bayesfluo.retrieval.streaming import open_input, retrieve_to_file
+from bayesfluo.retrieval.streaming import (
+    FlagSummary,
+    open_input,
+    output_lock,
+    remove_temporaries,
+    retrieve_to_file,
+)
+from bayesfluo.scene.grid import check_radiance_level
 
 __all__ = ["retrieve", "retrieve_file", "QUALITY_FLAGS", "RetrieveOptions", "Retriever",
            "RetrievalPlan", "plan_retrieval", "retrieve_chunk", "result_attrs",
-           "result_dataset"]
+           "result_dataset", "FlagSummary"]
 
 
 def retrieve(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOptions | None = None,
@@ -65,11 +73,19 @@ def retrieve(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOptions 
     options : RetrieveOptions
     retriever : Retriever, optional
         Reuse the compiled functions of an earlier call with the same guide.
+
+    Raises
+    ------
+    ValueError
+        If the scene cannot be retrieved with the guide (the reason named), or its
+        radiance cannot be in mW m-2 sr-1 nm-1 (a unit mistake, an all-zero scene:
+        :func:`bayesfluo.scene.grid.check_radiance_level`).
     """
     opt = options or RetrieveOptions()
     t0 = time.perf_counter()
     r = retriever or Retriever(guide)
     plan = plan_retrieval(scene, guide, opt, r.fm)
+    check_radiance_level(scene)
     pieces: dict[str, list] = {}
     for pr0 in tqdm(plan.starts, desc="retrieve", disable=not progress, unit="chunk"):
         for k, v in retrieve_chunk(scene, pr0, plan, r, opt).items():
@@ -84,7 +100,8 @@ def retrieve(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOptions 
 def retrieve_file(scene_path: str | Path, model_dir: str | Path, out: str | Path,
                   options: RetrieveOptions | None = None, progress: bool = True, *,
                   retriever: Retriever | None = None, reader_kwargs: dict | None = None,
-                  executor=None, variables=None, separate: bool = False) -> Path:
+                  executor=None, variables=None, separate: bool = False,
+                  flags: FlagSummary | None = None, lock: bool = True) -> Path:
     """Read a scene (any format :func:`bayesfluo.io.readers.open_scene` knows, lazily),
     retrieve it with the model in ``model_dir`` chunk by chunk and stream the maps to
     ``out`` (netCDF ``.nc``, Zarr ``.zarr`` or GeoTIFF ``.tif``, atomically; see
@@ -102,20 +119,37 @@ def retrieve_file(scene_path: str | Path, model_dir: str | Path, out: str | Path
         :class:`bayesfluo.retrieval.executors.DaskExecutor`).
     variables, separate
         GeoTIFF maps (:func:`bayesfluo.io.writers.write_geotiff`).
+    flags : FlagSummary, optional
+        Add the written pixels' flags to it (for a one-line report).
+    lock : bool
+        Hold ``out``'s lock while writing (:func:`bayesfluo.retrieval.streaming.output_lock`;
+        temporaries of ``out`` left by killed runs are removed first). False where the
+        caller holds it (a batch).
 
     Returns
     -------
     Path
         ``out`` (the first file, with ``separate`` GeoTIFFs).
+
+    Raises
+    ------
+    ValueError
+        As :func:`retrieve` (checked before any chunk is retrieved).
+    bayesfluo.retrieval.streaming.OutputBusyError
+        If another process is writing ``out``.
     """
     output_format(out)  # a bad extension fails before any work
-    scene = open_input(scene_path, **(reader_kwargs or {}))
-    try:
-        r = retriever or Retriever(load_guide(model_dir))
-        paths = retrieve_to_file(scene, out, r, options, executor=executor,
-                                 scene_path=str(scene_path), source=Path(scene_path).name,
-                                 model_name=Path(model_dir).name, progress=progress,
-                                 variables=variables, separate=separate)
-    finally:
-        scene.close()
+    with output_lock(out) if lock else contextlib.nullcontext():
+        if lock:
+            remove_temporaries(out)
+        scene = open_input(scene_path, **(reader_kwargs or {}))
+        try:
+            r = retriever or Retriever(load_guide(model_dir))
+            paths = retrieve_to_file(scene, out, r, options, executor=executor,
+                                     scene_path=str(scene_path),
+                                     source=Path(scene_path).name,
+                                     model_name=Path(model_dir).name, progress=progress,
+                                     variables=variables, separate=separate, flags=flags)
+        finally:
+            scene.close()
     return paths[0]

@@ -9,15 +9,22 @@ cluster), and writes ``<out_dir>/<input stem>.<ext>``. Outputs are written atomi
   it stopped and ends with the same outputs as an uninterrupted run;
 - a file that fails (unreadable, not a scene, wrong instrument, ...) is recorded with the
   reason and the others go on; :class:`BatchReport` lists the failures at the end;
-- temporaries left by a killed run (``.<name>.*.tmp``) are removed before that output is
-  written again.
+- several batches may run at once into one directory: each output is written holding its
+  lock (``.<name>.lock``, :func:`bayesfluo.retrieval.streaming.output_lock`; released by
+  the kernel if the process dies), so a second run leaves an output another live run is
+  writing alone, goes on with the others, and at the end waits for it (``wait_s``);
+- temporaries carry their owner's process id and host in their name
+  (:func:`bayesfluo.retrieval.streaming.temporary_tag`): a run removes those of processes
+  of this machine that no longer run (e.g. killed just after renaming an output), and,
+  holding an output's lock, the untagged temporaries of that output; never those of a
+  live process.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +33,13 @@ from tqdm.auto import tqdm
 
 from bayesfluo.io.writers import DEFAULT_MAP_VARIABLES
 from bayesfluo.retrieval.api import RetrieveOptions, Retriever, retrieve_file
+from bayesfluo.retrieval.streaming import (
+    FlagSummary,
+    lock_output,
+    remove_stale_temporaries,
+    remove_temporaries,
+    unlock_output,
+)
 
 __all__ = ["BatchReport", "expand_inputs", "is_batch", "output_paths", "run_batch",
            "EXTENSIONS"]
@@ -36,11 +50,13 @@ EXTENSIONS = {"nc": ".nc", "zarr": ".zarr", "tif": ".tif"}
 
 @dataclass
 class BatchReport:
-    """What a batch did: outputs written, outputs already there, inputs that failed."""
+    """What a batch did: outputs written, outputs already there (or written meanwhile by
+    another run), inputs that failed, and the flags of the pixels it wrote."""
 
     done: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    flags: FlagSummary = field(default_factory=FlagSummary)
 
     @property
     def ok(self) -> bool:
@@ -48,9 +64,12 @@ class BatchReport:
         return not self.failed
 
     def summary(self) -> str:
-        """A few lines for the user: counts, then each failed input with its reason."""
+        """A few lines for the user: counts, the flags of the pixels written
+        (:meth:`FlagSummary.line`), then each failed input with its reason."""
         lines = [f"{len(self.done)} written, {len(self.skipped)} already done, "
                  f"{len(self.failed)} failed"]
+        if self.flags.pixels:
+            lines.append(f"  {self.flags.line()} (outputs written by this run)")
         lines += [f"  FAILED {name}: {reason}" for name, reason in self.failed]
         return "\n".join(lines)
 
@@ -105,20 +124,12 @@ def output_paths(scene_path: Path, out_dir: Path, fmt: str = "nc",
     return [out]
 
 
-def _remove_temporaries(out: Path) -> None:
-    """Temporaries of ``out`` left by a killed run."""
-    for p in out.parent.glob(f".{out.name}.*.tmp"):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-
-
 def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
               model_dir: str | os.PathLike, options: RetrieveOptions | None = None, *,
               fmt: str = "nc", retriever: Retriever | None = None, executor=None,
               reader_kwargs: dict | None = None, variables: Sequence[str] | None = None,
-              separate: bool = False, progress: bool = True) -> BatchReport:
+              separate: bool = False, progress: bool = True,
+              wait_s: float | None = None) -> BatchReport:
     """Retrieve every input into ``out_dir``, one output per input named after it.
 
     Parameters
@@ -143,6 +154,10 @@ def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         GeoTIFF maps (:func:`bayesfluo.io.writers.write_geotiff`).
     progress : bool
         A progress bar over the files.
+    wait_s : float or None
+        How long to wait, at the end, for outputs another live run was writing (None: as
+        long as that run lives; it releases the lock when it ends or dies). An output
+        still locked after that is reported failed.
 
     Returns
     -------
@@ -158,8 +173,34 @@ def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     out_dir.mkdir(parents=True, exist_ok=True)
     files, unmatched = expand_inputs([str(p) for p in inputs])
     report = BatchReport(failed=list(unmatched))
+    remove_stale_temporaries(out_dir)
     r = retriever
     owner: dict[Path, Path] = {}
+    busy: list[tuple[Path, list[Path]]] = []
+
+    def one(path: Path, outs: list[Path], fd: int) -> None:
+        """Write the output(s) of ``path`` holding the lock ``fd`` of ``outs[0]``."""
+        nonlocal r
+        try:
+            for o in outs:
+                remove_temporaries(o)
+            if all(o.exists() for o in outs):
+                report.skipped.append(outs[0])
+                return
+            try:
+                if r is None:
+                    r = Retriever(load_guide(model_dir))
+                retrieve_file(path, model_dir, _target(path, out_dir, fmt), options,
+                              progress=False, retriever=r, reader_kwargs=reader_kwargs,
+                              executor=executor, variables=variables, separate=separate,
+                              flags=report.flags, lock=False)
+            except Exception as err:  # a bad file must not stop the batch
+                report.failed.append((str(path), f"{type(err).__name__}: {err}"))
+                return
+            report.done.append(outs[0])
+        finally:
+            unlock_output(outs[0], fd)
+
     bar = tqdm(files, desc="batch", unit="file", disable=not progress)
     for path in bar:
         bar.set_postfix_str(path.name)
@@ -169,19 +210,21 @@ def run_batch(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                                   f"of {owner[outs[0]]}; rename one of them"))
             continue
         owner[outs[0]] = path
-        if all(o.exists() for o in outs):
-            report.skipped.append(outs[0])
+        fd = lock_output(outs[0])
+        if fd is None:   # another live run is writing it: come back at the end
+            busy.append((path, outs))
             continue
-        for o in outs:
-            _remove_temporaries(o)
-        try:
-            if r is None:
-                r = Retriever(load_guide(model_dir))
-            retrieve_file(path, model_dir, _target(path, out_dir, fmt), options,
-                          progress=False, retriever=r, reader_kwargs=reader_kwargs,
-                          executor=executor, variables=variables, separate=separate)
-        except Exception as err:  # a bad file must not stop the batch
-            report.failed.append((str(path), f"{type(err).__name__}: {err}"))
+        one(path, outs, fd)
+    # outputs other runs were writing: wait for them to finish (or die), then take over
+    t0 = time.monotonic()
+    for path, outs in busy:
+        while (fd := lock_output(outs[0])) is None:
+            if wait_s is not None and time.monotonic() - t0 >= wait_s:
+                break
+            time.sleep(0.25)
+        if fd is None:
+            report.failed.append((str(path), f"its output {outs[0].name} is still being "
+                                  f"written by another run after {wait_s:g} s"))
             continue
-        report.done.append(outs[0])
+        one(path, outs, fd)
     return report

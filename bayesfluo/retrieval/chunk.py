@@ -34,8 +34,11 @@ from bayesfluo.inference.guide import (
     AmortizedGuide,
     GuideInputs,
     GuideOutput,
+    f760_inflation,
     fit_chi2,
     guide_inputs,
+    inflate_f760,
+    patch_relative_chi2,
     predicted_radiance,
     sample_draws,
     summaries,
@@ -45,6 +48,7 @@ from bayesfluo.instruments import get_instrument
 from bayesfluo.model import Patch, SifModel, knee_softplus
 from bayesfluo.physics.forward import ForwardModel
 from bayesfluo.retrieval.result import QUALITY_FLAGS
+from bayesfluo.scene.bands import SceneBands, model_on_scene_grid, same_grid, scene_bands
 from bayesfluo.scene.grid import PatchGrid, check_scene_for_model, reference_centre
 
 __all__ = ["RetrieveOptions", "Retriever", "RetrievalPlan", "plan_retrieval",
@@ -100,6 +104,13 @@ class RetrieveOptions:
     refine_batch: int = 16
 
 
+#: Largest move of a patch's shared latents by the refinement, in the guide's posterior
+#: sd (Mahalanobis distance), that is accepted: the 0.999 quantile of a chi distribution
+#: with 3 degrees of freedom (atmosphere and sensor latents), so a guide calibrated on the
+#: patch rejects 0.1 % of correct refinements.
+REFINE_MAX_MOVE = 4.03
+
+
 def _f760_draws(model: SifModel, q: GuideOutput, ndvi, keys, n: int) -> jax.Array:
     """(n, N, P) draws of F760 (mW m-2 sr-1 nm-1), each patch from its own key (chunking
     does not matter)."""
@@ -118,23 +129,41 @@ def _ood(guide: AmortizedGuide, feats, ood_sigma):
     for name, (lo, hi) in guide.ranges.items():
         if name in ANCILLARY:
             v = raw[..., ANCILLARY.index(name)]
-            tol = 0.02 * (hi - lo) + 1e-3
+            # 2 % of the range, and 0.5 % of the value: a satellite's height above the
+            # ground (trained at its orbit's altitude) varies with the terrain by ~0.3 %
+            tol = 0.02 * (hi - lo) + 0.005 * max(abs(lo), abs(hi)) + 1e-3
             bad |= (v < lo - tol) | (v > hi + tol)
     return bad
 
 
 def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, mask, ndvi,
                 p0, input_flag, ood_sigma, patches: Patch | None = None, *,
-                min_patch_pixels: int, refine_batch: int | None = None):
+                min_patch_pixels: int, refine_batch: int | None = None,
+                with_fit: bool = False):
     """Encoder (and refinement), summaries and flags of a chunk of patches: the
     posterior in the guide's form, the summaries ``{"Q_stat": (N, P) float32}``
-    (per-patch quantities repeated over their pixels, NaN where the input is unusable)
-    and the quality flags (N, P) of everything but the fit."""
+    (per-patch quantities repeated over their pixels, NaN where the input is unusable),
+    the quality flags (N, P) of everything but the fit, and (``with_fit``) the fit
+    chi-square (N, P) of the final posterior mean (else None)."""
     q = eqx.combine(params, static).encode(feats, mask)
+    c2 = fit_chi2(model, q, patches) if with_fit else None
+    # the guide's F760 intervals as calibrated on held-out scenes where the pixel fits
+    # worse than the model's own draws (a guide trained on the world; none otherwise)
+    q = inflate_f760(q, model, f760_inflation(ndvi, guide.info.get("f760_sd_inflation"),
+                                              c2))
     not_refined = jnp.zeros(mask.shape[0], bool)
     if refine_batch:
-        q, info = laplace_refine(model, q, patches, batch_size=refine_batch)
-        not_refined = ~info.converged
+        q_ref, info = laplace_refine(model, q, patches, batch_size=refine_batch)
+        # the refinement finds the mode of the model's posterior; where the model does
+        # not describe the data (terrain, smile, aerosol it has no term for) that mode
+        # can sit far from what the guide, trained on such data, reads: a patch whose
+        # shared latents move beyond REFINE_MAX_MOVE of the guide's sd keeps the guide
+        accept = info.converged & (info.moved <= REFINE_MAX_MOVE)
+        q = jax.tree.map(lambda new, old: jnp.where(
+            accept.reshape(accept.shape + (1,) * (new.ndim - 1)), new, old), q_ref, q)
+        not_refined = ~accept
+        if with_fit:
+            c2 = fit_chi2(model, q, patches)
     summ = summaries(q, model, ndvi, p0)
     ok = input_flag == 0
     out = {}
@@ -149,7 +178,7 @@ def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, m
     few = jnp.sum(mask, 1) < min_patch_pixels
     flag |= jnp.where(few[:, None] & ok, QUALITY_FLAGS["few_pixels_in_patch"], 0)
     flag |= jnp.where(not_refined[:, None] & ok, QUALITY_FLAGS["not_refined"], 0)
-    return q, out, flag
+    return q, out, flag, c2
 
 
 def _model_of(guide: AmortizedGuide, fm: ForwardModel | None) -> SifModel:
@@ -211,29 +240,55 @@ class Retriever:
         self.predict = jax.jit(partial(predicted_radiance, model))
         self.draws = jax.jit(draws, static_argnums=3)
         self._chunk_fn = jax.jit(partial(_chunk_maps, guide, model, static),
-                                 static_argnames=("min_patch_pixels", "refine_batch"))
+                                 static_argnames=("min_patch_pixels", "refine_batch",
+                                                  "with_fit"))
+
+    def on_grid(self, bands: SceneBands | None) -> Retriever:
+        """The retriever of a scene on its own band grid: its model's forward model on
+        the scene's usable bands (:func:`bayesfluo.scene.bands.model_on_scene_grid`) for
+        the fit check and the refinement, the same guide; ``self`` on the model's grid.
+        Built once per grid."""
+        if bands is None or same_grid(bands, self.guide.model):
+            return self
+        key = (bands.centre_nm.round(5).tobytes(), bands.fwhm_nm.round(5).tobytes())
+        cache = self.__dict__.setdefault("_grids", {})
+        if key not in cache:
+            if len(cache) > 8:
+                cache.clear()
+            cache[key] = Retriever(self.guide,
+                                   model_on_scene_grid(self.guide.model, bands).fm)
+        return cache[key]
 
     def encode(self, features: jax.Array, mask: jax.Array) -> GuideOutput:
         """The guide's output for normalised features (N, P, F) and a mask (N, P)."""
         return self.encode_fn(self.params, features, mask)
 
     def chunk_maps(self, d: GuideInputs, ood_sigma: float, min_patch_pixels: int,
-                   refine_batch: int | None = None) -> tuple[GuideOutput, dict, jax.Array]:
+                   refine_batch: int | None = None, with_fit: bool = False
+                   ) -> tuple[GuideOutput, dict, jax.Array, jax.Array | None]:
         """The guide's output, the per-pixel posterior summaries and the quality flags of
         a chunk, in one compiled pass (``d`` from
         :func:`bayesfluo.inference.guide.guide_inputs`, with the radiance when refining).
         With ``refine_batch``, the guide's output is refined
         (:func:`bayesfluo.inference.refine.laplace_refine`, that many patches at once)
-        before the summaries."""
+        before the summaries. With ``with_fit`` (``d`` with the radiance), the fit
+        chi-square (:func:`bayesfluo.inference.guide.fit_chi2`) of each pixel is returned
+        too, and sets where the guide's F760 intervals are widened
+        (:func:`bayesfluo.inference.guide.f760_inflation`)."""
         p = d.patches
         return self._chunk_fn(self.params, d.features, p.mask, p.ndvi, p.surface_pressure0,
-                              d.input_flag, ood_sigma, p if refine_batch else None,
-                              min_patch_pixels=min_patch_pixels, refine_batch=refine_batch)
+                              d.input_flag, ood_sigma,
+                              p if (refine_batch or with_fit) else None,
+                              min_patch_pixels=min_patch_pixels, refine_batch=refine_batch,
+                              with_fit=with_fit)
 
     def posterior(self, d: GuideInputs) -> GuideOutput:
         """The guide's output for the inputs ``d`` of a batch of patches
         (:func:`bayesfluo.inference.guide.guide_inputs`)."""
-        return self.encode(jnp.asarray(d.features), jnp.asarray(d.patches.mask))
+        q = self.encode(jnp.asarray(d.features), jnp.asarray(d.patches.mask))
+        c2 = None if d.patches.radiance is None else self.chi2(q, d.patches)
+        return inflate_f760(q, self.model, f760_inflation(
+            d.patches.ndvi, self.guide.info.get("f760_sd_inflation"), c2))
 
 
 @dataclass(frozen=True)
@@ -256,6 +311,12 @@ class RetrievalPlan:
         The instrument's reference radiance, mW m-2 sr-1 nm-1.
     chi2_max : float or None
         ``poor_fit`` threshold of ``fit_chi2`` (None without the quality check).
+    bands : SceneBands or None
+        The scene's usable bands (:func:`bayesfluo.scene.bands.scene_bands`).
+    chi2_ratio_max : float or None
+        ``poor_fit`` threshold of a pixel's ``fit_chi2`` over its patch's median
+        (:func:`bayesfluo.inference.guide.patch_relative_chi2`), where the guide was
+        calibrated for it (a guide trained on the world).
     """
 
     grid: PatchGrid
@@ -264,6 +325,8 @@ class RetrievalPlan:
     centre: tuple
     reference_radiance: float
     chi2_max: float | None
+    bands: SceneBands | None = None
+    chi2_ratio_max: float | None = None
 
     @property
     def starts(self) -> list[int]:
@@ -300,15 +363,19 @@ def plan_retrieval(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOp
         If the scene cannot be retrieved with the guide (see
         :func:`bayesfluo.scene.grid.check_scene_for_model`).
     """
-    check_scene_for_model(scene, guide.instrument, fm.band_centre_nm)
+    check_scene_for_model(scene, guide.instrument, guide.model.fm.band_centre_nm)
+    bands = scene_bands(scene, guide.instrument)
     ny, nx = scene.sizes["y"], scene.sizes["x"]
     s = guide.patch_size
     grid = PatchGrid((ny, nx), s)
     # no more patch rows per chunk than the scene has (padding a small scene up to a
     # full chunk would only add work)
     rows_per_chunk = max(1, min(grid.n_rows, options.chunk_pixels // (grid.n_cols * s * s)))
-    chi2_max = None
+    chi2_max = ratio_max = None
     if options.quality:
+        known_r = guide.info.get("fit_chi2_ratio_quantiles") or {}
+        qr = str(1.0 - options.poor_fit_rate)
+        ratio_max = float(known_r[qr]) if qr in known_r else None
         known = guide.info.get("fit_chi2_quantiles", {})
         q = str(1.0 - options.poor_fit_rate)
         chi2_max = (float(known[q]) if q in known else
@@ -316,7 +383,8 @@ def plan_retrieval(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOp
                           fm.n_bands))
     return RetrievalPlan(grid, rows_per_chunk, rows_per_chunk * grid.n_cols,
                          reference_centre(scene),
-                         float(get_instrument(guide.instrument).reference_radiance), chi2_max)
+                         float(get_instrument(guide.instrument).reference_radiance), chi2_max,
+                         bands, ratio_max)
 
 
 def chunk_inputs(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retriever,
@@ -331,10 +399,11 @@ def chunk_inputs(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retriever,
     """
     guide = r.guide
     return guide_inputs(scene if sliced else scene.isel(y=plan.rows(pr0)), plan.grid,
-                        slice(None), r.model, guide.feature_mean, guide.feature_sd,
+                        slice(None), guide.model, guide.feature_mean, guide.feature_sd,
                         plan.reference_radiance, plan.centre,
                         n_patches=plan.n_chunk_patches,
-                        with_radiance=options.quality or options.refine, device=True)
+                        with_radiance=options.quality or options.refine, device=True,
+                        bands=plan.bands)
 
 
 def retrieve_chunk(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retriever,
@@ -353,18 +422,20 @@ def retrieve_chunk(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retrieve
         in the order :func:`bayesfluo.retrieval.api.retrieve` writes them.
     """
     opt, grid = options, plan.grid
+    r = r.on_grid(plan.bands)
     s = grid.patch_size
     rows = plan.rows(pr0)
     ny = rows.stop - rows.start
     n = -(-ny // s) * grid.n_cols  # the chunk's patches (then padding up to a full chunk)
     d = chunk_inputs(scene, pr0, plan, r, opt, sliced=sliced)
-    q, maps, flag = r.chunk_maps(d, opt.ood_sigma, opt.min_patch_pixels,
-                                 opt.refine_batch if opt.refine else None)
+    q, maps, flag, c2 = r.chunk_maps(d, opt.ood_sigma, opt.min_patch_pixels,
+                                     opt.refine_batch if opt.refine else None,
+                                     with_fit=opt.quality)
     input_flag = np.asarray(d.input_flag)[:n]
     bad = input_flag != 0
     extra = {}
     if opt.quality:
-        extra["fit_chi2"] = r.chi2(q, d.patches)
+        extra["fit_chi2"] = c2
     if opt.n_draws:
         first = pr0 * grid.n_cols  # index of the chunk's first patch in the scene
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(opt.seed), i))(
@@ -376,7 +447,10 @@ def retrieve_chunk(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retrieve
     if opt.quality:
         c2 = np.where(bad, np.nan, extra["fit_chi2"][:n])
         out["fit_chi2"] = c2
-        flag = flag | np.where(c2 > plan.chi2_max, QUALITY_FLAGS["poor_fit"], 0)
+        poor = c2 > plan.chi2_max
+        if plan.chi2_ratio_max is not None:
+            poor |= patch_relative_chi2(c2) > plan.chi2_ratio_max
+        flag = flag | np.where(poor, QUALITY_FLAGS["poor_fit"], 0)
     if opt.n_draws:
         dr = np.moveaxis(extra["f760_draws"][:, :n], 0, -1).astype(np.float32)
         out["f760_draws"] = np.where(bad[..., None], np.nan, dr)

@@ -48,7 +48,9 @@ _ATTRS = {
 }
 _STATS = {"mean": "posterior mean", "sd": "posterior standard deviation",
           "q05": "posterior 5 % quantile", "q50": "posterior median",
-          "q95": "posterior 95 % quantile"}
+          "q95": "posterior 95 % quantile",
+          "lo90": "lower bound of the shortest 90 % posterior interval",
+          "hi90": "upper bound of the shortest 90 % posterior interval"}
 
 
 def result_dataset(pieces: dict[str, list[np.ndarray]], scene: xr.Dataset,

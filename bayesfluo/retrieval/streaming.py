@@ -15,11 +15,16 @@ functions on the same padded chunks, so the results are the same.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -43,9 +48,238 @@ from bayesfluo.retrieval.chunk import (
     plan_retrieval,
     retrieve_chunk,
 )
-from bayesfluo.retrieval.result import result_attrs, result_dataset
+from bayesfluo.retrieval.result import QUALITY_FLAGS, result_attrs, result_dataset
+from bayesfluo.scene.grid import INPUT_FLAGS, check_radiance_level
 
-__all__ = ["ChunkExecutor", "LocalExecutor", "open_input", "retrieve_to_file"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: outputs are not locked
+    fcntl = None
+
+__all__ = ["ChunkExecutor", "LocalExecutor", "FlagSummary", "OutputBusyError", "open_input",
+           "retrieve_to_file", "temporary_tag", "temporary_owner", "lock_output",
+           "unlock_output", "output_lock", "remove_temporaries", "remove_stale_temporaries"]
+
+
+def _host() -> str:
+    """This machine's name as it appears in temporary names (letters, digits, ``-``,
+    ``_``)."""
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
+
+
+def temporary_tag() -> str:
+    """``pid<PID>@<host>``: the owner of a temporary, part of its name (``.<output
+    name>.pid<PID>@<host>.<random>.zarr.tmp``), so that another run can tell whether it
+    belongs to a live process (:func:`temporary_owner`)."""
+    return f"pid{os.getpid()}@{_host()}"
+
+
+_TAG = re.compile(r"\.pid(\d+)@([A-Za-z0-9_-]+)\.")
+
+
+def temporary_owner(name: str) -> tuple[int, str, bool] | None:
+    """The owner of a temporary named by :func:`temporary_tag`: ``(pid, host,
+    alive)``, where ``alive`` is False only for a process of this host that no longer
+    runs; None for a name without a tag."""
+    m = _TAG.search(name)
+    if m is None:
+        return None
+    pid, host = int(m.group(1)), m.group(2)
+    if host != _host():
+        return pid, host, True   # another machine's: assume it is alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return pid, host, False
+    except PermissionError:   # exists, another user's
+        pass
+    return pid, host, True
+
+
+class OutputBusyError(OSError):
+    """An output is being written by another live process (it holds the output's lock);
+    ``errno`` EBUSY, ``filename`` the output."""
+
+
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def lock_output(out: str | os.PathLike) -> int | None:
+    """Take the lock of an output without waiting: the file descriptor of
+    ``.<name>.lock`` beside it (``flock``-ed; the kernel releases it when the process
+    dies, so a killed run never blocks a later one), or None where another process
+    holds it. Release it with :func:`unlock_output`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = _lock_path(out)
+    if fcntl is None:
+        return -1
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        # the previous holder may have removed the file between our open and flock:
+        # then we hold a lock on a file nobody else sees, so start again
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{temporary_tag()}\n".encode())
+            return fd
+        os.close(fd)
+
+
+def unlock_output(out: str | os.PathLike, fd: int | None) -> None:
+    """Release the lock taken by :func:`lock_output` (and remove its file)."""
+    if fd is None or fd < 0:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_lock_path(Path(out)))
+    os.close(fd)
+
+
+def _holder(out: Path) -> str:
+    try:
+        tag = _lock_path(out).read_text().strip()
+    except OSError:
+        tag = ""
+    m = re.fullmatch(r"pid(\d+)@(.+)", tag)
+    return f"process {m.group(1)} on {m.group(2)}" if m else "another process"
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike, wait_s: float | None = 0.0, poll_s: float = 0.25):
+    """Hold the lock of an output (:func:`lock_output`) for the ``with`` block, waiting
+    up to ``wait_s`` seconds (None: as long as the holder runs) for another process to
+    release it.
+
+    Raises
+    ------
+    OutputBusyError
+        If another process still holds it after ``wait_s``.
+    """
+    out = Path(out)
+    t0 = time.monotonic()
+    while (fd := lock_output(out)) is None:
+        if wait_s is not None and time.monotonic() - t0 >= wait_s:
+            raise OutputBusyError(errno.EBUSY, f"being written by {_holder(out)}", str(out))
+        time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        unlock_output(out, fd)
+
+
+def _temporaries(out: Path) -> list[Path]:
+    """Temporaries of an output: ``.<name>.*.tmp`` and ``.<name>.*.old``."""
+    return [p for pat in (f".{out.name}.*.tmp", f".{out.name}.*.old")
+            for p in out.parent.glob(pat)]
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def remove_temporaries(out: str | os.PathLike) -> None:
+    """Remove the temporaries of ``out`` left by killed runs: call it holding the
+    output's lock (:func:`output_lock`). Temporaries whose name says they belong to a
+    live process (:func:`temporary_owner`; another machine's are taken as live) are
+    kept; untagged ones (older versions, writers that do not tag) are removed."""
+    for p in _temporaries(Path(out)):
+        owner = temporary_owner(p.name)
+        if owner is None or not owner[2]:
+            _remove(p)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the tagged temporaries (``.*.tmp``, ``.*.old``) in ``folder`` of processes
+    of this machine that no longer run (a run killed just after renaming its output
+    leaves its store behind); bayesfluo's lock files nobody holds. Returns what was
+    removed."""
+    gone = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return gone
+    for p in folder.iterdir():
+        if not p.name.startswith("."):
+            continue
+        if p.name.endswith((".tmp", ".old")):
+            owner = temporary_owner(p.name)
+            if owner is not None and not owner[2]:
+                _remove(p)
+                gone.append(p)
+        elif p.name.endswith(".lock") and fcntl is not None:
+            try:   # only bayesfluo's own lock files (they name their holder)
+                ours = re.fullmatch(r"pid\d+@\S+", p.read_text().strip()) is not None
+            except OSError:
+                ours = False
+            if not ours:
+                continue
+            target = folder / p.name[1:-len(".lock")]
+            fd = lock_output(target)
+            if fd is not None:   # nobody holds it: a leftover
+                unlock_output(target, fd)
+                gone.append(p)
+    return gone
+
+
+@dataclass
+class FlagSummary:
+    """Pixels per quality flag (and per input problem of the masked ones) of one or more
+    retrievals, for a one-line report (:meth:`line`).
+
+    Attributes
+    ----------
+    pixels : int
+        Pixels retrieved.
+    quality : dict of str to int
+        Pixels with each bit of :data:`bayesfluo.retrieval.result.QUALITY_FLAGS`.
+    inputs : dict of str to int
+        Pixels with each bit of :data:`bayesfluo.scene.grid.INPUT_FLAGS`.
+    """
+
+    pixels: int = 0
+    quality: dict = field(default_factory=lambda: dict.fromkeys(QUALITY_FLAGS, 0))
+    inputs: dict = field(default_factory=lambda: dict.fromkeys(INPUT_FLAGS, 0))
+
+    def add(self, quality_flag, input_flag) -> None:
+        """Count the pixels of flag maps (any shape)."""
+        q = np.asarray(quality_flag).astype(np.int64)
+        i = np.asarray(input_flag).astype(np.int64)
+        self.pixels += int(q.size)
+        for k, bit in QUALITY_FLAGS.items():
+            self.quality[k] += int(np.count_nonzero(q & bit))
+        for k, bit in INPUT_FLAGS.items():
+            self.inputs[k] += int(np.count_nonzero(i & bit))
+
+    @classmethod
+    def of(cls, result: xr.Dataset) -> FlagSummary:
+        """The summary of a retrieval result (``quality_flag``, ``input_flag``)."""
+        out = cls()
+        out.add(result["quality_flag"].values, result["input_flag"].values)
+        return out
+
+    def line(self) -> str:
+        """``flags: 12 masked_input (3 not_finite, 9 invalid_ancillary), 40 poor_fit,
+        0 out_of_distribution, ... of 4096 pixels``."""
+        parts = []
+        for k, n in self.quality.items():
+            text = f"{n} {k}"
+            if k == "masked_input":
+                why = [f"{m} {r}" for r, m in self.inputs.items() if m]
+                if why:
+                    text += f" ({', '.join(why)})"
+            parts.append(text)
+        return f"flags: {', '.join(parts)} of {self.pixels} pixels"
 
 
 class ChunkExecutor(Protocol):
@@ -109,8 +343,11 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
                      executor: ChunkExecutor | None = None, scene_path: str | None = None,
                      source: str | None = None, model_name: str | None = None,
                      progress: bool = True, variables: Sequence[str] | None = None,
-                     separate: bool = False) -> list[Path]:
+                     separate: bool = False, flags: FlagSummary | None = None) -> list[Path]:
     """Retrieve a scene chunk by chunk and stream the maps to ``out`` (atomically).
+
+    Temporaries beside ``out`` carry this process's id and host in their name
+    (:func:`temporary_tag`).
 
     Parameters
     ----------
@@ -131,12 +368,20 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
     variables, separate
         GeoTIFF maps to write, and whether one file per variable
         (:func:`bayesfluo.io.writers.write_geotiff`).
+    flags : FlagSummary, optional
+        Add the written pixels' flags to it (for a one-line report).
 
     Returns
     -------
     list of Path
         The output(s) written. Nothing is left under a final name if the retrieval fails
         or is killed.
+
+    Raises
+    ------
+    ValueError
+        If the scene cannot be retrieved with the guide, or its radiance cannot be in
+        mW m-2 sr-1 nm-1 (:func:`bayesfluo.scene.grid.check_radiance_level`).
     """
     opt = options or RetrieveOptions()
     fmt = output_format(out)
@@ -144,27 +389,43 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
     t0 = time.perf_counter()
     guide = retriever.guide
     plan = plan_retrieval(scene, guide, opt, retriever.fm)
+    check_radiance_level(scene)  # a unit mistake is refused before any work
     executor = executor or LocalExecutor(retriever)
     attrs = result_attrs(guide, source=source or scene.encoding.get("source", ""),
                          model_name=model_name, elapsed_s=0.0, refined=opt.refine)
+    tally = FlagSummary()
     if fmt == "zarr":
         with atomic_dir(out) as store:
-            _stream(scene, store, plan, opt, executor, scene_path, progress, attrs, t0)
-        return [out]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    store = tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".zarr.tmp")
-    try:
-        _stream(scene, store, plan, opt, executor, scene_path, progress, attrs, t0)
-        with xr.open_zarr(store, consolidated=True) as ds:
-            if fmt == "geotiff":
-                return write_geotiff(ds.load(), out, variables, separate)
-            return [write_netcdf(ds, out, plan.chunk_rows)]
-    finally:
-        shutil.rmtree(store, ignore_errors=True)
+            _stream(scene, store, plan, opt, executor, scene_path, progress, attrs, t0,
+                    tally)
+        written = [out]
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        store = tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{temporary_tag()}.",
+                                 suffix=".zarr.tmp")
+        try:
+            _stream(scene, store, plan, opt, executor, scene_path, progress, attrs, t0,
+                    tally)
+            with xr.open_zarr(store, consolidated=True) as ds:
+                if fmt == "geotiff":
+                    written = write_geotiff(ds.load(), out, variables, separate)
+                else:
+                    written = [write_netcdf(ds, out, plan.chunk_rows)]
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
+    if flags is not None:
+        flags.pixels += tally.pixels
+        for k, n in tally.quality.items():
+            flags.quality[k] += n
+        for k, n in tally.inputs.items():
+            flags.inputs[k] += n
+    return written
 
 
-def _stream(scene, store, plan, opt, executor, scene_path, progress, attrs, t0) -> None:
-    """Write every chunk of ``plan`` into its region of the Zarr ``store``."""
+def _stream(scene, store, plan, opt, executor, scene_path, progress, attrs, t0,
+            tally: FlagSummary) -> None:
+    """Write every chunk of ``plan`` into its region of the Zarr ``store`` (and count
+    its flags into ``tally``)."""
     import zarr
 
     group = None
@@ -186,6 +447,7 @@ def _stream(scene, store, plan, opt, executor, scene_path, progress, attrs, t0) 
             # NaN is their fill value, flags are int8)
             for k, v in pieces.items():
                 arrays[k][rows.start:rows.stop] = np.asarray(v, arrays[k].dtype)
+            tally.add(pieces["quality_flag"], pieces["input_flag"])
             bar.update()
     if group is None:
         raise ValueError("the scene has no rows to retrieve")

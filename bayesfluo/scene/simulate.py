@@ -50,6 +50,7 @@ from bayesfluo.physics.solar import earth_sun_distance_factor
 from bayesfluo.physics.surface import SifParams, sif_spectrum
 
 __all__ = ["SurfaceParams", "LAND_COVER", "random_surface", "surface_from_spectra",
+           "smooth_field", "parcel_map",
            "simulate_scene", "surface_reflectance"]
 
 LAND_COVER = {0: "crop", 1: "grassland", 2: "bare_soil", 3: "water", 4: "urban"}
@@ -87,7 +88,7 @@ def surface_reflectance(p: SurfaceParams, wavelength_nm):
     return col(p.cover) * veg + (1.0 - col(p.cover)) * bg
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: float
+def smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: float
                   ) -> np.ndarray:
     """Gaussian random field with unit standard deviation and correlation ~scale_px."""
     ny, nx = shape
@@ -99,7 +100,7 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: fl
     return (f - f.mean()) / (f.std() + 1e-12)
 
 
-def _parcels(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+def parcel_map(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """Parcel index map: a grid of fields about 20 pixels wide, jittered edges."""
     labels = []
     for n in shape:
@@ -112,7 +113,7 @@ def _parcels(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
 def random_surface(shape: tuple[int, int], rng: np.random.Generator) -> SurfaceParams:
     """Generated land surface of ``shape`` pixels (see module docstring)."""
     ny, nx = shape
-    parcel = _parcels(rng, shape)
+    parcel = parcel_map(rng, shape)
     ids = np.unique(parcel)
     probs = np.array([0.55, 0.12, 0.15, 0.06, 0.12])
     cls_of = rng.choice(len(probs), size=ids.size, p=probs)
@@ -122,7 +123,7 @@ def random_surface(shape: tuple[int, int], rng: np.random.Generator) -> SurfaceP
     lc = cls_of[np.searchsorted(ids, parcel)]
     vig_of = rng.uniform(0.3, 1.2, size=ids.size)
     scale = max(2.0, min(ny, nx) / 10)
-    f1, f2, f3 = (_smooth_field(rng, shape, scale) for _ in range(3))
+    f1, f2, f3 = (smooth_field(rng, shape, scale) for _ in range(3))
     vigour = np.clip(vig_of[np.searchsorted(ids, parcel)] + 0.12 * f1, 0.1, 1.4)
     cover = np.select(
         [lc == 0, lc == 1, lc == 2, lc == 3, lc == 4],
@@ -354,11 +355,11 @@ def simulate_scene(instrument: str | Instrument = "hyplant-fluo", size=(128, 128
 
     # --- atmosphere: smooth in space -------------------------------------------------
     scale = max(2.0, min(ny, nx) / 4)
-    dem = surface_altitude_m + 40.0 * _smooth_field(rng, shape, scale)
+    dem = surface_altitude_m + 40.0 * smooth_field(rng, shape, scale)
     weather = rng.uniform(-0.01, 0.01)  # relative offset of surface pressure from standard
     p_std = np.asarray(standard_pressure_hpa(jnp.asarray(dem, jnp.float32)), dtype=np.float64)
-    psurf = p_std * (1.0 + weather + 0.002 * _smooth_field(rng, shape, scale))
-    aot = np.clip(aot550 * (1.0 + 0.2 * _smooth_field(rng, shape, scale)), 0.0, None)
+    psurf = p_std * (1.0 + weather + 0.002 * smooth_field(rng, shape, scale))
+    aot = np.clip(aot550 * (1.0 + 0.2 * smooth_field(rng, shape, scale)), 0.0, None)
     angstrom = rng.uniform(1.0, 1.6)
     diffuse_path = rng.uniform(1.3, 1.7)
 

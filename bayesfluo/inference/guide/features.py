@@ -27,6 +27,7 @@ from jax.typing import ArrayLike
 
 from bayesfluo.model import Patch, SifModel
 from bayesfluo.physics.forward import Geometry, standard_pressure_hpa
+from bayesfluo.scene.bands import SceneBands, resampling_matrix, same_grid, scene_bands
 from bayesfluo.scene.grid import (
     INPUT_FLAGS,
     PatchGrid,
@@ -187,29 +188,37 @@ class GuideInputs(NamedTuple):
 
 
 @partial(jax.jit, static_argnames=("patch_size", "n_cols", "n_patches", "with_radiance"))
-def _prepare(exp, rad, mask_flag, sza, vza, raa, surf, sens, ndvi, noise, limits, mean, sd, *,
-             patch_size: int, n_cols: int, n_patches: int, with_radiance: bool):
+def _prepare(exp, rad, mask_flag, sza, vza, raa, surf, sens, ndvi, noise, limits, mean, sd,
+             resample=None, *, patch_size: int, n_cols: int, n_patches: int,
+             with_radiance: bool):
     """Input flags and guide inputs of image rows in one compiled pass, cut into patches.
 
-    ``rad`` (rows, nx, B) as read; ``mask_flag`` (rows, nx) the ``masked`` bit of each
-    pixel; the geometry (degrees, m) and NDVI (rows, nx); ``noise`` = (a, b, reference
-    radiance); ``limits`` = (lowest, saturation) radiance. Returns the input flags (the
-    bits of :data:`INPUT_FLAGS`) and, in patches (``n_patches``, P, ...; padding pixels
+    ``rad`` (rows, nx, B) as read; ``mask_flag`` (rows, nx) the ``masked`` and
+    ``invalid_ancillary`` bits of each pixel; the geometry (degrees, m) and NDVI
+    (rows, nx); ``noise`` = (a, b, reference radiance); ``limits`` = (lowest, saturation)
+    radiance. Returns the input flags (the bits of :data:`INPUT_FLAGS`, from
+    :func:`bayesfluo.scene.grid.flag_pixels` with the reference spectrum, so spikes and
+    dropouts are flagged too) and, in patches (``n_patches``, P, ...; padding pixels
     flagged ``masked``, zero otherwise), the flags, the encoder's features
     (:func:`pixel_features` with the reference spectrum expanded at each pixel's
     geometry; zero where flagged), NDVI and (``with_radiance``) the radiance (zero where
-    flagged).
+    flagged). ``resample`` (B_guide, B) resamples a scene on its own band grid onto the
+    guide's (:func:`bayesfluo.scene.bands.resampling_matrix`) for the flags and features;
+    the radiance stays on the scene's grid.
     """
-    flag, rad = flag_pixels(rad, mask_flag, limits)
+    ref = expand_reference(exp, sza, vza, surf, sens)
+    rad_g = rad if resample is None else rad @ resample.T
+    # the reference spectrum also judges each band against the pixel's other bands
+    flag, rad_g = flag_pixels(rad_g, mask_flag, limits, ref, noise[:2])
     ok = (flag == 0)[..., None]
     anc = ancillary_inputs(sza, vza, raa, surf, sens, noise[0], noise[1], ndvi, noise[2])
-    feats = pixel_features(rad, anc, mean, sd, expand_reference(exp, sza, vza, surf, sens))
+    feats = pixel_features(rad_g, anc, mean, sd, ref)
     feats = jnp.where(ok, feats, 0.0)
     cut = partial(cut_patches, patch_size=patch_size, n_cols=n_cols, n_patches=n_patches)
     out = dict(flag=flag, input_flag=cut(flag, fill=INPUT_FLAGS["masked"]),
                features=cut(feats), ndvi=cut(ndvi))
     if with_radiance:
-        out["radiance"] = cut(rad)
+        out["radiance"] = cut(rad_g if resample is None else jnp.where(ok, rad, 0.0))
     return out
 
 
@@ -242,7 +251,8 @@ def _reference_expansion_jit(model: SifModel):
 def guide_inputs(scene: xr.Dataset, grid: PatchGrid, rows: slice, model: SifModel,
                  feature_mean: ArrayLike, feature_sd: ArrayLike, reference_radiance: float,
                  centre: tuple | None = None, *, n_patches: int | None = None,
-                 with_radiance: bool = True, device: bool = False) -> GuideInputs:
+                 with_radiance: bool = True, device: bool = False,
+                 bands: SceneBands | None = None) -> GuideInputs:
     """The patches of the image rows ``rows`` (whole patch rows) of a scene and the
     guide's inputs for them, flagging the pixels whose input is unusable.
 
@@ -275,11 +285,22 @@ def guide_inputs(scene: xr.Dataset, grid: PatchGrid, rows: slice, model: SifMode
     device : bool
         Keep the arrays cut into patches (``radiance``, ``mask``, ``ndvi``, ``features``,
         ``input_flag``) as JAX arrays (no host copy); else everything is numpy.
+    bands : SceneBands, optional
+        The scene's usable bands (:func:`bayesfluo.scene.bands.scene_bands`; found here
+        when not given). On a grid other than the model's, the guide reads the spectra
+        resampled onto its grid and the radiance of the patches (the likelihood's) is
+        the scene's usable bands.
 
     Returns
     -------
     GuideInputs
     """
+    bands = scene_bands(scene, model.instrument) if bands is None else bands
+    resample = None
+    if not same_grid(bands, model, scene.sizes["band"]):
+        scene = scene.isel(band=bands.index)
+        resample = jnp.asarray(resampling_matrix(bands.centre_nm, model.fm.band_centre_nm),
+                               jnp.float32)
     px = read_rows(scene, rows)
     ny = px.radiance.shape[0]
     n_patches = n_patches or -(-ny // grid.patch_size) * grid.n_cols
@@ -290,7 +311,7 @@ def guide_inputs(scene: xr.Dataset, grid: PatchGrid, rows: slice, model: SifMode
                     *map(f32, (px.sza, px.vza, px.raa, px.surface_altitude,
                                px.sensor_altitude, px.ndvi)),
                     f32([px.noise_a, px.noise_b, reference_radiance]), f32(px.limits),
-                    f32(feature_mean), f32(feature_sd), patch_size=grid.patch_size,
+                    f32(feature_mean), f32(feature_sd), resample, patch_size=grid.patch_size,
                     n_cols=grid.n_cols, n_patches=n_patches, with_radiance=with_radiance)
     patches = assemble_patches(grid, px, np.asarray(prep["flag"]), prep["input_flag"],
                                prep["ndvi"], prep.get("radiance"), sun_distance(scene),

@@ -8,15 +8,19 @@ reflectance at 760 nm and the patch's atmospheric and sensor terms need no sampl
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
 from bayesfluo.inference.guide.encoder import GuideOutput
 from bayesfluo.model import Patch, SifModel, knee_softplus, reflectance_weights
 from bayesfluo.physics.surface import SifParams, sif_spectrum
 
-__all__ = ["summaries", "marginal_local", "sample_draws", "predicted_radiance", "fit_chi2"]
+__all__ = ["summaries", "marginal_local", "sample_draws", "predicted_radiance", "fit_chi2",
+           "patch_relative_chi2", "inflate_f760", "f760_inflation", "F760_INFLATION_EDGES"]
 
 
 # one-dimensional Gaussian expectations: the trapezoidal rule on 141 nodes over +-7 sd.
@@ -27,18 +31,36 @@ _GH_X = np.linspace(-7.0, 7.0, 141)
 _GH_W = np.exp(-0.5 * _GH_X**2)
 _GH_W = _GH_W / _GH_W.sum()
 _Z05 = 1.6448536269514722
+# the shortest 90 % interval is searched among [Q(p), Q(p + 0.9)], p = 0 ... 0.1 in these
+# steps (p = 0: the interval starts at the quantity's lower bound, e.g. zero SIF)
+_HDI_P = np.linspace(0.0, 0.1, 41)[:-1]
+_HDI_ZLO = np.concatenate([[-40.0], scipy.stats.norm.ppf(_HDI_P[1:])])
+_HDI_ZHI = scipy.stats.norm.ppf(_HDI_P + 0.9)
 
 
-def _quantity(mean, sd, f):
+def _quantity(mean, sd, f, hdi: bool = False, lower: float = 0.0):
     """Mean, sd and 5/50/95 % quantiles of ``f(v)``, ``v ~ N(mean, sd)``, ``f``
-    increasing: quantiles exactly, moments by quadrature."""
+    increasing: quantiles exactly, moments by quadrature. With ``hdi``, also the bounds
+    ``lo90``, ``hi90`` of the shortest interval holding 90 % of the posterior (the
+    highest-density interval of a unimodal posterior): for SIF whose posterior piles up
+    at zero it is ``[0, Q(0.9)]`` and holds a true zero, which no equal-tailed interval
+    of a positive quantity can (``lower``: the quantity's lower bound, the value of
+    ``f`` at minus infinity)."""
     v = mean[..., None] + sd[..., None] * jnp.asarray(_GH_X, jnp.float32)
     fv = f(v)
     w = jnp.asarray(_GH_W, jnp.float32)
     m = fv @ w
     var = jnp.maximum(((fv - m[..., None]) ** 2) @ w, 0.0)
     q = f(mean[..., None] + sd[..., None] * jnp.array([-_Z05, 0.0, _Z05], jnp.float32))
-    return dict(mean=m, sd=jnp.sqrt(var), q05=q[..., 0], q50=q[..., 1], q95=q[..., 2])
+    out = dict(mean=m, sd=jnp.sqrt(var), q05=q[..., 0], q50=q[..., 1], q95=q[..., 2])
+    if hdi:
+        lo = f(mean[..., None] + sd[..., None] * jnp.asarray(_HDI_ZLO, jnp.float32))
+        hi = f(mean[..., None] + sd[..., None] * jnp.asarray(_HDI_ZHI, jnp.float32))
+        lo = lo.at[..., 0].set(lower)
+        best = jnp.argmin(hi - lo, -1)[..., None]
+        out["lo90"] = jnp.take_along_axis(lo, best, -1)[..., 0]
+        out["hi90"] = jnp.take_along_axis(hi, best, -1)[..., 0]
+    return out
 
 
 def marginal_local(q: GuideOutput) -> tuple[jax.Array, jax.Array]:
@@ -69,7 +91,8 @@ def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0) -> dict:
     Returns
     -------
     dict
-        ``{quantity: {mean, sd, q05, q50, q95}}`` for ``f760`` (mW m-2 sr-1 nm-1),
+        ``{quantity: {mean, sd, q05, q50, q95}}`` for ``f760`` (mW m-2 sr-1 nm-1;
+        also ``lo90``, ``hi90``: the shortest 90 % interval, see :func:`_quantity`),
         ``f687`` (windows with the O2-B band), ``sif_peak``, ``reflectance760`` (1) and
         each free shared latent (its physical units, per patch).
     """
@@ -86,7 +109,8 @@ def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0) -> dict:
     peak_ratio = sif_spectrum(shape_far.centre_far_red, shape_far) / sif_spectrum(760.0,
                                                                                   shape_far)
     out = {}
-    f760 = _quantity(mean[..., k], sd[..., k], lambda v: scale[..., None] * knee_softplus(v))
+    f760 = _quantity(mean[..., k], sd[..., k], lambda v: scale[..., None] * knee_softplus(v),
+                     hdi=True)
     out["f760"] = f760
     out["sif_peak"] = {s: v * peak_ratio for s, v in f760.items()}
     if model.has_red:
@@ -189,3 +213,47 @@ def fit_chi2(model: SifModel, q: GuideOutput, patches: Patch) -> jax.Array:
     (:func:`predicted_radiance`) under the model's noise (:meth:`SifModel.fit_chi2`): the
     ``poor_fit`` check of a retrieval and its reference on simulations after training."""
     return jax.vmap(model.fit_chi2)(patches, predicted_radiance(model, q, patches))
+
+
+def patch_relative_chi2(c2: np.ndarray) -> np.ndarray:
+    """Each pixel's fit chi-square (N, P; NaN where unusable) over the median of its
+    patch's: a pixel that fits worse than its neighbours (a spike, a broken or mixed
+    pixel) stands out even where the whole patch fits the model imperfectly."""
+    with warnings.catch_warnings():  # all-NaN patches (padding): NaN, as they should
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(c2, axis=1, keepdims=True)
+    return c2 / np.maximum(med, 1e-6)
+
+
+#: NDVI class edges of :func:`inflate_f760`'s factors (bare, sparse, dense).
+F760_INFLATION_EDGES = (0.3, 0.6)
+
+
+def f760_inflation(ndvi, inflation: dict | None, chi2=None):
+    """The F760 sd factor (array like ``ndvi``) of each pixel from a guide's
+    ``info["f760_sd_inflation"]`` (ones where the guide has none).
+
+    The factors are for pixels the model does not fit as it fits its own draws: a pixel
+    whose fit chi-square ``chi2`` (like ``ndvi``; the guide's posterior mean,
+    :func:`fit_chi2`) is at most ``inflation["chi2_min"]`` (the 0.99 quantile on the
+    model's own simulations) keeps factor 1, the guide being calibrated there. Without
+    ``chi2`` every pixel gets its class's factor (conservative)."""
+    if not inflation:
+        return jnp.ones_like(jnp.asarray(ndvi, jnp.float32))
+    edges = jnp.asarray(inflation["ndvi_edges"], jnp.float32)
+    factors = jnp.asarray(inflation["factors"], jnp.float32)
+    f = factors[jnp.searchsorted(edges, jnp.asarray(ndvi, jnp.float32), side="right")]
+    if chi2 is not None and inflation.get("chi2_min") is not None:
+        f = jnp.where(jnp.asarray(chi2) > inflation["chi2_min"], f, 1.0)
+    return f
+
+
+def inflate_f760(q: GuideOutput, model: SifModel, factor) -> GuideOutput:
+    """The guide's output with each pixel's F760 coordinate's posterior sd (and its
+    coupling to the shared latents) scaled by ``factor`` (..., P): its mean and the
+    other coordinates unchanged; its correlations with them kept."""
+    k = model.fm.n_basis
+    f = jnp.asarray(factor, q.local_tril.dtype)[..., None]
+    tril = q.local_tril.at[..., k, :].multiply(f)
+    coupling = q.coupling.at[..., k, :].multiply(f)
+    return GuideOutput(q.shared_loc, q.shared_tril, q.local_loc, tril, coupling)

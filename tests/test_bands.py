@@ -1,0 +1,115 @@
+"""A scene's own band grid: forward models on it, band masks, windows, resampling."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bayesfluo.instruments import get_instrument
+from bayesfluo.model import SifModel
+from bayesfluo.physics.atmosphere import AtmosphereParams
+from bayesfluo.physics.forward import (
+    Geometry,
+    band_operator,
+    bands_on_fine_grid,
+    build_forward_model,
+)
+from bayesfluo.physics.sensor import SensorParams
+from bayesfluo.scene.bands import (
+    model_on_scene_grid,
+    resampling_matrix,
+    same_grid,
+    scene_bands,
+)
+from bayesfluo.scene.simulate import simulate_scene
+
+INST = "hyplant-fluo-o2a"
+
+
+@pytest.fixture(scope="module")
+def fm():
+    return build_forward_model(INST)
+
+
+def _operator(fm, shift=0.0):
+    atm = AtmosphereParams(jnp.float32(1000.0), jnp.float32(0.12), jnp.float32(1.3),
+                           jnp.float32(1.5))
+    geom = Geometry(jnp.float32(30.0), jnp.float32(5.0), jnp.float32(40.0),
+                    jnp.float32(100.0), jnp.float32(1100.0), jnp.float32(1.0))
+    return band_operator(fm, atm, geom, SensorParams(jnp.float32(shift), jnp.float32(1.0)))
+
+
+def test_own_grid_equal_to_nominal_is_the_nominal_model(fm):
+    inst = get_instrument(INST)
+    own = build_forward_model(INST, band_centre_nm=inst.band_centres(),
+                              band_fwhm_nm=inst.band_fwhm())
+    a, b = _operator(fm), _operator(own)
+    np.testing.assert_allclose(np.asarray(b.path), np.asarray(a.path), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(b.reflected), np.asarray(a.reflected), rtol=1e-6,
+                               atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(own.knots_nm), np.asarray(fm.knots_nm))
+
+
+def test_shifted_grid_is_the_nominal_grid_under_a_sensor_shift(fm):
+    """Band centres moved by +d nm see what the nominal bands see with the sensor shifted
+    by +d nm: two different code paths (the grid vs the sensor latent)."""
+    inst = get_instrument(INST)
+    d = 0.04
+    c = inst.band_centres() + d
+    keep = bands_on_fine_grid(INST, c, inst.fwhm_nm)
+    assert keep.sum() >= c.size - 2          # at most the band at the end is lost
+    own = build_forward_model(INST, band_centre_nm=c[keep], band_fwhm_nm=inst.fwhm_nm)
+    shifted = _operator(fm, shift=d)
+    mine = _operator(own)
+    np.testing.assert_allclose(np.asarray(mine.path), np.asarray(shifted.path)[keep],
+                               rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(mine.reflected)[..., 0, :],
+                               np.asarray(shifted.reflected)[..., 0, keep], rtol=2e-3,
+                               atol=1e-4)
+
+
+def test_grid_outside_the_window_is_refused():
+    inst = get_instrument(INST)
+    with pytest.raises(ValueError, match="leave the"):
+        build_forward_model(INST, band_centre_nm=inst.band_centres() + 2.0)
+
+
+def test_resampling_reproduces_linear_spectra():
+    rng = np.random.default_rng(0)
+    x = np.sort(rng.uniform(750, 780, 60))
+    y = np.linspace(750.5, 779.5, 200)
+    w = resampling_matrix(x, y)
+    np.testing.assert_allclose(w.sum(1), 1.0)
+    np.testing.assert_allclose(w @ (3.0 + 0.2 * x), 3.0 + 0.2 * y, rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return simulate_scene(INST, (8, 8), seed=3)
+
+
+def test_scene_bands_mask_nan_and_window(scene):
+    model = SifModel.for_instrument(INST)
+    b = scene_bands(scene, INST)
+    assert same_grid(b, model, scene.sizes["band"])
+    sc = scene.copy()
+    mask = np.ones(sc.sizes["band"], np.int8)
+    mask[[10, 100]] = 0
+    sc["band_mask"] = ("band", mask)
+    rad = sc["radiance"].values.copy()
+    rad[..., 50] = np.nan
+    sc["radiance"] = (sc["radiance"].dims, rad)
+    b2 = scene_bands(sc, INST)
+    assert b2.index.size == scene.sizes["band"] - 3
+    assert not set(b2.index) & {10, 50, 100}
+    assert not same_grid(b2, model, sc.sizes["band"])
+    m2 = model_on_scene_grid(model, b2)
+    assert m2.fm.n_bands == b2.index.size
+    assert model_on_scene_grid(model, b2) is m2            # cached per grid
+
+
+def test_scene_not_covering_the_window_is_refused(scene):
+    cut = scene.isel(band=slice(0, 150))
+    with pytest.raises(ValueError, match="do not cover"):
+        scene_bands(cut, INST)

@@ -1,0 +1,152 @@
+"""Training data from outside the model's family, its loss, and the shortest interval."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from bayesfluo.inference.guide import marginal_local, new_encoder
+from bayesfluo.inference.guide.summaries import summaries
+from bayesfluo.inference.train import world_loss
+from bayesfluo.inference.world import F760_FLOOR, world_targets
+from bayesfluo.model import SifModel, knee_softplus
+from bayesfluo.scene.simulate import simulate_scene
+
+INST = "hyplant-fluo-o2a"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SifModel.for_instrument(INST)
+
+
+def test_prosail_surface_is_off_family_and_physical():
+    pytest.importorskip("prosail")
+    from bayesfluo.scene.prosail_surface import prosail_surface
+    s = prosail_surface((12, 12), np.random.default_rng(4), sza_deg=35.0)
+    s2 = prosail_surface((12, 12), np.random.default_rng(4), sza_deg=35.0)
+    np.testing.assert_array_equal(s.reflectance.values, s2.reflectance.values)
+    r, f = s.reflectance.values, s.sif.values
+    assert r.min() >= 0 and r.max() <= 1
+    lc = s.land_cover.values
+    assert np.all(f[lc >= 2] == 0)                          # soil, water, roofs
+    veg = f[lc <= 1]
+    assert veg.max() > 0.5
+    # vegetation: NIR plateau well above the red (a canopy, not a grey surface)
+    wl = s.wavelength.values
+    red, nir = r[:, wl == 670][:, 0], r[:, wl == 780][:, 0]
+    assert np.median((nir - red)[lc == 0]) > 0.15
+    # the far-red peak is asymmetric: its half maximum lies at unequal distances
+    i = int(np.argmax(veg[:, wl > 720].max(1)))
+    spec = veg[i]
+    far = (wl > 715)
+    peak = wl[far][np.argmax(spec[far])]
+    half = spec[far].max() / 2
+    left = peak - wl[far][(wl[far] < peak) & (spec[far] < half)].max()
+    right = wl[far][(wl[far] > peak) & (spec[far] < half)].min() - peak
+    assert abs(left - right) > 1.0
+
+
+def test_world_targets_project_the_truth(model):
+    sc = simulate_scene(INST, (6, 6), seed=11)
+    u_r, u_f, cens = world_targets(sc, model)
+    assert u_r.shape == (6, 6, model.fm.n_basis) and u_f.shape == (6, 6)
+    # the projected reflectance reproduces the true one at the band centres
+    coeffs = np.asarray(model.coefficients(jnp.asarray(u_r)))
+    refl = coeffs @ np.asarray(model.fm.basis_band[0]).T
+    true = sc.true_reflectance.values
+    assert np.max(np.abs(refl - true)) < 0.01
+    # SIF coordinate: F760 back from it where not censored; censored exactly where zero
+    scale = np.asarray(model.sif_scale(jnp.asarray(sc.ndvi.values)))
+    f = scale * np.asarray(knee_softplus(jnp.asarray(u_f)))
+    t = sc.true_f760.values
+    np.testing.assert_allclose(f[~cens], t[~cens], rtol=2e-3, atol=1e-5)
+    np.testing.assert_array_equal(cens, t < F760_FLOOR)
+
+
+def test_world_loss_is_the_marginal_likelihood(model):
+    """world_loss against the marginal densities computed independently (scipy)."""
+    enc = new_encoder(273 + 8, model, 16, 1, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(1)
+    feats = jnp.asarray(rng.normal(size=(2, 4, 281)), jnp.float32)
+    mask = jnp.asarray([[1, 1, 1, 0], [1, 1, 1, 1]], jnp.float32)
+    k = model.fm.n_basis
+    u_r = jnp.asarray(rng.normal(size=(2, 4, k)), jnp.float32)
+    u_f = jnp.asarray(rng.normal(size=(2, 4)), jnp.float32)
+    cens = jnp.asarray(rng.uniform(size=(2, 4)) < 0.3)
+    got = float(world_loss(enc, feats, mask, u_r, u_f, cens, f760_weight=2.0))
+    q = enc.encode(feats, mask)
+    m, cov = (np.asarray(a, np.float64) for a in marginal_local(q))
+    total = 0.0
+    for n in range(2):
+        for p in range(4):
+            if not mask[n, p]:
+                continue
+            lr = scipy.stats.multivariate_normal.logpdf(np.asarray(u_r[n, p]), m[n, p, :k],
+                                                        cov[n, p, :k, :k])
+            sd = np.sqrt(cov[n, p, k, k])
+            lf = (scipy.stats.norm.logcdf(float(u_f[n, p]), m[n, p, k], sd) if cens[n, p]
+                  else scipy.stats.norm.logpdf(float(u_f[n, p]), m[n, p, k], sd))
+            total += lr + 2.0 * lf
+    assert got == pytest.approx(-total / 7.0, rel=2e-4)
+
+
+def test_shortest_interval_holds_zero_and_its_mass(model):
+    """lo90/hi90: 90 % of the posterior (Monte Carlo in the guide's coordinate), no
+    longer than the equal-tailed interval, starting at zero where the posterior piles
+    up there (a true zero is then inside)."""
+    k = model.fm.n_basis
+    d = model.n_local
+    loc = np.zeros((1, 3, d), np.float32)
+    loc[0, :, k] = [-0.6, 0.3, 2.0]
+    sd = np.array([0.25, 0.3, 0.2], np.float32)
+    tril = np.broadcast_to(np.eye(d, dtype=np.float32), (1, 3, d, d)).copy()
+    tril[0, :, k, k] = sd
+    s = len(model.free)
+    from bayesfluo.inference.guide import GuideOutput
+    q = GuideOutput(jnp.zeros((1, s)), jnp.eye(s)[None] * 1e-3, jnp.asarray(loc),
+                    jnp.asarray(tril), jnp.zeros((1, 3, d, s)))
+    ndvi = jnp.full((1, 3), 0.8)
+    out = summaries(q, model, ndvi, jnp.full((1,), 1000.0))["f760"]
+    lo, hi = np.asarray(out["lo90"])[0], np.asarray(out["hi90"])[0]
+    q05, q95 = np.asarray(out["q05"])[0], np.asarray(out["q95"])[0]
+    scale = float(model.sif_scale(jnp.float32(0.8)))
+    rng = np.random.default_rng(5)
+    u = loc[0, :, k][:, None] + sd[:, None] * rng.standard_normal((3, 200_000))
+    f = scale * np.asarray(knee_softplus(jnp.asarray(u, jnp.float32)))
+    inside = np.mean((f >= lo[:, None]) & (f <= hi[:, None]), 1)
+    # 200,000 draws: a 90 % fraction has sd 0.0007; 0.005 is 7 sd (false failure << 1e-4)
+    np.testing.assert_allclose(inside, 0.9, atol=0.005)
+    assert np.all(hi - lo <= q95 - q05 + 1e-6)
+    assert lo[0] < 1e-6 < q05[0]                   # piles up at zero: starts at zero
+    assert lo[2] > 0.5 * q05[2]                     # far from zero: near the quantiles
+
+
+def test_f760_inflation_scales_only_its_coordinate(model):
+    from bayesfluo.inference.guide import GuideOutput, f760_inflation, inflate_f760
+    rng = np.random.default_rng(2)
+    d, s, p = model.n_local, len(model.free), 5
+    tril = np.tril(rng.normal(size=(1, p, d, d))) + 3 * np.eye(d)
+    q = GuideOutput(jnp.asarray(rng.normal(size=(1, s)), jnp.float32),
+                    jnp.asarray(np.tril(rng.normal(size=(1, s, s))) + 2 * np.eye(s),
+                                jnp.float32),
+                    jnp.asarray(rng.normal(size=(1, p, d)), jnp.float32),
+                    jnp.asarray(tril, jnp.float32),
+                    jnp.asarray(rng.normal(size=(1, p, d, s)), jnp.float32))
+    ndvi = jnp.asarray([[0.1, 0.29, 0.45, 0.61, 0.9]], jnp.float32)
+    infl = {"ndvi_edges": [0.3, 0.6], "factors": [1.5, 2.0, 3.0]}
+    c = np.asarray(f760_inflation(ndvi, infl))
+    np.testing.assert_array_equal(c, [[1.5, 1.5, 2.0, 3.0, 3.0]])
+    np.testing.assert_array_equal(np.asarray(f760_inflation(ndvi, None)), 1.0)
+    m0, cov0 = (np.asarray(a) for a in marginal_local(q))
+    m1, cov1 = (np.asarray(a) for a in marginal_local(inflate_f760(q, model, c)))
+    k = model.fm.n_basis
+    np.testing.assert_array_equal(m1, m0)
+    np.testing.assert_allclose(np.sqrt(cov1[..., k, k] / cov0[..., k, k]), c, rtol=1e-5)
+    np.testing.assert_allclose(cov1[..., :k, :k], cov0[..., :k, :k], rtol=1e-6)
+    corr0 = cov0[..., :k, k] / np.sqrt(cov0[..., k, k])[..., None]
+    corr1 = cov1[..., :k, k] / np.sqrt(cov1[..., k, k])[..., None]
+    np.testing.assert_allclose(corr1, corr0, rtol=1e-4, atol=1e-6)
