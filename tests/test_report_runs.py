@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from bayesfluo.cli import main
@@ -139,3 +140,22 @@ def test_airborne_nuts_report(air_scene, capsys):
     assert "series" not in sections and {"nuts", "fits", "calibration"} <= set(sections)
     assert any(c.startswith("90 % NUTS interval of F760 holds the scene")
                for c in _checks(text))
+
+
+def test_spectral_fit_on_a_scene_of_its_own_grid(guide):
+    """The report's spectral fit of a scene on its own band grid (every other band,
+    shifted 0.03 nm) is on the scene's bands, predicted by the model built on them."""
+    from bayesfluo.instruments import get_instrument
+    from bayesfluo.physics.forward import bands_on_fine_grid, build_forward_model
+    from bayesfluo.report.figures import posterior_mean_fit
+    from bayesfluo.scene.simulate import simulate_scene
+    inst = get_instrument("hyplant-fluo-o2a")
+    c = inst.band_centres()[::2] + 0.03
+    c = c[bands_on_fine_grid(inst, c, inst.fwhm_nm)]
+    fm = build_forward_model(inst, band_centre_nm=c, band_fwhm_nm=inst.fwhm_nm)
+    sc = simulate_scene("hyplant-fluo-o2a", (8, 8), seed=3, model=fm)
+    fit = posterior_mean_fit(sc, guide, [(1, 1), (5, 6)])
+    np.testing.assert_allclose(fit["wavelength"], c, atol=1e-4)
+    assert fit["observed"].shape == fit["predicted"].shape == (2, c.size)
+    np.testing.assert_allclose(fit["observed"], sc["radiance"].values[[1, 5], [1, 6]],
+                               rtol=1e-6)

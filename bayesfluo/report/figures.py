@@ -172,12 +172,13 @@ def posterior_mean_fit(scene: xr.Dataset, guide, pixels: list[tuple[int, int]],
     r = Retriever(guide)
     opt = dataclasses.replace(options or RetrieveOptions(), quality=True)
     plan = plan_retrieval(scene, guide, opt, r.fm)
+    r = r.on_grid(plan.bands)  # a scene on its own band grid: the model on its bands
     where = [plan.locate(y, x) for y, x in pixels]
     chunks = {}
     for pr0 in sorted({w[0] for w in where}):  # only the chunks of the pixels
         d = chunk_inputs(scene, pr0, plan, r, opt)
         q, _, _, _ = r.chunk_maps(d, opt.ood_sigma, opt.min_patch_pixels,
-                               opt.refine_batch if opt.refine else None)
+                                  opt.refine_batch if opt.refine else None)
         p = d.patches
         pred = r.predict(q, p)
         var = jax.vmap(r.model.noise_variance)(pred, p.noise_a, p.noise_b)
