@@ -427,6 +427,10 @@ def test_scene_on_its_own_grid_and_wider_window(guide):
     nominal = retrieve(simulate_scene("hyplant-fluo-o2a", (8, 8), seed=5), guide,
                        progress=False)
     assert np.median(r.fit_chi2.values) < 2 * np.median(nominal.fit_chi2.values)
+    assert r.attrs["bands_used"].startswith(f"{sc.sizes['band'] - 1} of {sc.sizes['band']}")
     wide = simulate_scene("hyplant-fluo", (8, 8), seed=5)
     rw = retrieve(wide, guide, progress=False)
     assert np.all(np.isfinite(rw.f760_mean.values))
+    # the output says the scene was cut to the model's window
+    n_used = int(rw.attrs["bands_used"].split()[0])
+    assert 260 <= n_used <= 280 and f"of {wide.sizes['band']}" in rw.attrs["bands_used"]

@@ -93,7 +93,8 @@ def retrieve(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOptions 
     ds = result_dataset(pieces, scene, plan.chi2_max)
     ds.attrs.update(result_attrs(guide, source=source or scene.encoding.get("source", ""),
                                  model_name=model_name, elapsed_s=time.perf_counter() - t0,
-                                 refined=opt.refine))
+                                 refined=opt.refine, bands=plan.bands,
+                                 n_scene_bands=scene.sizes["band"]))
     return ds
 
 

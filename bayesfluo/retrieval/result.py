@@ -104,7 +104,8 @@ def result_dataset(pieces: dict[str, list[np.ndarray]], scene: xr.Dataset,
 
 
 def result_attrs(guide, *, source: str | None, model_name: str | None, elapsed_s: float,
-                 refined: bool = False) -> dict:
+                 refined: bool = False, bands=None, n_scene_bands: int | None = None
+                 ) -> dict:
     """Global attributes of a result (``shared/SCENE_FORMAT.md`` section 4).
 
     Parameters
@@ -117,8 +118,19 @@ def result_attrs(guide, *, source: str | None, model_name: str | None, elapsed_s
         Wall time of the retrieval, s.
     refined : bool
         Whether the posterior was refined (:mod:`bayesfluo.inference.refine`).
+    bands : SceneBands, optional
+        The scene's bands the retrieval used (:func:`bayesfluo.scene.bands.scene_bands`),
+        of ``n_scene_bands``: recorded in ``bands_used`` (a scene cut to the model's
+        window, bad bands left out, its own grid).
     """
-    return dict(
+    extra = {}
+    if bands is not None:
+        c = bands.centre_nm
+        extra["bands_used"] = (
+            f"{c.size} of {n_scene_bands or c.size} scene bands, {c[0]:.3f}-{c[-1]:.3f} nm "
+            f"(air): the model's window of the scene, without bad bands, on the scene's "
+            f"own grid")
+    return extra | dict(
         posterior=("amortized guide, refined to the Laplace approximation at the mode "
                    "(bayesfluo.inference.refine)" if refined else "amortized guide"),
         model=model_name or guide.instrument, model_fingerprint=guide.info.get(

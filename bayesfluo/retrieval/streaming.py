@@ -392,7 +392,8 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
     check_radiance_level(scene)  # a unit mistake is refused before any work
     executor = executor or LocalExecutor(retriever)
     attrs = result_attrs(guide, source=source or scene.encoding.get("source", ""),
-                         model_name=model_name, elapsed_s=0.0, refined=opt.refine)
+                         model_name=model_name, elapsed_s=0.0, refined=opt.refine,
+                         bands=plan.bands, n_scene_bands=scene.sizes["band"])
     tally = FlagSummary()
     if fmt == "zarr":
         with atomic_dir(out) as store:
