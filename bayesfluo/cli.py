@@ -64,7 +64,8 @@ def _parse_size(text: str, instrument: str) -> str | tuple[int, int]:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import xarray as xr
 
-    from bayesfluo.io import write_dataset
+    from bayesfluo.io import write_dataset, write_flox_csv
+    from bayesfluo.io.writers import write_zarr
     from bayesfluo.scene.simulate import simulate_scene
 
     surface = None
@@ -86,7 +87,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                         sza_deg=args.sza, altitude_m=args.altitude,
                         snr=np.inf if args.no_noise else args.snr, progress=not args.quiet,
                         model=fm, atmosphere=atmosphere)
-    write_dataset(ds, args.out)
+    suffix = Path(args.out).suffix.lower()
+    if suffix == ".csv":  # the FloX table a tower user has (time series with irradiance)
+        if "irradiance" not in ds:
+            raise ValueError(f"{args.out}: a CSV holds a top-of-canopy time series; "
+                             f"{args.instrument} scenes are images: use .nc or .zarr")
+        write_flox_csv(ds, args.out)
+    elif suffix == ".zarr":
+        write_zarr(ds, args.out)
+    else:
+        write_dataset(ds, args.out)
     print(f"wrote {args.out}: {args.instrument}, {dict(ds.sizes)}, "
           f"{time.perf_counter() - t0:.1f} s")
     if args.plot:
@@ -224,9 +234,9 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
 
 def _cmd_nuts(args: argparse.Namespace) -> int:
     from bayesfluo.inference.nuts import NutsConfig, nuts_reference, parse_pixels
-    from bayesfluo.io import read_scene, write_datatree
+    from bayesfluo.io import open_scene, write_datatree
 
-    scene = read_scene(args.scene)
+    scene = open_scene(args.scene).load()  # any format: netCDF, Zarr, ENVI, DESIS, FloX CSV
     if "time" in scene["radiance"].dims:  # a tower: --pixels are time steps 't0:t1' or 't;t'
         spec = args.pixels.strip()
         if "," not in spec:  # time steps only: add the one column
@@ -253,9 +263,9 @@ def _cmd_nuts(args: argparse.Namespace) -> int:
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from bayesfluo.inference.baselines import run_baseline
-    from bayesfluo.io import read_scene, write_dataset
+    from bayesfluo.io import open_scene, write_dataset
 
-    scene = read_scene(args.scene)
+    scene = open_scene(args.scene).load()  # any format: netCDF, Zarr, ENVI, DESIS, FloX CSV
     t0 = time.perf_counter()
     ds = run_baseline(scene, args.method, patch_size=args.patch_size)
     ds.attrs["input"] = str(args.scene)
@@ -311,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--atmosphere", help="transfer-function table (netCDF, or MODTRAN-style "
                    "text) used in place of the built-in atmosphere")
-    s.add_argument("--out", required=True, help="output netCDF file")
+    s.add_argument("--out", required=True,
+                   help="output scene: .nc (netCDF-4), .zarr, or .csv (FloX table; tower)")
     s.set_defaults(func=_cmd_simulate)
 
     at = sub.add_parser("atmosphere", help="export the built-in atmosphere as a "
