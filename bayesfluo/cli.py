@@ -1,5 +1,5 @@
 """Command line: ``bayesfluo demo | simulate | train | retrieve | nuts | baseline |
-report | instruments | atmosphere``."""
+report | instruments | atmosphere | cluster-script``."""
 
 from __future__ import annotations
 
@@ -146,6 +146,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from bayesfluo.inference.train import TrainConfig, TrainingDiverged, train
+    from bayesfluo.retrieval.devices import device_line
 
     overrides = {}
     if args.out:
@@ -153,6 +154,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.devices:
         overrides["devices"] = args.devices
     tc = TrainConfig.from_toml(args.config, **overrides)
+    print(device_line(), flush=True)
     t0 = time.perf_counter()
     scenes = None
     if tc.finetune_steps:
@@ -191,12 +193,17 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     from bayesfluo.io.writers import output_format
     from bayesfluo.retrieval.api import FlagSummary, RetrieveOptions, Retriever, retrieve_file
     from bayesfluo.retrieval.batch import EXTENSIONS, is_batch, run_batch
+    from bayesfluo.retrieval.devices import device_line
     from bayesfluo.retrieval.executors import executor_context
     from bayesfluo.shipped import resolve_model
 
+    chunk = {} if args.chunk_pixels is None else {"chunk_pixels": args.chunk_pixels}
     opts = RetrieveOptions(quality=not args.no_quality, n_draws=args.draws, seed=args.seed,
-                           chunk_pixels=args.chunk_pixels, refine=args.refine)
+                           refine=args.refine, **chunk)
     t0 = time.perf_counter()
+    distributed = args.scheduler or args.workers is not None or args.cluster
+    print(device_line() + ("; chunks run on the dask workers" if distributed else ""),
+          flush=True)
     model_dir = resolve_model(args.model)
     reader_kwargs = {}
     if args.instrument:
@@ -209,7 +216,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
         output_format(args.out)
     retriever = Retriever(load_guide(model_dir))
     with executor_context(model_dir, retriever, scheduler=args.scheduler,
-                          workers=args.workers, reader_kwargs=reader_kwargs) as executor:
+                          workers=args.workers, cluster_config=args.cluster,
+                          reader_kwargs=reader_kwargs) as executor:
         if batch:
             fmt = args.format or "nc"
             report = run_batch(args.scene, args.out, model_dir, opts, fmt=fmt,
@@ -229,6 +237,17 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
                             separate=args.separate_maps, flags=flags)
     print(f"wrote {out} ({time.perf_counter() - t0:.1f} s)")
     print(f"  {flags.line()}")
+    return 0
+
+
+def _cmd_cluster_script(args: argparse.Namespace) -> int:
+    from bayesfluo.retrieval.executors import read_cluster_config, slurm_job_script
+
+    jobs = read_cluster_config(args.config)["jobs"]
+    print(slurm_job_script(args.config))  # stdout: the script alone
+    print(f"'bayesfluo retrieve --cluster {args.config}' submits this script {jobs} "
+          "time(s), with its own scheduler's address (nothing was submitted now)",
+          file=sys.stderr)
     return 0
 
 
@@ -265,13 +284,26 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     from bayesfluo.inference.baselines import run_baseline
     from bayesfluo.io import open_scene, write_dataset
 
+    kwargs = {"patch_size": args.patch_size}
+    if args.windows:
+        if args.method != "sfm":
+            raise ValueError("--windows is for --method sfm (top-of-canopy series)")
+        try:
+            kwargs["windows_nm"] = [tuple(float(v) for v in w.split("-"))
+                                    for w in args.windows.split(",")]
+        except ValueError:
+            kwargs["windows_nm"] = None
+        if kwargs["windows_nm"] is None or any(len(w) != 2 for w in kwargs["windows_nm"]):
+            raise ValueError(f"--windows wants LO-HI[,LO-HI...] in nm, not {args.windows!r}")
     scene = open_scene(args.scene).load()  # any format: netCDF, Zarr, ENVI, DESIS, FloX CSV
     t0 = time.perf_counter()
-    ds = run_baseline(scene, args.method, patch_size=args.patch_size)
+    ds = run_baseline(scene, args.method, **kwargs)
     ds.attrs["input"] = str(args.scene)
     write_dataset(ds, args.out)
+    f687 = (f", F687 {float(np.nanmean(ds.f687_mean.values)):.3f}" if "f687_mean" in ds
+            else "")
     print(f"wrote {args.out}: {args.method}, mean F760 "
-          f"{float(np.nanmean(ds.f760_mean.values)):.3f} mW m-2 sr-1 nm-1, "
+          f"{float(np.nanmean(ds.f760_mean.values)):.3f}{f687} mW m-2 sr-1 nm-1, "
           f"{time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -395,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "a scheduler file (.json): chunks become tasks on that cluster")
     dist.add_argument("--workers", type=int,
                       help="start a local dask cluster of N worker processes (1 thread each)")
+    dist.add_argument("--cluster", metavar="CONFIG",
+                      help="a Slurm cluster from a configuration file (TOML, "
+                      "docs/cluster.md; needs bayesfluo[hpc]): chunks become tasks on its "
+                      "jobs")
     r.add_argument("--draws", type=int, default=0, help="posterior draws of F760 per pixel")
     r.add_argument("--seed", type=int, default=0, help="seed of the draws")
     r.add_argument("--no-quality", action="store_true",
@@ -404,9 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "approximation at the model's mode (bayesfluo.inference.refine): agrees "
                         "with NUTS (median 0.08 sd against the guide's 0.36); about 800x "
                         "slower than the guide alone")
-    r.add_argument("--chunk-pixels", type=int, default=8192,
+    r.add_argument("--chunk-pixels", type=int,
                    help="pixels per chunk (bounds memory: the scene is read and written "
-                   "chunk by chunk)")
+                   "chunk by chunk; default: 8192 on a CPU, 65536 on a GPU)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_retrieve)
 
@@ -429,12 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("baseline", help="a baseline retrieval (sFLD, 3FLD, iFLD, SFM, OE) "
                        "of a scene, for comparison")
-    b.add_argument("scene", help="scene netCDF")
+    b.add_argument("scene", help="scene file: netCDF, Zarr, ENVI .hdr, DESIS, FloX CSV")
     b.add_argument("--method", default="ifld",
                    choices=["sfld", "3fld", "ifld", "sfm", "oe", "oe-atmosphere"],
-                   help="the retrieval method")
+                   help="the retrieval method (a top-of-canopy series such as FloX: "
+                   "FLD and SFM in the FloX convention, with its measured irradiance)")
     b.add_argument("--patch-size", type=int, default=8,
                    help="pixels per side sharing one geometry and atmosphere operator")
+    b.add_argument("--windows", help="SFM fitting windows of a top-of-canopy series, "
+                   "LO-HI[,LO-HI] nm (default: 750-780,670-700)")
     b.add_argument("--out", required=True, help="output netCDF file")
     b.set_defaults(func=_cmd_baseline)
 
@@ -451,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("instruments", help="list the instruments bayesfluo knows")
     i.set_defaults(func=_cmd_instruments)
+
+    cs = sub.add_parser("cluster-script", help="print the Slurm job script that "
+                        "'retrieve --cluster CONFIG' would submit (submits nothing)")
+    cs.add_argument("config", help="cluster configuration file (TOML, docs/cluster.md)")
+    cs.set_defaults(func=_cmd_cluster_script)
     return p
 
 
@@ -511,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"bayesfluo {args.command}: error: {_cli_wording(str(err))}", file=sys.stderr)
+        return 2
+    except ImportError as err:  # an optional extra not installed (its message names it)
+        if 'pip install "bayesfluo[' not in str(err):
+            raise
+        print(f"bayesfluo {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # writing (also an output another run is writing)
         print(f"bayesfluo {args.command}: error: {_os_error(err, args)}", file=sys.stderr)

@@ -102,6 +102,17 @@ class Instrument:
         c = 2.0 * np.asarray(column, dtype=np.float64) / (self.n_columns - 1) - 1.0
         return c * self.fov_deg / 2.0
 
+    def smile(self, column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The characterised smile at detector columns: ``(shift_nm, fwhm_scale)``,
+        quadratic across the swath (zero shift and unit scale at nadir; ``smile_shift_nm``
+        and ``1 + smile_fwhm`` at the edges). The spectral shift of a scene adds a
+        constant to it; a file's own per-column band centres replace it."""
+        col = np.asarray(column, dtype=np.float64)
+        if self.n_columns == 1:
+            return np.zeros_like(col), np.ones_like(col)
+        c2 = (2.0 * col / (self.n_columns - 1) - 1.0) ** 2
+        return self.smile_shift_nm * c2, 1.0 + self.smile_fwhm * c2
+
     def replace(self, **changes) -> Instrument:
         """A copy with some fields changed (e.g. ``window_nm`` or ``snr``)."""
         return dataclasses.replace(self, **changes)

@@ -8,7 +8,9 @@ and, measured in the same run on the same pixels, the bare forward pass of the e
 (:meth:`bayesfluo.inference.guide.Encoder.encode` on features already on the device) and a plain
 4-layer, 256-wide MLP: the limits. Each case runs in its own process so its peak memory
 (max RSS) is its own. On a shared machine, compare the ratios of one run, not absolute
-rates across runs.
+rates across runs. The header names the device JAX ran on (its default backend: a GPU
+where ``bayesfluo[cuda]`` is installed and sees one, ``docs/gpu.md``); chunks follow
+``RetrieveOptions``' default for that backend.
 
 XLA CPU settings tried and not adopted (no gain beyond run-to-run noise on a 2-core AMD
 EPYC with AVX2, jax 0.12): ``--xla_cpu_experimental_xnn_graph_fusion_mode=
@@ -38,6 +40,7 @@ def _case(name: str, size: int, repeat: int) -> dict:
     from bayesfluo.inference.guide import guide_inputs, load_guide
     from bayesfluo.instruments import get_instrument
     from bayesfluo.retrieval.api import RetrieveOptions, Retriever, retrieve
+    from bayesfluo.retrieval.devices import device_summary
     from bayesfluo.scene.grid import PatchGrid
     from bayesfluo.scene.simulate import simulate_scene
     from bayesfluo.shipped import resolve_model
@@ -103,7 +106,8 @@ def _case(name: str, size: int, repeat: int) -> dict:
             t.append(time.perf_counter() - t0)
     best = min(t)
     return dict(case=name, pixels=n_pix, seconds=best, pixels_per_s=n_pix / best,
-                peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                device=device_summary())
 
 
 def main() -> None:
@@ -127,6 +131,10 @@ def main() -> None:
     base = {r["case"]: r for r in rows}
     bare = base["encoder"]["pixels_per_s"]
     print(f"HyPlant FLUO O2-A, {a.size} x {a.size} pixels in memory, best of {a.repeat}")
+    devs = {json.dumps(r["device"], sort_keys=True) for r in rows}
+    for d in map(json.loads, sorted(devs)):   # one line (each case ran on the same device)
+        print(f"device: {d['backend']} ({d['device_kind']}, {d['count']} device(s)), "
+              f"{d['cpu_cores']} CPU cores")
     print(f"{'case':44s} {'pixel/s':>10s} {'x bare encoder':>15s} {'peak MB':>8s}")
     names = {"encoder": "bare encoder forward pass (the limit)",
              "mlp4x256": "plain 4-layer 256-wide MLP (reference)",

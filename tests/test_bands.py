@@ -113,3 +113,14 @@ def test_scene_not_covering_the_window_is_refused(scene):
     cut = scene.isel(band=slice(0, 150))
     with pytest.raises(ValueError, match="do not cover"):
         scene_bands(cut, INST)
+
+
+def test_narrower_scene_names_the_models_that_fit_it(scene):
+    """A scene that does not cover a model's window is refused naming the instruments
+    (hence shipped models) whose window it does cover, or saying there is none."""
+    desis = simulate_scene("desis", (2, 2), seed=4)
+    with pytest.raises(ValueError, match=r"cover the window of desis.*--model"):
+        scene_bands(desis, INST)
+    cut = scene.sel(band=(scene["wavelength"] > 755) & (scene["wavelength"] < 775))
+    with pytest.raises(ValueError, match="no instrument bayesfluo knows"):
+        scene_bands(cut, INST)

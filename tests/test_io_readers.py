@@ -249,14 +249,16 @@ def test_flox_round_trip_is_exact(flox, tmp_path):
 def test_flox_units_and_missing_rows(flox, tmp_path):
     path = write_flox_csv(flox, tmp_path / "t.csv")
     lines = path.read_text().splitlines()
-    # radiance in W m-2 sr-1 um-1 is numerically the same; irradiance in uW cm-2 nm-1 is x10
-    text = "\n".join(lines).replace("# irradiance_units = mW m-2 nm-1",
-                                    "# irradiance_units = uW cm-2 nm-1").replace(
+    # radiance in W m-2 sr-1 um-1 is numerically the same; irradiance in uW cm-2 nm-1 is
+    # a tenth of the mW m-2 nm-1 values: written so, and read back to the true values
+    tenth = flox.assign(irradiance=flox["irradiance"] / 10)
+    text = write_flox_csv(tenth, tmp_path / "t10.csv").read_text().replace(
+        "# irradiance_units = mW m-2 nm-1", "# irradiance_units = uW cm-2 nm-1").replace(
         "# radiance_units = mW m-2 sr-1 nm-1", "# radiance_units = W m-2 sr-1 um-1")
     (tmp_path / "u.csv").write_text(text)
     got = read_flox_csv(tmp_path / "u.csv")
-    np.testing.assert_allclose(got["irradiance"].values, flox["irradiance"].values * 10,
-                               rtol=1e-6)
+    np.testing.assert_allclose(got["irradiance"].values, flox["irradiance"].values,
+                               rtol=1e-5)
     np.testing.assert_array_equal(got["radiance"].values, flox["radiance"].values)
     # an E_down row removed: that time stamp is named
     drop = next(i for i, ln in enumerate(lines) if ",E_down," in ln)

@@ -64,6 +64,7 @@ from bayesfluo.inference.guide import (
     Encoder,
     GuideInputs,
     ancillary_inputs,
+    fit_check,
     fit_chi2,
     geometry_coordinates,
     guide_inputs,
@@ -85,6 +86,8 @@ from bayesfluo.scene.bands import model_on_scene_grid, same_grid, scene_bands
 from bayesfluo.scene.grid import PatchGrid, check_scene_for_model
 from bayesfluo.scene.prior import Atmospheres
 from bayesfluo.scene.prior import simulate_batch as prior_batch
+from bayesfluo.scene.prosail_surface import prosail_surface
+from bayesfluo.scene.simulate import simulate_scene
 
 __all__ = ["TrainConfig", "train", "TrainingDiverged", "default_ranges", "build_pool",
            "TrainingPool", "TrainingBatch", "simulate_batch", "feature_statistics",
@@ -144,6 +147,11 @@ class TrainConfig:
         step also takes ``batch_patches`` prior draws, so the guide keeps the prior's
         calibration), peak learning rate, weight of the world loss, and scenes held out
         for the ``poor_fit`` reference (:func:`fit_chi2_quantiles`).
+    calibration_scenes : int
+        Scenes of the package's own simulator added to the held-out world scenes of
+        :func:`world_holdout_calibration` (``world_size`` square, seeds from
+        ``CALIBRATION_SEED``, apart from training's and validation's): even ones at the
+        simulator's defaults, odd ones on PROSAIL surfaces at nominal conditions.
     scenes : tuple of str
         Scene files (netCDF) for self-supervised fine-tuning (read by the caller and
         given to :func:`train`).
@@ -179,6 +187,7 @@ class TrainConfig:
     world_learning_rate: float = 3e-4
     world_weight: float = 1.0
     world_holdout: int = 32
+    calibration_scenes: int = 0
     scenes: tuple[str, ...] = ()
     finetune_steps: int = 0
     finetune_batch_patches: int = 8
@@ -760,6 +769,20 @@ def fit_chi2_quantiles(guide: AmortizedGuide, tc: TrainConfig, pool: TrainingPoo
     return {str(q): float(np.quantile(c2, q)) for q in (0.5, 0.9, 0.99, 0.999)}
 
 
+#: First seed of the calibration scenes (:attr:`TrainConfig.calibration_scenes`): the
+#: world's are from 1,000,000, ``benchmarks/offmodel_validation.py``'s from 900,000
+CALIBRATION_SEED = 800_000
+
+
+def _calibration_scene(instrument: str, i: int, size: int, fm) -> xr.Dataset:
+    """Calibration scene ``i``: the simulator at its defaults (even ``i``) or on PROSAIL
+    surfaces at nominal conditions (odd)."""
+    seed = CALIBRATION_SEED + i
+    surf = (prosail_surface((size, size), np.random.default_rng(seed), sza_deg=30.0)
+            if i % 2 else None)
+    return simulate_scene(instrument, (size, size), seed=seed, model=fm, surface=surf)
+
+
 def _world_seeds(tc: TrainConfig) -> tuple[list[int], list[int]]:
     """Seeds of the world scenes: training, held out (the last ``world_holdout``)."""
     seeds = [tc.world_seed + i for i in range(tc.world_scenes)]
@@ -792,26 +815,31 @@ def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
         Quantiles of the reduced chi-square of the fit at the guide's posterior mean
         (:func:`bayesfluo.inference.guide.fit_chi2`, on each scene's own bands) and of its
         ratio to the patch's median (:func:`~bayesfluo.inference.guide.patch_relative_chi2`):
-        the references of the ``poor_fit`` flag. A pixel that fits as well as the
-        simulator's scenes (terrain, smile, aerosol, canopies the model does not describe
-        exactly) passes; spikes, broken bands and pixels unlike their neighbours do not.
+        the references of the ``poor_fit`` flag; ``fit_spike_quantiles`` those of the
+        spike statistic (:class:`~bayesfluo.inference.guide.FitCheck`). A pixel that fits
+        as well as the simulator's scenes (terrain, smile, aerosol, canopies the model
+        does not describe exactly) passes; spikes, broken bands and pixels unlike their
+        neighbours do not.
     ``f760_sd_inflation``
         Factors on the F760 posterior sd in the guide's coordinate per NDVI class, for
         pixels whose fit chi-square exceeds the 0.99 quantile on the model's own draws
-        (``chi2_min``; :func:`~bayesfluo.inference.guide.f760_inflation`,
-        :func:`~bayesfluo.inference.guide.inflate_f760`): for each class the smallest
-        factor (0.5 to 6, steps of 0.05) whose shortest 90 % intervals hold the truth for
-        >= 90 % of the class's held-out pixels. Amortization and the misfit the guide
-        cannot see leave its F760 intervals too narrow (or too wide) on scenes the model
-        did not generate; this is their temperature scaling, fitted on scenes apart from
-        both the training and the validation (``benchmarks/offmodel_validation.py``)
-        scenes.
+        (``chi2_min``; ``factors``) and for the others (``factors_fit``)
+        (:func:`~bayesfluo.inference.guide.f760_inflation`,
+        :func:`~bayesfluo.inference.guide.inflate_f760`): for each class and subset the
+        smallest factor (0.5 to 6, steps of 0.05) whose shortest 90 % intervals hold the
+        truth for >= 90 % of its held-out pixels in each holdout family (the world's
+        scenes, and with ``calibration_scenes`` the simulator's defaults and PROSAIL
+        surfaces; families of fewer than 50 such pixels do not count; 1 where none does).
+        Amortization and the misfit the guide cannot see leave its F760 intervals too
+        narrow (or too wide) on scenes the model did not generate; this is their
+        temperature scaling, fitted on scenes apart from both the training and the
+        validation (``benchmarks/offmodel_validation.py``) scenes.
     """
     model = guide.model
     inst = get_instrument(tc.instrument)
     params, static = eqx.partition(guide.encoder, eqx.is_inexact_array)
     encode = jax.jit(lambda p, f, m: eqx.combine(p, static).encode(f, m))
-    chi2 = jax.jit(fit_chi2)
+    chi2 = jax.jit(fit_check)
     factors = np.round(np.arange(0.5, 6.001, 0.05), 2)
 
     @jax.jit
@@ -821,12 +849,18 @@ def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
         return f["lo90"], f["hi90"]
 
     _, seeds = _world_seeds(tc)
-    c2, ratio, hits, ndvis = [], [], [], []
-    for seed in seeds:
-        i = seed - tc.world_seed
-        sc = world_scene(tc.instrument, seed, (tc.world_size, tc.world_size), tc.ranges,
-                         bool(tc.world_prosail_every) and i % tc.world_prosail_every
-                         == tc.world_prosail_every - 1, model.fm)
+
+    def scenes():
+        for seed in seeds:
+            i = seed - tc.world_seed
+            yield world_scene(tc.instrument, seed, (tc.world_size, tc.world_size), tc.ranges,
+                              bool(tc.world_prosail_every) and i % tc.world_prosail_every
+                              == tc.world_prosail_every - 1, model.fm)
+        for i in range(tc.calibration_scenes):
+            yield _calibration_scene(tc.instrument, i, tc.world_size, model.fm)
+
+    c2, ratio, spike, hits, ndvis, family = [], [], [], [], [], []
+    for k, sc in enumerate(scenes()):
         grid = PatchGrid((sc.sizes["y"], sc.sizes["x"]), tc.patch_size)
         bands = scene_bands(sc, tc.instrument)
         d = guide_inputs(sc, grid, slice(None), model, guide.feature_mean, guide.feature_sd,
@@ -835,9 +869,11 @@ def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
         # the fit is judged on the scene's own bands, as a retrieval judges it
         m = model if same_grid(bands, model, sc.sizes["band"]) else model_on_scene_grid(
             model, bands)
-        v = np.asarray(chi2(m, q, d.patches))
+        fit = chi2(m, q, d.patches)
+        v = np.asarray(fit.chi2)
         ok = np.asarray(d.patches.mask) > 0
         c2.append(v[ok])
+        spike.append(np.asarray(fit.spike)[ok])
         ratio.append(patch_relative_chi2(np.where(ok, v, np.nan))[ok])
         truth = grid.to_patches(np.asarray(sc["true_f760"].values))[ok]
         hit = []
@@ -846,24 +882,41 @@ def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
             hit.append((truth >= np.asarray(lo)[ok]) & (truth <= np.asarray(hi)[ok]))
         hits.append(np.stack(hit))
         ndvis.append(np.asarray(d.patches.ndvi)[ok])
-    c2, ratio = np.concatenate(c2), np.concatenate(ratio)
+        # holdout families: the world's scenes (0), the simulator's defaults (1), PROSAIL
+        # surfaces at nominal conditions (2)
+        j = k - len(seeds)
+        family.append(np.full(int(ok.sum()), 0 if j < 0 else 1 + j % 2))
+    c2, ratio, spike = np.concatenate(c2), np.concatenate(ratio), np.concatenate(spike)
     hits, ndvi = np.concatenate(hits, 1), np.concatenate(ndvis)
+    family = np.concatenate(family)
     qs = (0.5, 0.9, 0.95, 0.99, 0.999)
     cls = np.digitize(ndvi, F760_INFLATION_EDGES)
     # the factors are for pixels that fit worse than the model's own draws (above their
     # 0.99 quantile): below it the guide is calibrated as it is (factor 1)
     chi2_min = (guide.info.get("fit_chi2_quantiles_prior") or {}).get("0.99")
     misfit = c2 > chi2_min if chi2_min is not None else np.ones(c2.size, bool)
-    inflation = []
-    for k in range(len(F760_INFLATION_EDGES) + 1):
-        sel = (cls == k) & misfit
-        cov = hits[:, sel].mean(1) if np.any(sel) else np.ones(factors.size)
-        ok_c = np.flatnonzero(cov >= 0.9)
-        inflation.append(float(factors[ok_c[0]] if ok_c.size else factors[-1]))
+
+    def smallest(sel):
+        # the smallest factor whose intervals hold the truth for >= 90 % of ``sel`` in
+        # every holdout family (the largest of the families' smallest factors); a family
+        # with fewer than 50 such pixels does not decide it (1 where none does)
+        need = [1.0]
+        for fam in np.unique(family):
+            pick = sel & (family == fam)
+            if pick.sum() >= 50:
+                ok_c = np.flatnonzero(hits[:, pick].mean(1) >= 0.9)
+                need.append(float(factors[ok_c[0]] if ok_c.size else factors[-1]))
+        return max(need) if len(need) > 1 else 1.0
+
+    n_cls = len(F760_INFLATION_EDGES) + 1
+    inflation = [smallest((cls == k) & misfit) for k in range(n_cls)]
+    inflation_fit = [smallest((cls == k) & ~misfit) for k in range(n_cls)]
     return {"fit_chi2_quantiles": {str(q): float(np.quantile(c2, q)) for q in qs},
             "fit_chi2_ratio_quantiles": {str(q): float(np.quantile(ratio, q)) for q in qs},
+            "fit_spike_quantiles": {str(q): float(np.quantile(spike, q)) for q in qs},
             "f760_sd_inflation": {"ndvi_edges": list(F760_INFLATION_EDGES),
-                                  "factors": inflation, "chi2_min": chi2_min,
+                                  "factors": inflation, "factors_fit": inflation_fit,
+                                  "chi2_min": chi2_min,
                                   "holdout_pixels": int(ndvi.size),
                                   "holdout_pixels_misfit": int(misfit.sum())}}
 

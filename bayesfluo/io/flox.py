@@ -34,6 +34,22 @@ this (``write_flox_csv`` writes it)::
   geometry is read from the ``L_up`` row. Empty or NaN cells mask that time step (a
   geometry or NDVI value that is empty or out of range becomes NaN, see
   :data:`bayesfluo.io.common.ANCILLARY_RANGES`); an empty time stamp is refused.
+* ``# irradiance_convention = E`` (the default) or ``E/pi`` states how the irradiance
+  was exported; ``E/pi`` is multiplied by pi.
+* ``# noise_a`` and ``# noise_b`` (and ``# irradiance_noise_a``, ``# irradiance_noise_b``,
+  for ``E / pi``) state the noise variance ``a L + b`` (mW m-2 sr-1 nm-1 squared).
+
+Units and conventions are then checked from physics
+(:func:`check_irradiance_conventions`): an irradiance exported as ``E / pi`` without
+saying so (``pi L / E`` about pi^2 times a surface's), or radiance and irradiance both in
+W instead of mW (the irradiance 1000 times off the top-of-atmosphere irradiance times
+cos(sza)), is converted with a warning and an attribute saying what was assumed; other
+mismatches are refused, naming the line to add. Without a stated noise, the noise model
+is estimated from the series (:func:`bayesfluo.io.flox_noise.estimate_noise`, at least
+:data:`~bayesfluo.io.flox_noise.MIN_SCANS` scans) and stored as the attributes
+``noise_a``, ``noise_b``, ``irradiance_noise_a`` and ``irradiance_noise_b`` the retrieval
+reads; ``noise_source`` says where the noise came from (or why the instrument's default
+applies).
 
 The scene (README, "Scene format") has ``radiance`` and ``irradiance`` over
 (time, band), geometry over (time), and ``ndvi`` from the canopy reflectance
@@ -65,8 +81,11 @@ from bayesfluo.io.common import (
     select_window,
     wavelength_unit_factor,
 )
+from bayesfluo.io.flox_noise import MIN_SCANS, estimate_noise
 
-__all__ = ["read_flox_csv", "write_flox_csv"]
+__all__ = ["read_flox_csv", "write_flox_csv", "check_irradiance_conventions", "attach_noise",
+           "check_series", "stated_noise", "CONTINUUM_GAPS_NM", "REFLECTANCE_RANGE",
+           "E_OVER_PI_RANGE", "IRRADIANCE_LEVEL_RANGE", "IRRADIANCE_LEVEL_RANGE_NO_SZA"]
 
 _FIXED = ("time", "quantity") + tuple(GEOMETRY_VARIABLES) + ("ndvi", "mask")
 _HOW = "to read_flox_csv/open_scene, or add '# name = value' lines or columns to the table"
@@ -106,11 +125,19 @@ def read_flox_csv(path: str | os.PathLike, *, geometry: dict | None = None,
     instrument : str, optional
         Default the file's ``# instrument`` line, else ``"flox"``.
 
+    Returns
+    -------
+    xarray.Dataset
+        The scene, its irradiance convention and units checked from physics
+        (:func:`check_irradiance_conventions`) and its noise model estimated from the
+        series or stated (:func:`attach_noise`).
+
     Raises
     ------
     SceneReadError
         Naming the file and the problem (missing columns or rows, values that are not
-        numbers, unknown units, missing geometry).
+        numbers, unknown units, missing geometry, radiance and irradiance whose levels
+        no real measurement has).
     """
     import pandas as pd
 
@@ -313,7 +340,9 @@ def read_flox_csv(path: str | os.PathLike, *, geometry: dict | None = None,
     }, attrs={"Conventions": "CF-1.10", "instrument": instrument,
               "source": f"FloX table {path.name}", "day_of_year": int(doy),
               "time_coverage_start": t0, **attrs})
-    return finish(ds, where, () if "ndvi" in up.columns else ("ndvi",))
+    ds = finish(ds, where, () if "ndvi" in up.columns else ("ndvi",))
+    return check_series(ds, where, convention=keys.get("irradiance_convention"),
+                        stated_noise=stated_noise(keys, where))
 
 
 def _isfloat(s: str) -> bool:
@@ -366,3 +395,332 @@ def write_flox_csv(scene: xr.Dataset, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# --------------------------------------------------------------------------------------
+# conventions and noise of a time series, checked from physics
+# --------------------------------------------------------------------------------------
+
+#: Bands left out of the continuum (nm): the O2-B band, the water band and the O2-A band.
+CONTINUUM_GAPS_NM = ((686.0, 697.0), (715.0, 735.0), (758.5, 771.0))
+#: Continuum ``pi L / E`` (:func:`check_irradiance_conventions`) of a real surface
+#: (vegetation, soil, snow, water).
+REFLECTANCE_RANGE = (0.002, 1.2)
+#: Continuum ``pi L / E`` taken as the sign of an irradiance exported as ``E / pi``
+#: (``pi^2`` times a surface's ``pi L / E``) when ``pi L / (pi E)`` is a real surface's.
+#: A surface darker than ``1.25 / pi^2`` (0.13) in its continuum cannot be told apart
+#: this way (its ``pi L / E`` under ``E / pi`` is a real surface's); between 1.2 and
+#: 1.25 the file is refused.
+E_OVER_PI_RANGE = (1.25, 12.0)
+#: Continuum irradiance (740-790 nm) over ``E0 cos(sza)`` (``E0`` the top-of-atmosphere
+#: irradiance at the day's Earth-Sun distance): clear days ~0.7-1, overcast down to
+#: ~0.05, broken clouds up to ~1.3.
+IRRADIANCE_LEVEL_RANGE = (0.03, 1.6)
+#: The same over ``E0`` alone, where no sun zenith angle is known.
+IRRADIANCE_LEVEL_RANGE_NO_SZA = (0.003, 1.6)
+
+_HOWS = {"csv": {"convention": "'# irradiance_convention = E' or '# irradiance_convention = E/pi'",
+            "irradiance": "'# irradiance_units = ...' (e.g. W m-2 nm-1)",
+            "radiance": "'# radiance_units = ...' (e.g. W m-2 sr-1 nm-1)"},
+         "netcdf": {"convention": "the global attribute irradiance_convention = 'E' or 'E/pi'",
+           "irradiance": "the right 'units' attribute of 'irradiance' (e.g. W m-2 nm-1)",
+           "radiance": "the right 'units' attribute of 'radiance' (e.g. W m-2 sr-1 nm-1)"}}
+
+
+def _continuum(wl: np.ndarray, lo: float = -np.inf, hi: float = np.inf) -> np.ndarray:
+    """Bands of ``wl`` in [lo, hi] outside :data:`CONTINUUM_GAPS_NM`."""
+    use = (wl >= lo) & (wl <= hi)
+    for a, b in CONTINUUM_GAPS_NM:
+        use &= (wl < a) | (wl > b)
+    return use
+
+
+def _band_e0(wl: np.ndarray, fwhm: np.ndarray) -> np.ndarray:
+    """Top-of-atmosphere irradiance at 1 AU over each band's FWHM (mW m-2 nm-1; NaN
+    outside the shipped solar spectrum)."""
+    from bayesfluo.physics.solar import solar_irradiance, solar_range_air_nm
+
+    out = np.full(wl.shape, np.nan)
+    half = np.maximum(fwhm, 0.02) / 2
+    s_lo, s_hi = solar_range_air_nm()
+    inside = (wl - half > s_lo + 0.05) & (wl + half < s_hi - 0.05)
+    if not inside.any():
+        return out
+    lo, hi = float(np.min((wl - half)[inside])), float(np.max((wl + half)[inside]))
+    grid = np.linspace(lo, hi, max(int((hi - lo) / 0.01) + 2, 2))
+    cum = np.concatenate([[0.0], np.cumsum(solar_irradiance(grid))])
+    i0 = np.searchsorted(grid, wl - half)
+    i1 = np.searchsorted(grid, wl + half)
+    good = inside & (i1 > i0)
+    out[good] = ((cum[i1] - cum[i0]) / np.maximum(i1 - i0, 1))[good]
+    return out
+
+
+def _convention(value, where: str, how: str) -> str | None:
+    """``E``, ``E/pi`` or None from a stated irradiance convention."""
+    if value is None:
+        return None
+    v = str(value).replace(" ", "").lower()
+    if v in ("e", "e/pi"):
+        return {"e": "E", "e/pi": "E/pi"}[v]
+    raise SceneReadError(f"{where}: irradiance_convention {value!r} must be E or E/pi "
+                         f"({how})")
+
+
+def check_irradiance_conventions(scene: xr.Dataset, where: str, convention: str | None = None,
+                                 how: str = "csv") -> xr.Dataset:
+    """Check a top-of-canopy series' irradiance against physics and convert or refuse.
+
+    Two mistakes leave a series that reads without error but yields a wrong posterior:
+
+    * the irradiance exported as ``E / pi`` (a radiance-like convention): the
+      continuum ``pi L / E`` (the 90th percentile over the bands outside
+      :data:`CONTINUUM_GAPS_NM`, the upper envelope; the median over usable scans) is
+      then ``pi^2`` times a real surface's. In
+      :data:`E_OVER_PI_RANGE`, with ``pi L / (pi E)`` in :data:`REFLECTANCE_RANGE`, the
+      irradiance is multiplied by pi with a warning (attribute
+      ``irradiance_convention_assumed``); a stated ``convention = "E/pi"`` converts
+      without a warning (``irradiance_convention_converted``).
+    * radiance and irradiance both in W instead of mW (or the reverse): ``pi L / E`` is
+      unchanged, but the continuum irradiance (740-790 nm) over the top-of-atmosphere
+      ``E0 cos(sza)`` lies 1000 times outside :data:`IRRADIANCE_LEVEL_RANGE`
+      (:data:`IRRADIANCE_LEVEL_RANGE_NO_SZA` over ``E0`` where no sun zenith angle is
+      known); both are then multiplied (or divided) by 1000 with a warning
+      (``units_scale_assumed``).
+
+    Anything else out of range (one of the two off alone, a factor other than 1000 or
+    pi) is refused. ``conventions_checked`` records the levels found.
+
+    Parameters
+    ----------
+    scene : xarray.Dataset
+        ``radiance`` and ``irradiance`` over (time, band) in the scene format's units,
+        ``wavelength``, ``fwhm``, ``sza``, optionally ``mask``, attribute
+        ``day_of_year``. Other scenes are returned as they are.
+    where : str
+        The file, for messages.
+    convention : {"E", "E/pi"}, optional
+        The irradiance convention the file states.
+    how : {"csv", "netcdf"}
+        The kind of file, for saying in messages how to state the convention and units
+        (the FloX table's header lines, or netCDF attributes).
+
+    Returns
+    -------
+    xarray.Dataset
+        The scene with the attribute ``conventions_checked``, converted where needed.
+
+    Raises
+    ------
+    SceneReadError
+        Naming the file, the levels found, the likely mistake and what to state.
+    """
+    from bayesfluo.physics.solar import earth_sun_distance_factor
+
+    how = _HOWS[how]
+    if "irradiance" not in scene or tuple(scene["radiance"].dims) != ("time", "band"):
+        return scene
+    convention = _convention(convention, where, how["convention"])
+    rad = np.asarray(scene["radiance"].values, np.float64)
+    irr = np.asarray(scene["irradiance"].transpose("time", "band").values, np.float64)
+    wl = np.asarray(scene["wavelength"].values, np.float64)
+    fwhm = np.broadcast_to(np.asarray(scene["fwhm"].values, np.float64), wl.shape) \
+        if "fwhm" in scene.variables else np.full(wl.shape, 0.3)
+    cont = _continuum(wl)
+    nt = rad.shape[0]
+    sza = np.broadcast_to(np.asarray(scene["sza"].values, np.float64), (nt,)) \
+        if "sza" in scene else np.full(nt, np.nan)
+    with np.errstate(all="ignore"):
+        ok = np.all(np.isfinite(rad[:, cont]), 1) & np.all(
+            np.isfinite(irr[:, cont]) & (irr[:, cont] > 0), 1)
+        if "mask" in scene:
+            ok &= np.asarray(scene["mask"].values) > 0
+        if not ok.any() or not cont.any():
+            return scene.assign_attrs(conventions_checked="not checked: no usable scan with "
+                                      "continuum bands")
+        rho = float(np.median(np.percentile(np.pi * rad[ok][:, cont] / irr[ok][:, cont],
+                                            90, axis=1)))
+        e0 = _band_e0(wl, fwhm)
+        lev_bands = _continuum(wl, 740.0, 790.0) & np.isfinite(e0)
+        if not lev_bands.any():
+            lev_bands = cont & np.isfinite(e0)
+        doy = scene.attrs.get("day_of_year")
+        try:
+            dist = float(earth_sun_distance_factor(float(doy))) if doy is not None else 1.0
+        except (TypeError, ValueError):
+            dist = 1.0
+        mu = np.cos(np.radians(sza))
+        has_sza = ok & np.isfinite(mu) & (mu > 0.01)
+        level = None
+        if lev_bands.any():
+            ratio = irr[:, lev_bands] / (e0[lev_bands] * dist)
+            if has_sza.any():
+                level = float(np.median(np.median(ratio[has_sza], 1) / mu[has_sza]))
+                lev_range, lev_what = IRRADIANCE_LEVEL_RANGE, "E0 cos(sza)"
+            else:
+                level = float(np.median(np.median(ratio[ok], 1)))
+                lev_range, lev_what = IRRADIANCE_LEVEL_RANGE_NO_SZA, "E0 (no sza known)"
+
+    def inside(v, rng):
+        return v is not None and np.isfinite(v) and rng[0] <= v <= rng[1]
+
+    attrs: dict[str, str] = {}
+    irr_fac = 1.0
+    found = f"continuum pi L / E {rho:.4g}"
+    if level is not None:
+        found += f", continuum irradiance {level:.4g} x the top-of-atmosphere {lev_what}"
+    if convention == "E/pi":
+        irr_fac = np.pi
+        attrs["irradiance_convention_converted"] = ("E/pi in the file (stated), "
+                                                    "irradiance times pi")
+    elif convention is None and inside(rho, E_OVER_PI_RANGE) and \
+            inside(rho / np.pi**2, REFLECTANCE_RANGE):
+        irr_fac = np.pi
+        attrs["irradiance_convention_assumed"] = (
+            f"E/pi: the continuum pi L / E is {rho:.3g}, about pi^2 times a "
+            f"surface's ({rho / np.pi**2:.3g}); irradiance times pi")
+        warnings.warn(f"{where}: the irradiance looks exported as E/pi ({found}, about "
+                      f"pi^2 times a surface's {rho / np.pi**2:.3g}): assumed E/pi and "
+                      f"multiplied by pi; state {how['convention']} to silence this",
+                      stacklevel=3)
+    rho_c = rho / irr_fac
+    level_c = None if level is None else level * irr_fac
+
+    def refuse(problem: str, hint: str):
+        raise SceneReadError(f"{where}: {problem} ({found}; a real surface has pi L / E "
+                             f"in {REFLECTANCE_RANGE[0]:g}-{REFLECTANCE_RANGE[1]:g}"
+                             + ("" if level is None else
+                                f" and an irradiance {lev_range[0]:g}-{lev_range[1]:g} x "
+                                f"{lev_what}") + f"). {hint}")
+
+    level_ok = level is None or inside(level_c, lev_range)
+    if not inside(rho_c, REFLECTANCE_RANGE):
+        stated = " although the file states the irradiance is E" if convention == "E" else ""
+        if level is not None and not level_ok and inside(level_c * 1e3, lev_range) and \
+                inside(rho_c / 1e3, REFLECTANCE_RANGE):
+            refuse("the irradiance looks 1000 times too small while the radiance is not "
+                   "(irradiance in W, radiance in mW?)",
+                   f"If so, state {how['irradiance']}.")
+        if level is not None and not level_ok and inside(level_c / 1e3, lev_range) and \
+                inside(rho_c * 1e3, REFLECTANCE_RANGE):
+            refuse("the irradiance looks 1000 times too large while the radiance is not",
+                   f"State the irradiance's units: {how['irradiance']}.")
+        if rho_c > REFLECTANCE_RANGE[1]:
+            refuse("the radiance is too large for the irradiance" + stated
+                   + (": is the irradiance E/pi?" if inside(rho_c, E_OVER_PI_RANGE) else ""),
+                   f"State the convention, {how['convention']}, or the units: "
+                   f"{how['irradiance']} and {how['radiance']}.")
+        refuse("the radiance is too small for the irradiance (radiance in W, irradiance "
+               "in mW?)", f"State the units: {how['radiance']} and {how['irradiance']}.")
+    unit_fac = 1.0
+    if not level_ok:
+        for fac, what in ((1e3, "W instead of mW"), (1e-3, "mW where W was stated (or "
+                                                           "uW instead of mW)")):
+            if inside(level_c * fac, lev_range):
+                unit_fac = fac
+                attrs["units_scale_assumed"] = (
+                    f"{what} for both radiance and irradiance: the continuum irradiance "
+                    f"was {level_c:.3g} x {lev_what}; both times {fac:g}")
+                warnings.warn(f"{where}: the irradiance is {level_c:.3g} times the "
+                              f"top-of-atmosphere {lev_what} while pi L / E is a surface's "
+                              f"({rho_c:.3g}): radiance and irradiance assumed in {what}, "
+                              f"both multiplied by {fac:g}; state {how['irradiance']} and "
+                              f"{how['radiance']} to silence this", stacklevel=3)
+                break
+        else:
+            off = level_c / 0.8 if level_c else 0.0  # a clear day's level
+            refuse("the irradiance is not at the level of sunlight"
+                   + (f" (about {10.0 ** round(np.log10(off)):g} times "
+                      f"{'too large' if off > 1 else 'too small'})" if off > 0 else ""),
+                   f"State the units: {how['irradiance']} and {how['radiance']}.")
+    attrs["conventions_checked"] = found
+    if irr_fac != 1.0 and "irradiance_convention" in scene.attrs:
+        attrs["irradiance_convention"] = "E"  # converted: saved again, it is E
+    out = scene.assign_attrs(attrs)
+    if irr_fac != 1.0 or unit_fac != 1.0:
+        e, r = out["irradiance"], out["radiance"]
+        out["irradiance"] = e.copy(data=(np.asarray(e.values, np.float64) * irr_fac
+                                         * unit_fac).astype(e.dtype))
+        if unit_fac != 1.0:
+            out["radiance"] = r.copy(data=(np.asarray(r.values, np.float64) * unit_fac
+                                           ).astype(r.dtype))
+    return out
+
+
+def stated_noise(keys: dict, where: str) -> dict[str, float] | None:
+    """The noise a file states: ``noise_a``, ``noise_b`` (and ``irradiance_noise_a``,
+    ``irradiance_noise_b``) from its header lines or attributes ``keys``; None if none.
+
+    Raises
+    ------
+    SceneReadError
+        If only one of a pair is given, or a value is not a number, or ``a < 0``,
+        ``b <= 0``.
+    """
+    got = {}
+    for prefix in ("noise", "irradiance_noise"):
+        a, b = keys.get(f"{prefix}_a"), keys.get(f"{prefix}_b")
+        if a is None and b is None:
+            continue
+        if a is None or b is None:
+            raise SceneReadError(f"{where}: '# {prefix}_a' and '# {prefix}_b' go together "
+                                 "(noise variance a L + b); give both")
+        try:
+            fa, fb = float(a), float(b)
+        except (TypeError, ValueError):
+            raise SceneReadError(f"{where}: '# {prefix}_a = {a}' or '# {prefix}_b = {b}' "
+                                 "is not a number") from None
+        if not (np.isfinite(fa) and np.isfinite(fb) and fa >= 0 and fb > 0):
+            raise SceneReadError(f"{where}: the noise variance a L + b needs a >= 0 and "
+                                 f"b > 0 (found {prefix}_a = {a}, {prefix}_b = {b})")
+        got[f"{prefix}_a"], got[f"{prefix}_b"] = fa, fb
+    if got and "noise_a" not in got:
+        raise SceneReadError(f"{where}: '# irradiance_noise_a/_b' without '# noise_a' and "
+                             "'# noise_b' (the radiance's)")
+    return got or None
+
+
+def attach_noise(scene: xr.Dataset, stated: dict[str, float] | None = None,
+                 min_scans: int = MIN_SCANS) -> xr.Dataset:
+    """The noise model of a top-of-canopy series as the attributes the retrieval reads.
+
+    ``stated`` values (``noise_a``, ``noise_b``, optionally ``irradiance_noise_a``,
+    ``irradiance_noise_b``) are kept as they are; else the series' own estimate
+    (:func:`bayesfluo.io.flox_noise.estimate_noise`) where it has at least ``min_scans``
+    usable scans and the estimate is finite and positive; else nothing (the instrument's
+    default applies). ``noise_source`` says which, and why.
+    """
+    if "irradiance" not in scene or tuple(scene["radiance"].dims) != ("time", "band"):
+        return scene
+    if stated:
+        return scene.assign_attrs(**stated, noise_source="stated in the file")
+    try:
+        est = estimate_noise(scene, min_scans=min_scans)
+    except ValueError as err:
+        inst = scene.attrs.get("instrument", "flox")
+        try:
+            snr = f" (SNR {get_instrument(inst).snr:g})"
+        except (KeyError, ValueError):
+            snr = ""
+        return scene.assign_attrs(noise_source=f"the {inst} default{snr}: not estimated "
+                                  f"from the series, {err}")
+    return scene.assign_attrs(
+        noise_a=est["noise_a"], noise_b=est["noise_b"],
+        irradiance_noise_a=est["irradiance_noise_a"],
+        irradiance_noise_b=est["irradiance_noise_b"],
+        noise_source=(f"estimated from the series ({est['method']}; radiance sd "
+                      f"{est['radiance_sd_at_mean']:.4g} at its mean "
+                      f"{est['radiance_mean']:.4g} mW m-2 sr-1 nm-1, irradiance sd "
+                      f"{est['irradiance_sd_at_mean']:.4g} at "
+                      f"{est['irradiance_mean']:.4g} mW m-2 nm-1; irradiance change "
+                      f"between neighbouring scans {est['irradiance_change_between_scans']:.3g}"
+                      ")"))
+
+
+def check_series(scene: xr.Dataset, where: str, *, convention: str | None = None,
+                 stated_noise: dict[str, float] | None = None,
+                 how: str = "csv") -> xr.Dataset:
+    """:func:`check_irradiance_conventions`, then :func:`attach_noise`, for a
+    top-of-canopy time series (other scenes are returned as they are)."""
+    return attach_noise(check_irradiance_conventions(scene, where, convention, how),
+                        stated_noise)

@@ -18,6 +18,7 @@ import xarray as xr
 
 from bayesfluo.io.atomic import to_netcdf_atomically
 from bayesfluo.io.common import SceneReadError, prepare_xarray_scene, validate_scene
+from bayesfluo.io.flox import check_series, stated_noise
 
 __all__ = ["write_dataset", "write_datatree", "read_scene", "validate_scene"]
 
@@ -47,6 +48,12 @@ def write_datatree(dt: xr.DataTree, path: str | os.PathLike) -> Path:
 def read_scene(path: str | os.PathLike, validate: bool = True, *,
                geometry: dict | None = None, instrument: str | None = None) -> xr.Dataset:
     """Open a scene file (netCDF) lazily; convert the units it states and check it.
+
+    A top-of-canopy time series (``radiance`` and ``irradiance`` over (time, band)) has
+    its irradiance convention and units checked from physics and its noise estimated
+    from the series unless the file states ``noise_a`` and ``noise_b``
+    (:func:`bayesfluo.io.flox.check_series`; the global attribute
+    ``irradiance_convention`` = ``E`` or ``E/pi`` states the convention).
 
     Radiance and irradiance in other units than the scene format's, and wavelengths in um,
     are converted (:func:`bayesfluo.io.common.prepare_xarray_scene`); geometry, ``ndvi``
@@ -87,8 +94,20 @@ def read_scene(path: str | os.PathLike, validate: bool = True, *,
         raise SceneReadError(f"cannot read {path} as netCDF-4 (truncated or not netCDF?): "
                              f"{err}") from err
     try:
-        return prepare_xarray_scene(ds, str(path), validate=validate, geometry=geometry,
-                                    instrument=instrument)
+        out = prepare_xarray_scene(ds, str(path), validate=validate, geometry=geometry,
+                                   instrument=instrument)
     except BaseException:
         ds.close()
         raise
+    if not validate or "irradiance" not in out or \
+            tuple(out["radiance"].dims) != ("time", "band"):
+        return out
+    try:  # a top-of-canopy time series: conventions and noise (bayesfluo.io.flox)
+        checked = check_series(out, str(path),
+                               convention=out.attrs.get("irradiance_convention"),
+                               stated_noise=stated_noise(out.attrs, str(path)), how="netcdf")
+    except BaseException:
+        out.close()
+        raise
+    checked.set_close(out.close)
+    return checked

@@ -43,6 +43,13 @@ class Patch(NamedTuple):
         Measured downwelling irradiance (mW m-2 nm-1) of a top-of-canopy patch.
     irradiance_noise_a, irradiance_noise_b : scalar or None
         Noise variance of ``E / pi`` (default: the radiance's coefficients).
+    pixel_offset : array (P, 4) or None
+        What each pixel's atmosphere, sensor and view differ from the patch's by, known
+        from ancillary data: surface pressure (hPa; the standard atmosphere at the pixel's
+        own surface altitude minus the patch's ``surface_pressure0``), the instrument's
+        characterised smile at the pixel's detector column (spectral shift, nm, and FWHM
+        scale - 1: absolute), and view zenith (degrees, the pixel's minus the patch's).
+        0 for masked pixels; None: every pixel has the patch's (towers, prior draws).
     """
 
     radiance: Any
@@ -55,6 +62,7 @@ class Patch(NamedTuple):
     irradiance: Any = None
     irradiance_noise_a: Any = None
     irradiance_noise_b: Any = None
+    pixel_offset: Any = None
 
     @property
     def n_pixels(self) -> int:

@@ -19,7 +19,7 @@ The same plan and per-chunk function serve the in-memory retrieval
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import equinox as eqx
@@ -32,9 +32,11 @@ import xarray as xr
 from bayesfluo.inference.guide import (
     ANCILLARY,
     AmortizedGuide,
+    FitCheck,
     GuideInputs,
     GuideOutput,
     f760_inflation,
+    fit_check,
     fit_chi2,
     guide_inputs,
     inflate_f760,
@@ -47,6 +49,7 @@ from bayesfluo.inference.refine import laplace_refine
 from bayesfluo.instruments import get_instrument
 from bayesfluo.model import Patch, SifModel, knee_softplus
 from bayesfluo.physics.forward import ForwardModel
+from bayesfluo.retrieval.devices import default_chunk_pixels
 from bayesfluo.retrieval.result import QUALITY_FLAGS
 from bayesfluo.scene.bands import SceneBands, model_on_scene_grid, same_grid, scene_bands
 from bayesfluo.scene.grid import PatchGrid, check_scene_for_model, reference_centre
@@ -71,7 +74,9 @@ class RetrieveOptions:
     chunk_pixels : int
         About how many pixels go through the encoder at once (whole patch rows; memory
         bound). Small chunks keep the encoder's activations in the CPU's caches: on 2
-        cores, 8,192 pixels ran 1.2-1.6x faster than 32,768 or 65,536.
+        cores, 8,192 pixels ran 1.2-1.6x faster than 32,768 or 65,536. Default
+        (:func:`bayesfluo.retrieval.devices.default_chunk_pixels`): 8,192 on a CPU, 8x
+        that on a GPU (not yet measured there).
     poor_fit_rate : float
         False-flag rate of ``poor_fit`` on data the model explains: the threshold is the
         ``1 - poor_fit_rate`` quantile of ``fit_chi2`` on the model's own simulations,
@@ -96,7 +101,7 @@ class RetrieveOptions:
     quality: bool = True
     n_draws: int = 0
     seed: int = 0
-    chunk_pixels: int = 8192
+    chunk_pixels: int = field(default_factory=default_chunk_pixels)
     poor_fit_rate: float = 1e-3
     ood_sigma: float = 8.0
     min_patch_pixels: int = 8
@@ -144,9 +149,11 @@ def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, m
     posterior in the guide's form, the summaries ``{"Q_stat": (N, P) float32}``
     (per-patch quantities repeated over their pixels, NaN where the input is unusable),
     the quality flags (N, P) of everything but the fit, and (``with_fit``) the fit
-    chi-square (N, P) of the final posterior mean (else None)."""
+    check (:class:`~bayesfluo.inference.guide.FitCheck`, (N, P) each) of the final
+    posterior mean (else None)."""
     q = eqx.combine(params, static).encode(feats, mask)
-    c2 = fit_chi2(model, q, patches) if with_fit else None
+    fit = fit_check(model, q, patches) if with_fit else None
+    c2 = None if fit is None else fit.chi2
     # the guide's F760 intervals as calibrated on held-out scenes where the pixel fits
     # worse than the model's own draws (a guide trained on the world; none otherwise)
     q = inflate_f760(q, model, f760_inflation(ndvi, guide.info.get("f760_sd_inflation"),
@@ -163,7 +170,7 @@ def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, m
             accept.reshape(accept.shape + (1,) * (new.ndim - 1)), new, old), q_ref, q)
         not_refined = ~accept
         if with_fit:
-            c2 = fit_chi2(model, q, patches)
+            fit = fit_check(model, q, patches)
     summ = summaries(q, model, ndvi, p0)
     ok = input_flag == 0
     out = {}
@@ -178,7 +185,7 @@ def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, m
     few = jnp.sum(mask, 1) < min_patch_pixels
     flag |= jnp.where(few[:, None] & ok, QUALITY_FLAGS["few_pixels_in_patch"], 0)
     flag |= jnp.where(not_refined[:, None] & ok, QUALITY_FLAGS["not_refined"], 0)
-    return q, out, flag, c2
+    return q, out, flag, fit
 
 
 def _model_of(guide: AmortizedGuide, fm: ForwardModel | None) -> SifModel:
@@ -265,15 +272,15 @@ class Retriever:
 
     def chunk_maps(self, d: GuideInputs, ood_sigma: float, min_patch_pixels: int,
                    refine_batch: int | None = None, with_fit: bool = False
-                   ) -> tuple[GuideOutput, dict, jax.Array, jax.Array | None]:
+                   ) -> tuple[GuideOutput, dict, jax.Array, FitCheck | None]:
         """The guide's output, the per-pixel posterior summaries and the quality flags of
         a chunk, in one compiled pass (``d`` from
         :func:`bayesfluo.inference.guide.guide_inputs`, with the radiance when refining).
         With ``refine_batch``, the guide's output is refined
         (:func:`bayesfluo.inference.refine.laplace_refine`, that many patches at once)
-        before the summaries. With ``with_fit`` (``d`` with the radiance), the fit
-        chi-square (:func:`bayesfluo.inference.guide.fit_chi2`) of each pixel is returned
-        too, and sets where the guide's F760 intervals are widened
+        before the summaries. With ``with_fit`` (``d`` with the radiance), the fit check
+        (:func:`bayesfluo.inference.guide.fit_check`) of each pixel is returned too, and
+        its chi-square sets where the guide's F760 intervals are widened
         (:func:`bayesfluo.inference.guide.f760_inflation`)."""
         p = d.patches
         return self._chunk_fn(self.params, d.features, p.mask, p.ndvi, p.surface_pressure0,
@@ -317,6 +324,10 @@ class RetrievalPlan:
         ``poor_fit`` threshold of a pixel's ``fit_chi2`` over its patch's median
         (:func:`bayesfluo.inference.guide.patch_relative_chi2`), where the guide was
         calibrated for it (a guide trained on the world).
+    spike_max : float or None
+        ``poor_fit`` threshold of a pixel's spike statistic
+        (:class:`bayesfluo.inference.guide.FitCheck`), where the guide was calibrated for
+        it.
     """
 
     grid: PatchGrid
@@ -327,6 +338,7 @@ class RetrievalPlan:
     chi2_max: float | None
     bands: SceneBands | None = None
     chi2_ratio_max: float | None = None
+    spike_max: float | None = None
 
     @property
     def starts(self) -> list[int]:
@@ -371,8 +383,11 @@ def plan_retrieval(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOp
     # no more patch rows per chunk than the scene has (padding a small scene up to a
     # full chunk would only add work)
     rows_per_chunk = max(1, min(grid.n_rows, options.chunk_pixels // (grid.n_cols * s * s)))
-    chi2_max = ratio_max = None
+    chi2_max = ratio_max = spike_max = None
     if options.quality:
+        known_s = guide.info.get("fit_spike_quantiles") or {}
+        spike_max = (float(known_s[str(1.0 - options.poor_fit_rate)])
+                     if str(1.0 - options.poor_fit_rate) in known_s else None)
         known_r = guide.info.get("fit_chi2_ratio_quantiles") or {}
         qr = str(1.0 - options.poor_fit_rate)
         ratio_max = float(known_r[qr]) if qr in known_r else None
@@ -384,7 +399,7 @@ def plan_retrieval(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOp
     return RetrievalPlan(grid, rows_per_chunk, rows_per_chunk * grid.n_cols,
                          reference_centre(scene),
                          float(get_instrument(guide.instrument).reference_radiance), chi2_max,
-                         bands, ratio_max)
+                         bands, ratio_max, spike_max)
 
 
 def chunk_inputs(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retriever,
@@ -428,14 +443,14 @@ def retrieve_chunk(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retrieve
     ny = rows.stop - rows.start
     n = -(-ny // s) * grid.n_cols  # the chunk's patches (then padding up to a full chunk)
     d = chunk_inputs(scene, pr0, plan, r, opt, sliced=sliced)
-    q, maps, flag, c2 = r.chunk_maps(d, opt.ood_sigma, opt.min_patch_pixels,
-                                     opt.refine_batch if opt.refine else None,
-                                     with_fit=opt.quality)
+    q, maps, flag, fit = r.chunk_maps(d, opt.ood_sigma, opt.min_patch_pixels,
+                                      opt.refine_batch if opt.refine else None,
+                                      with_fit=opt.quality)
     input_flag = np.asarray(d.input_flag)[:n]
     bad = input_flag != 0
     extra = {}
     if opt.quality:
-        extra["fit_chi2"] = c2
+        extra["fit_chi2"], extra["fit_spike"] = fit.chi2, fit.spike
     if opt.n_draws:
         first = pr0 * grid.n_cols  # index of the chunk's first patch in the scene
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(opt.seed), i))(
@@ -450,6 +465,8 @@ def retrieve_chunk(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retrieve
         poor = c2 > plan.chi2_max
         if plan.chi2_ratio_max is not None:
             poor |= patch_relative_chi2(c2) > plan.chi2_ratio_max
+        if plan.spike_max is not None:
+            poor |= np.where(bad, False, extra["fit_spike"][:n] > plan.spike_max)
         flag = flag | np.where(poor, QUALITY_FLAGS["poor_fit"], 0)
     if opt.n_draws:
         dr = np.moveaxis(extra["f760_draws"][:, :n], 0, -1).astype(np.float32)

@@ -15,6 +15,11 @@ so the results are the same bit for bit (``tests/test_writers_scale.py``).
 JAX and dask: JAX uses its own thread pool, so give each worker process one dask thread
 (:func:`dask_client` does); JAX is not fork-safe, and distributed starts worker processes
 with ``spawn``.
+
+On a Slurm cluster, :func:`slurm_cluster` builds a dask-jobqueue ``SLURMCluster`` from a
+TOML file (``bayesfluo retrieve --cluster slurm.toml``; ``docs/cluster.md``, an example in
+``docs/examples/slurm.toml``); it needs the ``hpc`` extra (``pip install
+"bayesfluo[hpc]"``). :func:`slurm_job_script` shows the job script it would submit.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +38,8 @@ import xarray as xr
 from bayesfluo.retrieval.chunk import RetrievalPlan, RetrieveOptions, Retriever, retrieve_chunk
 from bayesfluo.retrieval.streaming import open_input
 
-__all__ = ["DaskExecutor", "dask_client", "executor_context"]
+__all__ = ["DaskExecutor", "SLURM_KEYS", "dask_client", "executor_context",
+           "read_cluster_config", "slurm_cluster", "slurm_job_script"]
 
 #: Per-process cache of the worker side: retrievers by model directory, the last scene
 _CACHE: dict = {}
@@ -127,22 +134,174 @@ class DaskExecutor:
             ac.clear()
 
 
+#: Keys of the ``[slurm]`` table of a cluster configuration file, their types and what
+#: they mean (``cores`` and ``memory`` are required)
+SLURM_KEYS: dict[str, tuple[type, str]] = {
+    "queue": (str, "partition (sbatch -p)"),
+    "account": (str, "account charged (sbatch -A)"),
+    "cores": (int, "CPU cores per job (sbatch --cpus-per-task)"),
+    "memory": (str, "memory per job, e.g. '32GiB' (sbatch --mem)"),
+    "walltime": (str, "time limit per job, 'HH:MM:SS' (sbatch -t)"),
+    "processes": (int, "dask worker processes per job, one thread each (default 1)"),
+    "jobs": (int, "jobs to submit (default 1)"),
+    "job_extra_directives": (list, "more #SBATCH lines, e.g. ['--gres=gpu:1']"),
+    "job_script_prologue": (list, "shell lines run before the workers start, e.g. "
+                            "['module load cuda']"),
+    "python": (str, "the Python of the workers, with bayesfluo installed (default: this "
+               "one's)"),
+    "local_directory": (str, "workers' scratch directory on the node"),
+    "log_directory": (str, "directory of the jobs' Slurm logs"),
+    "interface": (str, "network interface of the workers and scheduler, e.g. 'ib0'"),
+    "job_name": (str, "Slurm job name (default dask-worker)"),
+}
+_SLURM_REQUIRED = ("cores", "memory")
+
+
+def read_cluster_config(path: str | os.PathLike) -> dict:
+    """The ``[slurm]`` table of a cluster configuration file (TOML), checked.
+
+    Parameters
+    ----------
+    path : path-like
+        The file (``docs/examples/slurm.toml``; keys: :data:`SLURM_KEYS`).
+
+    Returns
+    -------
+    dict
+        The table's keys, ``processes`` and ``jobs`` filled in (default 1).
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no file at ``path``.
+    ValueError
+        If the file is not TOML, has no ``[slurm]`` table, or a key is unknown, missing,
+        of the wrong type or out of range (the message names the file and the key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no cluster configuration file at {path}")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a TOML file: {err}") from None
+    other = sorted(set(doc) - {"slurm"})
+    if other:
+        raise ValueError(f"{path}: unknown table or key {other[0]!r} (the file holds one "
+                         "[slurm] table)")
+    table = doc.get("slurm")
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: no [slurm] table")
+    for key, value in table.items():
+        if key not in SLURM_KEYS:
+            raise ValueError(f"{path}: unknown key {key!r} in [slurm] (known: "
+                             f"{', '.join(SLURM_KEYS)})")
+        kind = SLURM_KEYS[key][0]
+        ok = (isinstance(value, kind) and not isinstance(value, bool)
+              and (kind is not list or all(isinstance(v, str) for v in value)))
+        if not ok:
+            want = "a list of strings" if kind is list else f"a {kind.__name__}"
+            raise ValueError(f"{path}: [slurm] {key} must be {want} "
+                             f"({SLURM_KEYS[key][1]}), not {value!r}")
+    for key in _SLURM_REQUIRED:
+        if key not in table:
+            raise ValueError(f"{path}: [slurm] lacks {key!r} ({SLURM_KEYS[key][1]})")
+    cfg = {"processes": 1, "jobs": 1, **table}
+    for key in ("cores", "processes", "jobs"):
+        if cfg[key] < 1:
+            raise ValueError(f"{path}: [slurm] {key} must be at least 1, not {cfg[key]}")
+    if cfg["processes"] > cfg["cores"]:
+        raise ValueError(f"{path}: [slurm] processes ({cfg['processes']}) exceeds cores "
+                         f"({cfg['cores']})")
+    return cfg
+
+
+def _slurm_cluster_class():
+    """dask-jobqueue's ``SLURMCluster`` (imported on first use)."""
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as err:
+        raise ImportError("a Slurm cluster needs dask-jobqueue: pip install "
+                          "\"bayesfluo[hpc]\"") from err
+    return SLURMCluster
+
+
+def slurm_cluster(config_path: str | os.PathLike, *, scale: bool = True):
+    """A dask-jobqueue ``SLURMCluster`` as a cluster configuration file describes it.
+
+    Each job asks Slurm for ``cores`` CPU cores and ``memory``, and runs ``processes``
+    dask worker processes of one dask thread each (JAX has its own threads: the
+    processes share the job's cores).
+
+    Parameters
+    ----------
+    config_path : path-like
+        The configuration file (:func:`read_cluster_config`).
+    scale : bool, optional
+        Submit the file's ``jobs`` jobs (default); without it no job is submitted.
+
+    Returns
+    -------
+    dask_jobqueue.SLURMCluster
+        The cluster (its scheduler runs in this process); close it when done.
+
+    Raises
+    ------
+    ImportError
+        If dask-jobqueue is not installed (the ``hpc`` extra).
+    FileNotFoundError, ValueError
+        As :func:`read_cluster_config`.
+    """
+    cfg = read_cluster_config(config_path)
+    cls = _slurm_cluster_class()
+    jobs = cfg.pop("jobs")
+    processes = cfg.pop("processes")
+    cores = cfg.pop("cores")
+    memory = cfg.pop("memory")
+    name = cfg.pop("job_name", None)
+    # dask threads = cores // processes: ``cores=processes`` gives each worker one thread,
+    # ``job_cpu`` asks Slurm for the job's cores all the same
+    cluster = cls(cores=processes, processes=processes, job_cpu=cores, memory=memory,
+                  job_name=name, **cfg)
+    if scale:
+        cluster.scale(jobs=jobs)
+    return cluster
+
+
+def slurm_job_script(config_path: str | os.PathLike) -> str:
+    """The job script the cluster of a configuration file would submit (nothing is
+    submitted; the scheduler address in it is a local one that closes again)."""
+    cluster = slurm_cluster(config_path, scale=False)
+    try:
+        return cluster.job_script()
+    finally:
+        cluster.close()
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None,
-                memory_limit: str | None = "auto"):
+                memory_limit: str | None = "auto", *,
+                cluster_config: str | os.PathLike | None = None):
     """A dask client: of the scheduler at ``scheduler`` (an address such as
-    ``tcp://host:8786`` or a scheduler file), or of a new local cluster of ``workers``
-    processes with one thread each (closed on exit).
+    ``tcp://host:8786`` or a scheduler file), of a new local cluster of ``workers``
+    processes with one thread each, or of a Slurm cluster described by the file
+    ``cluster_config`` (:func:`slurm_cluster`); a cluster it starts is closed on exit.
 
     Raises
     ------
     ValueError
-        If neither or both are given, or ``workers`` < 1.
+        If none or more than one of ``scheduler``, ``workers`` and ``cluster_config`` is
+        given, or ``workers`` < 1.
     """
     from distributed import Client, LocalCluster
 
-    if (scheduler is None) == (workers is None):
-        raise ValueError("give a scheduler address or a number of workers (one of them)")
+    if sum(x is not None for x in (scheduler, workers, cluster_config)) != 1:
+        raise ValueError("give a scheduler address, a number of workers or a cluster "
+                         "configuration file (one of them)")
+    if cluster_config is not None:
+        with slurm_cluster(cluster_config) as cluster, Client(cluster) as client:
+            yield client
+        return
     if scheduler is not None:
         kw = ({"scheduler_file": scheduler} if scheduler.endswith(".json")
               else {"address": scheduler})
@@ -160,11 +319,18 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
 @contextlib.contextmanager
 def executor_context(model_dir: str | os.PathLike, retriever: Retriever, *,
                      scheduler: str | None = None, workers: int | None = None,
+                     cluster_config: str | os.PathLike | None = None,
                      reader_kwargs: dict | None = None) -> Iterator[DaskExecutor | None]:
-    """None (chunks computed in this process) when neither ``scheduler`` nor ``workers``
-    is given, else a :class:`DaskExecutor` on that cluster (closed on exit)."""
-    if scheduler is None and workers is None:
+    """None (chunks computed in this process) when none of ``scheduler``, ``workers`` and
+    ``cluster_config`` is given, else a :class:`DaskExecutor` on that cluster (closed on
+    exit). On a Slurm cluster the executor keeps two chunks in flight per worker the
+    file asks for, whether or not its jobs have started yet."""
+    if scheduler is None and workers is None and cluster_config is None:
         yield None
         return
-    with dask_client(scheduler, workers) as client:
-        yield DaskExecutor(client, model_dir, retriever, reader_kwargs)
+    window = None
+    if cluster_config is not None:
+        cfg = read_cluster_config(cluster_config)
+        window = 2 * cfg["jobs"] * cfg["processes"]
+    with dask_client(scheduler, workers, cluster_config=cluster_config) as client:
+        yield DaskExecutor(client, model_dir, retriever, reader_kwargs, window=window)

@@ -26,11 +26,11 @@ from typing import NamedTuple
 import numpy as np
 import xarray as xr
 
-from bayesfluo.instruments import get_instrument
+from bayesfluo.instruments import INSTRUMENTS, get_instrument
 from bayesfluo.model import SifModel
 from bayesfluo.physics.forward import bands_on_fine_grid, build_forward_model
 
-__all__ = ["SceneBands", "scene_bands", "same_grid", "resampling_matrix",
+__all__ = ["SceneBands", "scene_bands", "covering_instruments", "same_grid", "resampling_matrix",
            "model_on_scene_grid", "GRID_TOLERANCE_NM"]
 
 #: Band centres closer than this to the model's (nm) are the model's grid.
@@ -44,6 +44,21 @@ class SceneBands(NamedTuple):
     index: np.ndarray
     centre_nm: np.ndarray
     fwhm_nm: np.ndarray
+
+
+def covering_instruments(wavelength_nm) -> list[str]:
+    """Names of the instruments (:data:`bayesfluo.instruments.INSTRUMENTS`) whose window a
+    band grid covers (to within three bands at each end), narrowest window first: the
+    models a scene narrower than another model's window can be retrieved with."""
+    wl = np.asarray(wavelength_nm, np.float64)
+    out = []
+    for name, inst in INSTRUMENTS.items():
+        c = inst.band_centres()
+        slack = 3.0 * inst.sampling_nm
+        if wl.size and wl[0] <= c[0] + slack and wl[-1] >= c[-1] - slack and (
+                np.median(np.diff(wl)) <= 2.0 * inst.sampling_nm if wl.size > 1 else False):
+            out.append((c[-1] - c[0], name))
+    return [n for _, n in sorted(out)]
 
 
 def scene_bands(scene: xr.Dataset, instrument: str) -> SceneBands:
@@ -80,9 +95,14 @@ def scene_bands(scene: xr.Dataset, instrument: str) -> SceneBands:
     # up to three nominal bands may be missing at each end
     if not inside.any() or wl[inside][0] > nominal[0] + 6.5 * half or (
             wl[inside][-1] < nominal[-1] - 6.5 * half):
+        fit = covering_instruments(wl)
+        hint = (f"; its bands cover the window of {', '.join(fit)}: retrieve with a model "
+                "for one of those (`bayesfluo retrieve --model NAME`; shipped models are "
+                "named after their instrument)" if fit else
+                "; no instrument bayesfluo knows has a window inside them")
         raise ValueError(
             f"the scene's bands ({wl[0]:.2f}-{wl[-1]:.2f} nm) do not cover the "
-            f"{inst.name} window {nominal[0]:.2f}-{nominal[-1]:.2f} nm")
+            f"{inst.name} window {nominal[0]:.2f}-{nominal[-1]:.2f} nm{hint}")
     if inside.any():  # bands whose response the model's fine grid does not hold
         fits = np.zeros(wl.size, bool)
         fits[inside] = bands_on_fine_grid(inst, wl[inside], fwhm[inside])

@@ -251,6 +251,9 @@ class PixelRows(NamedTuple):
         :func:`flag_pixels`; the saturation level is the scene's
         ``saturation_radiance`` or the physical ceiling of :func:`radiance_ceiling`,
         whichever is lower).
+    smile_shift, smile_fwhm : numpy.ndarray (rows, nx) float64
+        The instrument's characterised smile at each pixel's detector column (spectral
+        shift, nm; FWHM scale, 1; :func:`pixel_smile`).
     """
 
     radiance: np.ndarray
@@ -264,6 +267,38 @@ class PixelRows(NamedTuple):
     noise_a: float
     noise_b: float
     limits: tuple[float, float]
+    smile_shift: np.ndarray | None = None
+    smile_fwhm: np.ndarray | None = None
+
+
+def pixel_smile(scene: xr.Dataset, rows: slice | np.ndarray,
+                cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The instrument's characterised smile at each pixel's detector column
+    (:meth:`bayesfluo.instruments.Instrument.smile`): ``(shift_nm, fwhm_scale)`` of the
+    pixels ``rows`` (a slice of image rows: (rows, nx); or pixel indices with ``cols``).
+
+    Zero shift and unit scale where the scene has no ``column`` coordinate, its
+    instrument is not a known one, or its attribute ``smile_corrected`` is true (its
+    bands are already on one grid across track)."""
+    tower = "time" in scene["radiance"].dims
+    if cols is None:
+        ny = len(range(*rows.indices(scene.sizes["y"]))) if isinstance(rows, slice) else 1
+        shape = (ny, scene.sizes.get("x", 1))
+    else:
+        shape = np.shape(rows)
+    zero, one = np.zeros(shape), np.ones(shape)
+    if tower or "column" not in scene.coords or scene.attrs.get("smile_corrected"):
+        return zero, one
+    try:
+        inst = get_instrument(str(scene.attrs.get("instrument", "")))
+    except (KeyError, ValueError):
+        return zero, one
+    col = np.asarray(scene["column"].values, dtype=np.float64)
+    if col.ndim != 1:
+        return zero, one
+    col = col[np.asarray(cols)] if cols is not None else np.broadcast_to(col, shape)
+    shift, fwhm = inst.smile(col)
+    return np.broadcast_to(shift, shape), np.broadcast_to(fwhm, shape)
 
 
 def read_rows(scene: xr.Dataset, rows: slice) -> PixelRows:
@@ -287,9 +322,10 @@ def read_rows(scene: xr.Dataset, rows: slice) -> PixelRows:
               "sensor_altitude": pixel_values(scene, "sensor_altitude", rows),
               "ndvi": pixel_values(scene, "ndvi", rows, 0.0)}
     values = {k: np.where(ok, v, _NEUTRAL[k]) for k, v in values.items()}
+    smile_shift, smile_fwhm = pixel_smile(scene, rows)
     return PixelRows(rad, mask_flag, values["sza"], values["vza"], values["raa"],
                      values["surface_altitude"], values["sensor_altitude"], values["ndvi"],
-                     a, b, (neg_limit, sat))
+                     a, b, (neg_limit, sat), smile_shift, smile_fwhm)
 
 
 def flag_pixels(radiance: jax.Array, mask_flag: jax.Array, limits: jax.Array,
@@ -412,11 +448,30 @@ def assemble_patches(grid: PatchGrid, px: PixelRows, flag: np.ndarray, input_fla
     geom = (patch_mean(px.sza), patch_mean(px.vza), patch_mean(px.raa),
             patch_mean(px.surface_altitude), patch_mean(px.sensor_altitude),
             np.full(n_patches, sun_distance_factor))
+    p0 = np.asarray(prior_pressure_vec(geom[3]), np.float32)
+
+    def pixel_offset(v, centre):
+        # each usable pixel's value minus the patch's (0 for masked and padding pixels)
+        off = P(v) - centre[:n_real, None]
+        return np.pad(np.where(mask_p > 0, off, 0.0), ((0, n_patches - n_real), (0, 0)))
+
+    def pixel_value(v):
+        # a pixel's own value (0 for masked and padding pixels)
+        return np.pad(np.where(mask_p > 0, P(v), 0.0), ((0, n_patches - n_real), (0, 0)))
+
+    # Patch.pixel_offset: pressure and view zenith relative to the patch's, the smile's
+    # own (absolute) shift and FWHM scale - 1
+    zero = np.zeros_like(px.sza)
+    offset = [pixel_offset(prior_pressure_vec(px.surface_altitude).astype(np.float64), p0),
+              pixel_value(zero if px.smile_shift is None else px.smile_shift),
+              pixel_value(zero if px.smile_fwhm is None else px.smile_fwhm - 1.0),
+              pixel_offset(px.vza, geom[1])]
     return Patch(radiance=radiance, mask=(input_flag == 0).astype(jnp.float32), ndvi=ndvi,
                  geometry=Geometry(*(g.astype(np.float32) for g in geom)),
                  noise_a=np.full(n_patches, px.noise_a, np.float32),
                  noise_b=np.full(n_patches, px.noise_b, np.float32),
-                 surface_pressure0=np.asarray(prior_pressure_vec(geom[3]), np.float32))
+                 surface_pressure0=p0,
+                 pixel_offset=np.stack(offset, -1).astype(np.float32))
 
 
 def patch_geometry(sza, vza, raa, surface_altitude, sensor_altitude, sun_distance=1.0
@@ -507,6 +562,15 @@ def patch_of_pixels(scene: xr.Dataset, rows: np.ndarray, cols: np.ndarray,
         a, b = noise_coefficients(scene)
     raa = (pick("saa", 0.0 if tower else None) - pick("vaa", 0.0)) % 360.0
     surf = pick("surface_altitude")[geo_px]
+    p0 = prior_pressure(surf)
+    offset = None
+    if not tower:
+        shift, fwhm = pixel_smile(scene, rows, cols)
+        vza = pick("vza")
+        use = mask & valid
+        offset = np.stack([prior_pressure_vec(pick("surface_altitude")) - float(p0), shift,
+                           fwhm - 1.0, vza - np.mean(vza[geo_px])], -1)
+        offset = jnp.asarray(np.where(use[:, None], offset, 0.0), jnp.float32)
     out = Patch(
         radiance=jnp.asarray(rad), mask=jnp.asarray(mask, jnp.float32),
         ndvi=jnp.asarray(np.where(valid, pick("ndvi"), 0.0), jnp.float32),
@@ -514,7 +578,7 @@ def patch_of_pixels(scene: xr.Dataset, rows: np.ndarray, cols: np.ndarray,
                                 pick("vza", 0.0 if tower else None)[geo_px], raa[geo_px],
                                 surf, pick("sensor_altitude")[geo_px], sun_distance(scene)),
         noise_a=jnp.float32(a), noise_b=jnp.float32(b),
-        surface_pressure0=prior_pressure(surf))
+        surface_pressure0=p0, pixel_offset=offset)
     if tower:
         ok = np.all(np.isfinite(irr) & (irr > 0), axis=-1)
         mask &= ok

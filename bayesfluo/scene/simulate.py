@@ -389,12 +389,12 @@ def simulate_scene(instrument: str | Instrument = "hyplant-fluo", size=(128, 128
         sensor_alt_map = dem + height  # the mast stands on the ground
     else:
         sensor_alt_map = np.full(shape, sensor_alt)
-    ccol = (2.0 * columns / max(inst.n_columns - 1, 1) - 1.0) if not tower else np.zeros(nx)
     shift0 = rng.normal(0.0, 0.2 * inst.smile_shift_nm) if inst.smile_shift_nm else 0.0
     if spectral_shift_nm is not None:
         shift0 = float(spectral_shift_nm)
-    shift = shift0 + inst.smile_shift_nm * ccol**2
-    fwhm_scale = 1.0 + inst.smile_fwhm * ccol**2
+    smile_shift, fwhm_scale = (inst.smile(columns) if not tower
+                               else (np.zeros(nx), np.ones(nx)))
+    shift = shift0 + smile_shift
     dist = float(earth_sun_distance_factor(day_of_year))
 
     # --- radiance, column by column ------------------------------------------------------

@@ -6,6 +6,10 @@
 
 All take a scene (``xarray.Dataset``) and return a result Dataset named as bayesfluo's
 (``f760_mean``, and ``f760_sd`` and quantiles where the method claims an uncertainty).
+A top-of-canopy time series (FloX) is processed in the field's convention, with its
+measured irradiance on its own band grid: FLD with the FloX in-band and shoulder windows
+(:data:`~bayesfluo.inference.baselines.fld.TOWER_FLD_WINDOWS`), SFM over 750-780 and
+670-700 nm (:data:`~bayesfluo.inference.baselines.sfm.TOC_SFM_WINDOWS_NM`).
 """
 
 from bayesfluo.inference.baselines.fld import FLD_METHODS, fld_retrieve

@@ -53,6 +53,34 @@ Known biases (derived in the tests from the truth of simulated scenes):
 
 The uncertainty returned (``*_noise_sd``) is the radiance noise propagated through the
 formula (automatic differentiation); it does not include any of the biases above.
+
+**Top of canopy (FloX convention).** For a tower time series ``a = E/pi`` is the
+*measured* irradiance of each time step (``b = 1``, ``c = rho = 0``), and the bands are
+chosen on the file's own band grid as FloX processing chains and the field literature on
+FLD at the O2 bands choose them (Plascyk 1975, Maier et al. 2003, Alonso et al. 2008 for
+the methods; their use on field spectrometers in the reviews of Meroni et al. 2009 and
+the FloX/FluoWat processing of Cogliati et al. 2015 and Julitta et al. 2016): the
+*in-band* is the band of least irradiance (series mean) in a search window around the
+bottom of the band, the *shoulders* the bands of most irradiance in windows just outside
+it (:data:`TOWER_FLD_WINDOWS`):
+
+=====  ===============  ==============  ===============  =======================
+band   in-band (min E)  left shoulder   right shoulder   iFLD continuum
+=====  ===============  ==============  ===============  =======================
+O2-A   759.5-761.5 nm   757.0-759.0 nm  770.0-772.0 nm   750-759, 770-780 nm
+       (about 760.6)
+O2-B   686.5-688.0 nm   684.0-686.0 nm  694.0-697.0 nm   670-686, 694-700 nm
+       (about 687.1)
+=====  ===============  ==============  ===============  =======================
+
+sFLD uses the in-band and the left shoulder, 3FLD both shoulders weighted by their
+distance to the in-band, iFLD the left shoulder with ``alpha_R`` and ``alpha_F`` from
+the apparent reflectance ``pi L / E`` and the irradiance interpolated across the band by
+a cubic through the continuum bands. F687 is reported where the file covers the O2-B
+windows. At FloX resolution (0.3-0.4 nm) the O2-B band is shallow (in-band irradiance
+about 60 % of the shoulders') and lies on the rising red edge, so sFLD and 3FLD F687 are
+dominated by the reflectance-slope and curvature terms above (errors of the order of
+F687 itself); only iFLD's F687 is usable.
 """
 
 from __future__ import annotations
@@ -69,15 +97,17 @@ from bayesfluo.inference.baselines.pixels import (
     Pixels,
     baseline_model,
     operators_for,
+    scene_forward_model,
     scene_pixels,
     to_result,
 )
-from bayesfluo.model import ModelConfig
-from bayesfluo.physics.forward import BandOperator, ForwardModel, build_forward_model
+from bayesfluo.model import ModelConfig, toc_operator
+from bayesfluo.physics.forward import BandOperator, ForwardModel
 from bayesfluo.physics.sensor import noise_variance
 from bayesfluo.physics.surface import SifParams, sif_spectrum
 
 __all__ = ["AbsorptionBand", "O2A", "O2B", "FLD_METHODS", "FldBands", "select_bands",
+           "TowerWindows", "FLOX_O2A", "FLOX_O2B", "TOWER_FLD_WINDOWS", "select_tower_bands",
            "fld_retrieve"]
 
 FLD_METHODS = ("sfld", "3fld", "ifld")
@@ -112,6 +142,40 @@ class AbsorptionBand:
 
 O2A = AbsorptionBand("O2-A", "f760", 760.0, 759.3, 770.5, (759.5, 762.5), (745.0, 782.0))
 O2B = AbsorptionBand("O2-B", "f687", 687.0, 686.6, 694.0, (686.6, 688.5), (676.0, 700.0))
+
+
+@dataclass(frozen=True)
+class TowerWindows:
+    """FLD windows of one O2 band for a top-of-canopy series (FloX convention, module
+    docstring); wavelengths in nm (air).
+
+    Attributes
+    ----------
+    name, quantity, report_nm : str, str, float
+        As in :class:`AbsorptionBand`.
+    in_nm : (float, float)
+        Search window of the in-band: the band of least irradiance in it.
+    left_nm, right_nm : (float, float)
+        Search windows of the shoulders: the band of most irradiance in each.
+    continuum_nm : tuple of (float, float)
+        Windows of the continuum bands iFLD interpolates through.
+    """
+
+    name: str
+    quantity: str
+    report_nm: float
+    in_nm: tuple[float, float]
+    left_nm: tuple[float, float]
+    right_nm: tuple[float, float]
+    continuum_nm: tuple[tuple[float, float], ...]
+
+
+FLOX_O2A = TowerWindows("O2-A", "f760", 760.0, (759.5, 761.5), (757.0, 759.0), (770.0, 772.0),
+                        ((750.0, 759.0), (770.0, 780.0)))
+FLOX_O2B = TowerWindows("O2-B", "f687", 687.0, (686.5, 688.0), (684.0, 686.0), (694.0, 697.0),
+                        ((670.0, 686.0), (694.0, 700.0)))
+#: The FLD windows of a top-of-canopy series (module docstring).
+TOWER_FLD_WINDOWS = (FLOX_O2A, FLOX_O2B)
 
 
 @dataclass(frozen=True)
@@ -152,6 +216,32 @@ def select_bands(wavelength: np.ndarray, fwhm: float, a: np.ndarray, band: Absor
         return None
     has_both = (wl[cont] < band.lo_nm).sum() >= 2 and (wl[cont] > band.hi_nm).sum() >= 2
     if not has_both:
+        return None
+    return FldBands(inside, left, right, tuple(int(i) for i in cont), float(wl[inside]))
+
+
+def select_tower_bands(wavelength: np.ndarray, irradiance: np.ndarray,
+                       windows: TowerWindows) -> FldBands | None:
+    """Choose the FLD bands of a top-of-canopy series on its own band grid (nm) from its
+    irradiance (bands,) (the series' mean): the in-band is the band of least irradiance in
+    ``windows.in_nm``, the shoulders the bands of most irradiance in ``windows.left_nm``
+    and ``windows.right_nm``; continuum bands lie in ``windows.continuum_nm``. None if the
+    grid misses a window or leaves fewer than two continuum bands on a side."""
+    wl = np.asarray(wavelength, np.float64)
+    e = np.asarray(irradiance, np.float64)
+
+    def pick(win, fn):
+        idx = np.flatnonzero((wl >= win[0]) & (wl <= win[1]) & np.isfinite(e))
+        return None if idx.size == 0 else int(idx[fn(e[idx])])
+
+    inside = pick(windows.in_nm, np.argmin)
+    left = pick(windows.left_nm, np.argmax)
+    right = pick(windows.right_nm, np.argmax)
+    if inside is None or left is None or right is None:
+        return None
+    cont = np.flatnonzero(np.any([(wl >= lo) & (wl <= hi) for lo, hi in windows.continuum_nm],
+                                 0) & np.isfinite(e))
+    if (wl[cont] < wl[inside]).sum() < 2 or (wl[cont] > wl[inside]).sum() < 2:
         return None
     return FldBands(inside, left, right, tuple(int(i) for i in cont), float(wl[inside]))
 
@@ -227,7 +317,10 @@ def fld_retrieve(scene: xr.Dataset, method: str = "ifld", *, fm: ForwardModel | 
         A scene in the scene format (image or top-of-canopy time series).
     method : {"sfld", "3fld", "ifld"}
     fm : ForwardModel, optional
-        The instrument's forward model (built if not given).
+        The instrument's forward model (images; default on the scene's own band grid,
+        :func:`~bayesfluo.inference.baselines.pixels.scene_forward_model`). A
+        top-of-canopy series needs none: its bands are chosen on its own grid from its
+        measured irradiance (:func:`select_tower_bands`).
     config : ModelConfig, optional
         Prior atmosphere (default :class:`bayesfluo.model.ModelConfig`).
     patch_size : int
@@ -239,22 +332,35 @@ def fld_retrieve(scene: xr.Dataset, method: str = "ifld", *, fm: ForwardModel | 
     -------
     xarray.Dataset
         ``f760_mean`` and ``f760_noise_sd`` (and ``f687_*``), mW m-2 sr-1 nm-1, over the
-        scene's pixel dims; ``quality_flag``; attributes name the bands used.
+        scene's pixel dims; ``quality_flag``; attributes name the bands used
+        (``f760_bands_nm``) and, for a series, the windows they were chosen in
+        (``f760_windows_nm``).
     """
     if method not in FLD_METHODS:
         raise ValueError(f"unknown FLD method {method!r}; choose from {FLD_METHODS}")
     t0 = time.perf_counter()
-    fm = fm or build_forward_model(scene.attrs["instrument"])
-    px = pixels or scene_pixels(scene, patch_size, fm)
-    if operators is None:
-        operators = operators_for(baseline_model(fm, config, px), px)
-    wl = np.asarray(fm.band_centre_nm, np.float64)
-    fwhm = float(np.max(np.asarray(fm.band_fwhm_nm)))
-    a_mean = np.asarray(jnp.mean(operators.reflected[:, 0], 0))
+    tower = "time" in scene["radiance"].dims
     values, attrs = {}, {}
+    if tower:
+        px = pixels or scene_pixels(scene, patch_size)
+        if operators is None:
+            operators = toc_operator(px.irradiance[:, 0])
+        wl = np.asarray(px.wavelength, np.float64)
+        e = np.asarray(px.irradiance[:, 0], np.float64)
+        e_mean = np.nanmean(np.where(px.valid[:, :1], e, np.nan), 0)
+        chosen = [(w, select_tower_bands(wl, e_mean, w)) for w in TOWER_FLD_WINDOWS]
+        attrs["fld_convention"] = "top of canopy (FloX): measured irradiance, L = E/pi R + F"
+    else:
+        fm = fm or scene_forward_model(scene)
+        px = pixels or scene_pixels(scene, patch_size, fm)
+        if operators is None:
+            operators = operators_for(baseline_model(fm, config, px), px)
+        wl = np.asarray(fm.band_centre_nm, np.float64)
+        fwhm = float(np.max(np.asarray(fm.band_fwhm_nm)))
+        a_mean = np.asarray(jnp.mean(operators.reflected[:, 0], 0))
+        chosen = [(band, select_bands(wl, fwhm, a_mean, band)) for band in (O2A, O2B)]
     shape = SifParams(0.5, 1.0)
-    for band in (O2A, O2B):
-        sel = select_bands(wl, fwhm, a_mean, band)
+    for band, sel in chosen:
         if sel is None:
             continue
         f, sd = _fld_fn(method, sel)(jnp.asarray(wl, jnp.float32), jnp.asarray(px.radiance),
@@ -265,8 +371,15 @@ def fld_retrieve(scene: xr.Dataset, method: str = "ifld", *, fm: ForwardModel | 
         values[f"{band.quantity}_noise_sd"] = np.asarray(sd) * k
         attrs[f"{band.quantity}_bands_nm"] = (
             f"in {wl[sel.inside]:.2f}, left {wl[sel.left]:.2f}, right {wl[sel.right]:.2f}")
+        if tower:
+            attrs[f"{band.quantity}_windows_nm"] = (
+                f"in {band.in_nm[0]:g}-{band.in_nm[1]:g} (min E), left "
+                f"{band.left_nm[0]:g}-{band.left_nm[1]:g}, right "
+                f"{band.right_nm[0]:g}-{band.right_nm[1]:g} (max E), continuum "
+                + ", ".join(f"{lo:g}-{hi:g}" for lo, hi in band.continuum_nm))
     if not values:
-        raise ValueError(f"the {fm.instrument} window holds neither the O2-A nor the O2-B "
-                         "band with shoulders on both sides")
+        where = "series" if tower else f"{fm.instrument} window"
+        raise ValueError(f"the {where} holds neither the O2-A nor the O2-B band with "
+                         "shoulders on both sides")
     attrs["retrieval_time_s"] = round(time.perf_counter() - t0, 3)
     return to_result(px, scene, values, method, attrs)

@@ -45,6 +45,7 @@ from bayesfluo.inference.baselines.pixels import (
     Pixels,
     baseline_model,
     operators_for,
+    scene_forward_model,
     scene_pixels,
     to_result,
 )
@@ -56,7 +57,7 @@ from bayesfluo.inference.baselines.sfm import (
 )
 from bayesfluo.model import ModelConfig, SifModel
 from bayesfluo.model.priors import SHAPE760
-from bayesfluo.physics.forward import ForwardModel, build_forward_model
+from bayesfluo.physics.forward import ForwardModel
 
 __all__ = ["gaussian_prior", "oe_retrieve"]
 
@@ -105,6 +106,8 @@ def oe_retrieve(scene: xr.Dataset, *, fm: ForwardModel | None = None,
     scene : xarray.Dataset
         A scene in the scene format (image or top-of-canopy time series).
     fm : ForwardModel, optional
+        The instrument's forward model (default on the scene's own band grid,
+        :func:`~bayesfluo.inference.baselines.pixels.scene_forward_model`).
     config : ModelConfig, optional
         Priors and free atmospheric latents (default :class:`bayesfluo.model.ModelConfig`).
     free_atmosphere : bool
@@ -127,7 +130,7 @@ def oe_retrieve(scene: xr.Dataset, *, fm: ForwardModel | None = None,
         for ``f687``, ``sif_peak``, ``reflectance760``), ``fit_chi2``, ``quality_flag``.
     """
     t0 = time.perf_counter()
-    fm = fm or build_forward_model(scene.attrs["instrument"])
+    fm = fm or scene_forward_model(scene)
     px = pixels or scene_pixels(scene, patch_size, fm)
     if free_atmosphere and px.tower:
         raise ValueError("free_atmosphere is for airborne or spaceborne scenes; a tower's "

@@ -14,7 +14,9 @@ its own geometry (slower: one fine-grid operator per pixel).
 For a top-of-canopy instrument (FloX) the operator is built from the *measured*
 irradiance instead (:func:`bayesfluo.model.toc_operator`): ``L = E/pi * R + F`` per band,
 as FloX processing chains (FLD, SpecFit) use it, with the few metres of air between canopy
-and sensor neglected.
+and sensor neglected. The top-of-canopy FLD and SFM work on the file's own band grid and
+need no forward model; the others use :func:`scene_forward_model`, the instrument's
+forward model on the scene's own band centres and FWHM.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ import xarray as xr
 
 from bayesfluo.instruments import get_instrument
 from bayesfluo.model import ModelConfig, Patch, SifModel, toc_operator
-from bayesfluo.physics.forward import BandOperator, ForwardModel, Geometry, band_operator
+from bayesfluo.physics.forward import (
+    BandOperator,
+    ForwardModel,
+    Geometry,
+    band_operator,
+    build_forward_model,
+)
+from bayesfluo.scene.bands import GRID_TOLERANCE_NM, scene_bands
 from bayesfluo.scene.grid import (
     INPUT_FLAGS,
     PatchGrid,
@@ -43,8 +52,8 @@ from bayesfluo.scene.grid import (
     sun_distance,
 )
 
-__all__ = ["Pixels", "scene_pixels", "baseline_model", "prior_operators", "operators_for",
-           "true_operators", "to_result"]
+__all__ = ["Pixels", "scene_pixels", "scene_forward_model", "baseline_model",
+           "prior_operators", "operators_for", "true_operators", "to_result"]
 
 
 @dataclass
@@ -181,6 +190,35 @@ def scene_pixels(scene: xr.Dataset, patch_size: int = 8, fm: ForwardModel | None
     return Pixels(patches, wl, False, grid)
 
 
+def scene_forward_model(scene: xr.Dataset) -> ForwardModel:
+    """The forward model of the scene's instrument (attribute ``instrument``) on the
+    scene's own band grid: the nominal one where the scene's band centres are the
+    instrument's (within 0.005 nm), else one built on the scene's centres and FWHM
+    (:func:`bayesfluo.scene.bands.scene_bands`; same fine grid and reflectance basis).
+
+    Raises
+    ------
+    ValueError
+        If the scene names no instrument, its bands leave the instrument's window, or
+        some of its bands are masked (the baselines use every band of the file).
+    """
+    inst = scene.attrs.get("instrument")
+    if not inst:
+        raise ValueError("the scene does not name its instrument (attribute 'instrument')")
+    fm = build_forward_model(inst)
+    wl = np.asarray(scene["wavelength"].values, np.float64)
+    nominal = np.asarray(fm.band_centre_nm, np.float64)
+    if wl.size == nominal.size and np.max(np.abs(wl - nominal)) <= GRID_TOLERANCE_NM:
+        return fm
+    bands = scene_bands(scene, inst)
+    if bands.index.size != wl.size:
+        raise ValueError(f"{wl.size - bands.index.size} of the scene's {wl.size} bands are "
+                         f"masked or outside the {inst} window; the baselines use every "
+                         "band: select the usable ones first (scene.isel(band=...))")
+    return build_forward_model(inst, n_basis=fm.n_basis, band_centre_nm=bands.centre_nm,
+                               band_fwhm_nm=bands.fwhm_nm)
+
+
 def baseline_model(fm: ForwardModel, config: ModelConfig | None, px: Pixels) -> SifModel:
     """The model whose operator, priors and noise the baselines use: ``fm`` with
     ``config`` (default :class:`~bayesfluo.model.ModelConfig`), or for a tower the
@@ -228,12 +266,13 @@ def operators_for(model: SifModel, px: Pixels) -> BandOperator:
 
 
 def to_result(px: Pixels, scene: xr.Dataset, values: dict[str, np.ndarray], method: str,
-              attrs: dict | None = None, poor_fit_rate: float = 1e-3) -> xr.Dataset:
+              attrs: dict | None = None, poor_fit_rate: float = 1e-3,
+              n_bands: int | None = None) -> xr.Dataset:
     """A result Dataset (scene format section 4 names) from (n_patch, P) arrays; unusable
     pixels become NaN with ``quality_flag`` bit 1; where ``values`` has ``fit_chi2``,
     bit 2 (``poor_fit``) marks a reduced chi-square above its ``1 - poor_fit_rate``
     quantile for data the model explains (chi-square with one degree of freedom per
-    band)."""
+    band; ``n_bands`` bands fitted, default all of the scene's)."""
     dims = ("time",) if px.tower else ("y", "x")
     coords = {c: scene.coords[c] for c in dims if c in scene.coords}
     ds = xr.Dataset(coords=coords)
@@ -249,7 +288,7 @@ def to_result(px: Pixels, scene: xr.Dataset, values: dict[str, np.ndarray], meth
         ds[name].attrs.update(units=units, long_name=f"{method} {long.get(stat, stat)} of {q}")
     flag = np.where(bad, 1, 0).astype(np.int8)
     if "fit_chi2" in values:
-        nb = px.radiance.shape[-1]
+        nb = n_bands or px.radiance.shape[-1]
         limit = float(scipy.stats.chi2.isf(poor_fit_rate, nb) / nb)
         with np.errstate(invalid="ignore"):
             flag |= np.where(~bad & ~(np.asarray(values["fit_chi2"]) <= limit), 2, 0

@@ -51,7 +51,9 @@ from bayesfluo.inference.guide.program import guide_program
 from bayesfluo.inference.guide.store import AmortizedGuide, load_guide
 from bayesfluo.inference.guide.summaries import (
     F760_INFLATION_EDGES,
+    FitCheck,
     f760_inflation,
+    fit_check,
     fit_chi2,
     inflate_f760,
     marginal_local,
@@ -65,6 +67,7 @@ __all__ = ["Encoder", "GuideOutput", "new_encoder", "ANCILLARY", "GuideInputs",
            "ReferenceExpansion", "ancillary_inputs", "expand_reference",
            "geometry_coordinates", "guide_inputs", "pixel_features", "reference_expansion",
            "reference_function", "reference_log_radiance", "guide_program",
-           "AmortizedGuide", "load_guide", "fit_chi2", "marginal_local", "patch_relative_chi2",
+           "AmortizedGuide", "load_guide", "fit_chi2",
+           "fit_check", "FitCheck", "marginal_local", "patch_relative_chi2",
            "F760_INFLATION_EDGES", "f760_inflation", "inflate_f760",
            "predicted_radiance", "sample_draws", "summaries"]

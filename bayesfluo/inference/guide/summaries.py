@@ -9,6 +9,7 @@ reflectance at 760 nm and the patch's atmospheric and sensor terms need no sampl
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,8 @@ from bayesfluo.model import Patch, SifModel, knee_softplus, reflectance_weights
 from bayesfluo.physics.surface import SifParams, sif_spectrum
 
 __all__ = ["summaries", "marginal_local", "sample_draws", "predicted_radiance", "fit_chi2",
-           "patch_relative_chi2", "inflate_f760", "f760_inflation", "F760_INFLATION_EDGES"]
+           "fit_check", "FitCheck", "SPIKE_WIDTH", "patch_relative_chi2", "inflate_f760",
+           "f760_inflation", "F760_INFLATION_EDGES"]
 
 
 # one-dimensional Gaussian expectations: the trapezoidal rule on 141 nodes over +-7 sd.
@@ -186,8 +188,9 @@ def sample_draws(q: GuideOutput, key: jax.Array, n: int) -> tuple[jax.Array, jax
 
 def predicted_radiance(model: SifModel, q: GuideOutput, patches: Patch) -> jax.Array:
     """Band radiance of every pixel at the guide's posterior mean (N, P, B), mW m-2 sr-1
-    nm-1: each patch's band operator (:meth:`SifModel.operator`) at the mean of its
-    shared latents, each pixel's reflectance and SIF (:meth:`SifModel.surface`) at their
+    nm-1: each patch's band operator (:meth:`SifModel.pixel_operators`: each pixel's own
+    surface pressure and smile where the patches carry them) at the mean of its shared
+    latents, each pixel's reflectance and SIF (:meth:`SifModel.surface`) at their
     means.
 
     Parameters
@@ -200,18 +203,68 @@ def predicted_radiance(model: SifModel, q: GuideOutput, patches: Patch) -> jax.A
         The same N patches (leading patch dimension; the radiance is not needed).
     """
     # only what the operator needs goes through the map over patches
-    geo = Patch(radiance=None, mask=None, ndvi=None, geometry=patches.geometry,
-                noise_a=None, noise_b=None, surface_pressure0=patches.surface_pressure0)
-    # the fine-grid operator of 32 patches at a time: bounded memory
-    op = jax.lax.map(lambda a: model.operator(*a), (geo, q.shared_loc), batch_size=32)
+    geo = Patch(radiance=None, mask=None if patches.pixel_offset is None else patches.mask,
+                ndvi=None, geometry=patches.geometry, noise_a=None, noise_b=None,
+                surface_pressure0=patches.surface_pressure0,
+                pixel_offset=patches.pixel_offset)
+    # the fine-grid operator of 32 patches at a time (bounded memory), each pixel's own
+    # where the patches carry pixel offsets (terrain, smile, view; each patch's own
+    # derivatives, so a pixel's fit does not depend on which patches share its chunk)
+    op = jax.lax.map(lambda a: model.pixel_operators(*a), (geo, q.shared_loc),
+                     batch_size=32)
     coeffs, red, far = model.surface(q.local_loc, patches.ndvi)
     return jax.vmap(model.predict)(op, coeffs, red, far)
 
 
+#: Bands of the running median a residual's spike is measured against
+SPIKE_WIDTH = 7
+
+
+class FitCheck(NamedTuple):
+    """The fit of each pixel at the guide's posterior mean (:func:`fit_check`).
+
+    Attributes
+    ----------
+    chi2 : array (N, P)
+        Reduced chi-square of the radiance under the model's noise.
+    spike : array (N, P)
+        The largest standardised residual of one band above the running median of its
+        :data:`SPIKE_WIDTH` neighbours' (noise sd): an artefact a few bands wide (a hot
+        detector element, a glint) that the chi-square, averaged over hundreds of bands,
+        dilutes below the misfit the model leaves on real scenes.
+    """
+
+    chi2: jax.Array
+    spike: jax.Array
+
+
+def _running_median(r: jax.Array, width: int) -> jax.Array:
+    """Running median along the last axis (edges padded with the edge values)."""
+    h = width // 2
+    rp = jnp.pad(r, [(0, 0)] * (r.ndim - 1) + [(h, h)], mode="edge")
+    n = r.shape[-1]
+    return jnp.median(jnp.stack([rp[..., i:i + n] for i in range(width)]), 0)
+
+
+def fit_check(model: SifModel, q: GuideOutput, patches: Patch) -> FitCheck:
+    """Reduced chi-square and spike statistic (:class:`FitCheck`) of each pixel's
+    radiance at the guide's posterior mean (:func:`predicted_radiance`), from one
+    prediction: the ``poor_fit`` checks of a retrieval and their references on
+    simulations after training."""
+    pred = predicted_radiance(model, q, patches)
+
+    def residual(p, pr):
+        return (p.radiance - pr) / jnp.sqrt(model.noise_variance(pr, p.noise_a, p.noise_b))
+
+    r = jax.vmap(residual)(patches, pred)
+    spike = jnp.max(jnp.abs(r - _running_median(r, SPIKE_WIDTH)), -1)
+    return FitCheck(jax.vmap(model.fit_chi2)(patches, pred), spike)
+
+
 def fit_chi2(model: SifModel, q: GuideOutput, patches: Patch) -> jax.Array:
     """Reduced chi-square (N, P) of each pixel's radiance at the guide's posterior mean
-    (:func:`predicted_radiance`) under the model's noise (:meth:`SifModel.fit_chi2`): the
-    ``poor_fit`` check of a retrieval and its reference on simulations after training."""
+    (:func:`predicted_radiance`) under the model's noise (:meth:`SifModel.fit_chi2`)
+    (:func:`fit_check` without the spike statistic)."""
     return jax.vmap(model.fit_chi2)(patches, predicted_radiance(model, q, patches))
 
 
@@ -233,18 +286,22 @@ def f760_inflation(ndvi, inflation: dict | None, chi2=None):
     """The F760 sd factor (array like ``ndvi``) of each pixel from a guide's
     ``info["f760_sd_inflation"]`` (ones where the guide has none).
 
-    The factors are for pixels the model does not fit as it fits its own draws: a pixel
-    whose fit chi-square ``chi2`` (like ``ndvi``; the guide's posterior mean,
-    :func:`fit_chi2`) is at most ``inflation["chi2_min"]`` (the 0.99 quantile on the
-    model's own simulations) keeps factor 1, the guide being calibrated there. Without
-    ``chi2`` every pixel gets its class's factor (conservative)."""
+    ``inflation["factors"]`` (one per NDVI class, ``ndvi_edges``) are for pixels the
+    model does not fit as it fits its own draws: fit chi-square ``chi2`` (like ``ndvi``;
+    the guide's posterior mean, :func:`fit_chi2`) above ``inflation["chi2_min"]`` (the
+    0.99 quantile on the model's own simulations). The others get
+    ``inflation["factors_fit"]`` of their class where the guide has them (calibrated on
+    the held-out world scenes too), else 1. Without ``chi2`` every pixel gets its
+    class's misfit factor (conservative)."""
     if not inflation:
         return jnp.ones_like(jnp.asarray(ndvi, jnp.float32))
     edges = jnp.asarray(inflation["ndvi_edges"], jnp.float32)
-    factors = jnp.asarray(inflation["factors"], jnp.float32)
-    f = factors[jnp.searchsorted(edges, jnp.asarray(ndvi, jnp.float32), side="right")]
+    cls = jnp.searchsorted(edges, jnp.asarray(ndvi, jnp.float32), side="right")
+    f = jnp.asarray(inflation["factors"], jnp.float32)[cls]
     if chi2 is not None and inflation.get("chi2_min") is not None:
-        f = jnp.where(jnp.asarray(chi2) > inflation["chi2_min"], f, 1.0)
+        fit = jnp.asarray(inflation.get("factors_fit") or [1.0] * (edges.size + 1),
+                          jnp.float32)[cls]
+        f = jnp.where(jnp.asarray(chi2) > inflation["chi2_min"], f, fit)
     return f
 
 
