@@ -286,22 +286,19 @@ def f760_inflation(ndvi, inflation: dict | None, chi2=None):
     """The F760 sd factor (array like ``ndvi``) of each pixel from a guide's
     ``info["f760_sd_inflation"]`` (ones where the guide has none).
 
-    ``inflation["factors"]`` (one per NDVI class, ``ndvi_edges``) are for pixels the
-    model does not fit as it fits its own draws: fit chi-square ``chi2`` (like ``ndvi``;
-    the guide's posterior mean, :func:`fit_chi2`) above ``inflation["chi2_min"]`` (the
-    0.99 quantile on the model's own simulations). The others get
-    ``inflation["factors_fit"]`` of their class where the guide has them (calibrated on
-    the held-out world scenes too), else 1. Without ``chi2`` every pixel gets its
-    class's misfit factor (conservative)."""
+    The factors (one per NDVI class, ``ndvi_edges``) are for pixels the model does not fit
+    as it fits its own draws: a pixel whose fit chi-square ``chi2`` (like ``ndvi``; the
+    guide's posterior mean, :func:`fit_chi2`) is at most ``inflation["chi2_min"]`` (the
+    0.99 quantile on the model's own simulations) keeps factor 1, the guide being
+    calibrated there (simulation-based calibration on the prior). Without ``chi2`` every
+    pixel gets its class's factor (conservative)."""
     if not inflation:
         return jnp.ones_like(jnp.asarray(ndvi, jnp.float32))
     edges = jnp.asarray(inflation["ndvi_edges"], jnp.float32)
     cls = jnp.searchsorted(edges, jnp.asarray(ndvi, jnp.float32), side="right")
     f = jnp.asarray(inflation["factors"], jnp.float32)[cls]
     if chi2 is not None and inflation.get("chi2_min") is not None:
-        fit = jnp.asarray(inflation.get("factors_fit") or [1.0] * (edges.size + 1),
-                          jnp.float32)[cls]
-        f = jnp.where(jnp.asarray(chi2) > inflation["chi2_min"], f, fit)
+        f = jnp.where(jnp.asarray(chi2) > inflation["chi2_min"], f, 1.0)
     return f
 
 
