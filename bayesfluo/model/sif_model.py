@@ -94,11 +94,11 @@ from bayesfluo.physics.sensor import noise_variance
 from bayesfluo.physics.surface import SifParams, sif_spectrum, sif_taylor
 
 __all__ = ["SifModel", "OperatorExpansion", "toc_operator", "has_red_peak",
-           "PIXEL_OFFSET_LATENTS"]
+           "PIXEL_OFFSET_COLUMNS"]
 
 #: The columns of ``Patch.pixel_offset``: what a pixel's operator inputs differ from its
 #: patch's by (surface pressure, hPa; spectral shift, nm; FWHM scale, 1; view zenith, deg)
-PIXEL_OFFSET_LATENTS = ("surface_pressure", "spectral_shift", "fwhm_scale", "vza")
+PIXEL_OFFSET_COLUMNS = ("surface_pressure", "spectral_shift", "fwhm_scale", "vza")
 
 
 class OperatorExpansion(NamedTuple):
@@ -343,12 +343,13 @@ class SifModel(eqx.Module):
         geom = patch.geometry._replace(vza_deg=patch.geometry.vza_deg + delta[3])
         return band_operator(self.fm, atm, geom, sens)
 
-    def offset_jacobian(self, patch: Patch, zvec) -> tuple[BandOperator, BandOperator]:
-        """The patch's operator at ``zvec`` (:meth:`operator`, at :meth:`patch_delta`)
-        and its derivatives along the four pixel offsets (leading dim 4):
-        ``(value, jac)``."""
-        value, lin = jax.linearize(lambda d: self._operator_at(patch, zvec, d),
-                                   self.patch_delta(patch))
+    def offset_jacobian(self, patch: Patch, zvec, dbar=None
+                        ) -> tuple[BandOperator, BandOperator]:
+        """The patch's operator at ``zvec`` (:meth:`operator`, at :meth:`patch_delta`,
+        or ``dbar`` where the caller has it) and its derivatives along the four pixel
+        offsets (leading dim 4): ``(value, jac)``."""
+        dbar = self.patch_delta(patch) if dbar is None else dbar
+        value, lin = jax.linearize(lambda d: self._operator_at(patch, zvec, d), dbar)
         return value, jax.vmap(lin)(jnp.eye(4, dtype=jnp.float32))
 
     def pixel_operators(self, patch: Patch, zvec=None,
@@ -381,9 +382,10 @@ class SifModel(eqx.Module):
             jac = expansion.offset_jac
         elif delta is None:
             return self.operator(patch, zvec)
-        else:
-            op, jac = self.offset_jacobian(patch, zvec)
-        d = delta - self.patch_delta(patch)[..., None, :]
+        dbar = self._usable_mean(patch, delta)
+        if expansion is None:
+            op, jac = self.offset_jacobian(patch, zvec, dbar)
+        d = delta - dbar[..., None, :]
         return jax.tree.map(lambda v, j: v + jnp.tensordot(d, j, 1), op, jac)
 
     def table_operator(self, sensor_z: dict, perturbation: Perturbation) -> BandOperator:
@@ -410,12 +412,14 @@ class SifModel(eqx.Module):
         def op_of(zv):
             return self.operator(patch, zv)
 
-        off = (None if self.pixel_delta(patch) is None
-               else self.offset_jacobian(patch, z0)[1])
+        if self.pixel_delta(patch) is None:
+            value, off = op_of(z0), None
+        else:  # the operator at z0 comes with the derivatives along the pixel offsets
+            value, off = self.offset_jacobian(patch, z0)
         if order == 2:
-            return OperatorExpansion(z0, op_of(z0), jax.jacfwd(op_of)(z0),
+            return OperatorExpansion(z0, value, jax.jacfwd(op_of)(z0),
                                      jax.jacfwd(jax.jacfwd(op_of))(z0), off)
-        value, jac = jax.jvp(op_of, (z0,), (jnp.zeros_like(z0),))[0], jax.jacfwd(op_of)(z0)
+        jac = jax.jacfwd(op_of)(z0)
         hess = jax.tree.map(lambda j: jnp.zeros(j.shape + z0.shape, j.dtype), jac)
         return OperatorExpansion(z0, value, jac, hess, off)
 
