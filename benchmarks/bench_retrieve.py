@@ -3,7 +3,8 @@
 Prints pixels per second and peak memory, on a HyPlant FLUO O2-A scene held in memory
 (file IO excluded), for
   (a) posterior summaries alone (``RetrieveOptions(quality=False)``),
-  (b) with the residual-based quality flag (one exact band operator per patch),
+  (b) with the residual-based quality flag (each pixel's band operator from one expansion
+      of the operator over the scene, :mod:`bayesfluo.model.scene_expansion`),
 and, measured in the same run on the same pixels, the bare forward pass of the encoder
 (:meth:`bayesfluo.inference.guide.Encoder.encode` on features already on the device) and a plain
 4-layer, 256-wide MLP: the limits. Each case runs in its own process so its peak memory

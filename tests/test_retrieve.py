@@ -398,7 +398,11 @@ def test_retrieve_equals_the_reference_evaluation(scene, guide, model_o2a, resul
         if v.ndim == 1:
             v = np.repeat(v[:, None], grid.patch_size**2, 1)
         w = grid.to_image(v, 20)
-        np.testing.assert_allclose(result[k].values, w, rtol=1e-4,
+        # the fit check's operators come from the scene's expansion
+        # (bayesfluo.model.scene_expansion, within half a noise sd of the exact operator in
+        # every band): its chi-square within 3 % of the exact one's (0.8 % measured here)
+        rtol = 3e-2 if k == "fit_chi2" else 1e-4
+        np.testing.assert_allclose(result[k].values, w, rtol=rtol,
                                    atol=1e-5 * np.abs(w).max(), err_msg=k)
 
 

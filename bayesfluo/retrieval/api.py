@@ -84,7 +84,7 @@ def retrieve(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOptions 
     opt = options or RetrieveOptions()
     t0 = time.perf_counter()
     r = retriever or Retriever(guide)
-    plan = plan_retrieval(scene, guide, opt, r.fm)
+    plan = plan_retrieval(scene, guide, opt, r.fm, r)
     check_radiance_level(scene)
     pieces: dict[str, list] = {}
     for pr0 in tqdm(plan.starts, desc="retrieve", disable=not progress, unit="chunk"):

@@ -7,9 +7,11 @@ whole patch rows (every chunk padded to the same static shape, so one compilatio
 refines its posterior, :mod:`bayesfluo.inference.refine`) and turns the Gaussian into
 per-pixel posterior summaries in closed form (:func:`bayesfluo.inference.guide.summaries`).
 Optionally it checks each pixel's fit (:func:`bayesfluo.inference.guide.fit_chi2`: the
-radiance predicted at the posterior mean through the patch's exact band operator,
-:meth:`~bayesfluo.model.SifModel.operator`, against the model's noise,
-:meth:`~bayesfluo.model.SifModel.noise_variance`) and draws posterior samples.
+radiance predicted at the posterior mean through each pixel's band operator, from one
+expansion of the operator over the scene (:mod:`bayesfluo.model.scene_expansion`, centred
+by the plan on a sample of the scene's patches) or exact where a patch leaves it, against
+the model's noise, :meth:`~bayesfluo.model.SifModel.noise_variance`) and draws posterior
+samples.
 
 The same plan and per-chunk function serve the in-memory retrieval
 (:func:`bayesfluo.retrieval.api.retrieve`), the streamed one
@@ -19,7 +21,7 @@ The same plan and per-chunk function serve the in-memory retrieval
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import equinox as eqx
@@ -48,6 +50,13 @@ from bayesfluo.inference.guide import (
 from bayesfluo.inference.refine import laplace_refine
 from bayesfluo.instruments import get_instrument
 from bayesfluo.model import Patch, SifModel, knee_softplus
+from bayesfluo.model.scene_expansion import (
+    SceneExpansion,
+    expansion_centre,
+    has_scene_expansion,
+    operator_inputs,
+    scene_expansion,
+)
 from bayesfluo.physics.forward import ForwardModel
 from bayesfluo.retrieval.devices import default_chunk_pixels
 from bayesfluo.retrieval.result import QUALITY_FLAGS
@@ -142,17 +151,20 @@ def _ood(guide: AmortizedGuide, feats, ood_sigma):
 
 
 def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, mask, ndvi,
-                p0, input_flag, ood_sigma, patches: Patch | None = None, *,
+                p0, input_flag, ood_sigma, patches: Patch | None = None,
+                expansion: SceneExpansion | None = None, *,
                 min_patch_pixels: int, refine_batch: int | None = None,
-                with_fit: bool = False):
+                with_fit: bool = False, exact_outside: bool = True):
     """Encoder (and refinement), summaries and flags of a chunk of patches: the
     posterior in the guide's form, the summaries ``{"Q_stat": (N, P) float32}``
     (per-patch quantities repeated over their pixels, NaN where the input is unusable),
     the quality flags (N, P) of everything but the fit, and (``with_fit``) the fit
     check (:class:`~bayesfluo.inference.guide.FitCheck`, (N, P) each) of the final
-    posterior mean (else None)."""
+    posterior mean (else None; through the scene's operator ``expansion`` where given,
+    ``exact_outside`` as in :func:`~bayesfluo.inference.guide.predicted_radiance`)."""
     q = eqx.combine(params, static).encode(feats, mask)
-    fit = fit_check(model, q, patches) if with_fit else None
+    fit = (fit_check(model, q, patches, expansion, exact_outside=exact_outside)
+           if with_fit else None)
     c2 = None if fit is None else fit.chi2
     # the guide's F760 intervals as calibrated on held-out scenes where the pixel fits
     # worse than the model's own draws (a guide trained on the world; none otherwise)
@@ -170,7 +182,7 @@ def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, m
             accept.reshape(accept.shape + (1,) * (new.ndim - 1)), new, old), q_ref, q)
         not_refined = ~accept
         if with_fit:
-            fit = fit_check(model, q, patches)
+            fit = fit_check(model, q, patches, expansion, exact_outside=exact_outside)
     summ = summaries(q, model, ndvi, p0)
     ok = input_flag == 0
     out = {}
@@ -248,7 +260,13 @@ class Retriever:
         self.draws = jax.jit(draws, static_argnums=3)
         self._chunk_fn = jax.jit(partial(_chunk_maps, guide, model, static),
                                  static_argnames=("min_patch_pixels", "refine_batch",
-                                                  "with_fit"))
+                                                  "with_fit", "exact_outside"))
+        self._expand = (jax.jit(partial(scene_expansion, model))
+                        if has_scene_expansion(model) else None)
+        self._inputs = jax.jit(jax.vmap(
+            lambda p, z: operator_inputs(model, p, z, model.patch_delta(p))))
+        self._expansions: dict = {}
+        self._leaves: set = set()   # centres where a patch left the expansion
 
     def on_grid(self, bands: SceneBands | None) -> Retriever:
         """The retriever of a scene on its own band grid: its model's forward model on
@@ -270,8 +288,36 @@ class Retriever:
         """The guide's output for normalised features (N, P, F) and a mask (N, P)."""
         return self.encode_fn(self.params, features, mask)
 
+    def operator_inputs(self, d: GuideInputs) -> np.ndarray:
+        """The physical inputs of the band operator of each patch of ``d`` at the guide's
+        posterior mean and the patch's mean pixel offsets (N, 12)
+        (:func:`bayesfluo.model.scene_expansion.operator_inputs`), NaN for patches
+        without a usable pixel."""
+        q = self.encode(jnp.asarray(d.features), jnp.asarray(d.patches.mask))
+        u = np.asarray(self._inputs(d.patches, q.shared_loc), np.float64)
+        return np.where((np.asarray(d.patches.mask).sum(-1) > 0)[:, None], u, np.nan)
+
+    def fit_expansion(self, centre: tuple | None) -> SceneExpansion | None:
+        """The model's operator expanded about ``centre`` (the plan's ``fit_centre``;
+        built once per centre): the fit check's operators
+        (:func:`bayesfluo.inference.guide.predicted_radiance`); None without a centre or
+        for a model without a built-in atmosphere."""
+        if centre is None or self._expand is None:
+            return None
+        if centre not in self._expansions:
+            if len(self._expansions) > 8:
+                self._expansions.clear()
+            self._expansions[centre] = self._expand(jnp.asarray(centre, jnp.float32))
+        return self._expansions[centre]
+
+    def left_expansion(self, centre: tuple | None) -> bool:
+        """Whether a patch of a chunk checked so far left the trust region of the
+        expansion about ``centre`` (its operator was then exact)."""
+        return centre in self._leaves
+
     def chunk_maps(self, d: GuideInputs, ood_sigma: float, min_patch_pixels: int,
-                   refine_batch: int | None = None, with_fit: bool = False
+                   refine_batch: int | None = None, with_fit: bool = False,
+                   fit_centre: tuple | None = None
                    ) -> tuple[GuideOutput, dict, jax.Array, FitCheck | None]:
         """The guide's output, the per-pixel posterior summaries and the quality flags of
         a chunk, in one compiled pass (``d`` from
@@ -281,13 +327,31 @@ class Retriever:
         before the summaries. With ``with_fit`` (``d`` with the radiance), the fit check
         (:func:`bayesfluo.inference.guide.fit_check`) of each pixel is returned too, and
         its chi-square sets where the guide's F760 intervals are widened
-        (:func:`bayesfluo.inference.guide.f760_inflation`)."""
+        (:func:`bayesfluo.inference.guide.f760_inflation`); with ``fit_centre`` (the
+        plan's), through the scene's operator expansion (:meth:`fit_expansion`)."""
         p = d.patches
-        return self._chunk_fn(self.params, d.features, p.mask, p.ndvi, p.surface_pressure0,
-                              d.input_flag, ood_sigma,
-                              p if (refine_batch or with_fit) else None,
-                              min_patch_pixels=min_patch_pixels, refine_batch=refine_batch,
-                              with_fit=with_fit)
+        expansion = self.fit_expansion(fit_centre) if with_fit else None
+
+        def run(exact_outside: bool):
+            return self._chunk_fn(self.params, d.features, p.mask, p.ndvi,
+                                  p.surface_pressure0, d.input_flag, ood_sigma,
+                                  p if (refine_batch or with_fit) else None, expansion,
+                                  min_patch_pixels=min_patch_pixels,
+                                  refine_batch=refine_batch, with_fit=with_fit,
+                                  exact_outside=exact_outside)
+
+        if expansion is None or fit_centre in self._leaves:
+            return run(True)
+        # first without the per-patch fallback to the exact operator outside the
+        # expansion's trust region (its check costs a third of the fit check); again
+        # with it where a patch left the region (its operator is then exact; the others'
+        # are the same to float rounding), and with it from then on for this centre (a
+        # scene whose swath edges leave the region would otherwise pay twice per chunk)
+        out = run(False)
+        if bool(jnp.all(out[3].inside)):
+            return out
+        self._leaves.add(fit_centre)
+        return run(True)
 
     def posterior(self, d: GuideInputs) -> GuideOutput:
         """The guide's output for the inputs ``d`` of a batch of patches
@@ -328,6 +392,9 @@ class RetrievalPlan:
         ``poor_fit`` threshold of a pixel's spike statistic
         (:class:`bayesfluo.inference.guide.FitCheck`), where the guide was calibrated for
         it.
+    fit_centre : tuple of float or None
+        Where the fit check's operator expansion is centred
+        (:func:`fit_expansion_centre`; None: exact operators).
     """
 
     grid: PatchGrid
@@ -339,6 +406,7 @@ class RetrievalPlan:
     bands: SceneBands | None = None
     chi2_ratio_max: float | None = None
     spike_max: float | None = None
+    fit_centre: tuple | None = None
 
     @property
     def starts(self) -> list[int]:
@@ -364,10 +432,12 @@ class RetrievalPlan:
 
 
 def plan_retrieval(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOptions,
-                   fm: ForwardModel) -> RetrievalPlan:
+                   fm: ForwardModel, retriever: Retriever | None = None) -> RetrievalPlan:
     """Check a scene against the guide's model and cut it into chunks of patch rows.
 
-    Reads only the scene's band grid and its per-pixel geometry (not its radiance).
+    Reads the scene's band grid and its per-pixel geometry; with the quality check and a
+    ``retriever`` (the guide's), also the radiance of a few patch rows, where the fit
+    check's operator expansion is centred (:func:`fit_expansion_centre`).
 
     Raises
     ------
@@ -396,10 +466,51 @@ def plan_retrieval(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOp
         chi2_max = (float(known[q]) if q in known else
                     float(scipy.stats.chi2.isf(options.poor_fit_rate, fm.n_bands) /
                           fm.n_bands))
-    return RetrievalPlan(grid, rows_per_chunk, rows_per_chunk * grid.n_cols,
+    plan = RetrievalPlan(grid, rows_per_chunk, rows_per_chunk * grid.n_cols,
                          reference_centre(scene),
                          float(get_instrument(guide.instrument).reference_radiance), chi2_max,
                          bands, ratio_max, spike_max)
+    if options.quality and retriever is not None:
+        plan = replace(plan, fit_centre=fit_expansion_centre(scene, plan, retriever))
+    return plan
+
+
+#: Patch rows of a scene (evenly spaced) on which the fit check's expansion is centred
+FIT_CENTRE_ROWS = 4
+
+
+def fit_expansion_centre(scene: xr.Dataset, plan: RetrievalPlan, r: Retriever
+                         ) -> tuple | None:
+    """The centre of the scene's operator expansion (:meth:`Retriever.fit_expansion`):
+    the median operator inputs, at the guide's posterior mean, of the patches of
+    :data:`FIT_CENTRE_ROWS` evenly spaced patch rows (every row of a scene of at most
+    twice as many). It depends on the scene only (not
+    on the chunks), so every chunk, executor and chunk size checks the fit alike. None for a
+    model without a built-in atmosphere or a scene with no usable patch in those rows."""
+    r = r.on_grid(plan.bands)
+    if not has_scene_expansion(r.model):
+        return None
+    # a fixed number of evenly spaced patch rows (all of a scene of at most twice as
+    # many), whatever the chunks: the centre, and so every pixel's fit, does not depend
+    # on the chunk size
+    n = plan.grid.n_rows
+    k = n if n <= 2 * FIT_CENTRE_ROWS else FIT_CENTRE_ROWS
+    picks = sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
+    s, ny = plan.grid.patch_size, plan.grid.shape[0]
+    rows = np.concatenate([np.arange(i * s, min((i + 1) * s, ny)) for i in picks])
+    guide = r.guide
+    # padded as a chunk where they fit in one (a scene of one chunk then compiles its
+    # input preparation once; the padding is masked, so the centre is the same)
+    n_patch = len(picks) * plan.grid.n_cols
+    d = guide_inputs(scene.isel(y=rows), plan.grid, slice(None), guide.model,
+                     guide.feature_mean, guide.feature_sd, plan.reference_radiance,
+                     plan.centre, with_radiance=True, device=True, bands=plan.bands,
+                     n_patches=(plan.n_chunk_patches if n_patch <= plan.n_chunk_patches
+                                else None))
+    u = r.operator_inputs(d)
+    if not np.isfinite(u).all(-1).any():
+        return None
+    return tuple(float(v) for v in np.asarray(expansion_centre(r.model, u)))
 
 
 def chunk_inputs(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retriever,
@@ -445,7 +556,7 @@ def retrieve_chunk(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retrieve
     d = chunk_inputs(scene, pr0, plan, r, opt, sliced=sliced)
     q, maps, flag, fit = r.chunk_maps(d, opt.ood_sigma, opt.min_patch_pixels,
                                       opt.refine_batch if opt.refine else None,
-                                      with_fit=opt.quality)
+                                      with_fit=opt.quality, fit_centre=plan.fit_centre)
     input_flag = np.asarray(d.input_flag)[:n]
     bad = input_flag != 0
     extra = {}

@@ -388,7 +388,7 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
     out = Path(out)
     t0 = time.perf_counter()
     guide = retriever.guide
-    plan = plan_retrieval(scene, guide, opt, retriever.fm)
+    plan = plan_retrieval(scene, guide, opt, retriever.fm, retriever)
     check_radiance_level(scene)  # a unit mistake is refused before any work
     executor = executor or LocalExecutor(retriever)
     attrs = result_attrs(guide, source=source or scene.encoding.get("source", ""),

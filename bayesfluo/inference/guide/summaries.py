@@ -18,6 +18,7 @@ import scipy.stats
 
 from bayesfluo.inference.guide.encoder import GuideOutput
 from bayesfluo.model import Patch, SifModel, knee_softplus, reflectance_weights
+from bayesfluo.model.scene_expansion import SceneExpansion, expanded_operator
 from bayesfluo.physics.surface import SifParams, sif_spectrum
 
 __all__ = ["summaries", "marginal_local", "sample_draws", "predicted_radiance", "fit_chi2",
@@ -186,7 +187,9 @@ def sample_draws(q: GuideOutput, key: jax.Array, n: int) -> tuple[jax.Array, jax
     return zs, u
 
 
-def predicted_radiance(model: SifModel, q: GuideOutput, patches: Patch) -> jax.Array:
+def predicted_radiance(model: SifModel, q: GuideOutput, patches: Patch,
+                       expansion: SceneExpansion | None = None, *,
+                       exact_outside: bool = True, with_inside: bool = False):
     """Band radiance of every pixel at the guide's posterior mean (N, P, B), mW m-2 sr-1
     nm-1: each patch's band operator (:meth:`SifModel.pixel_operators`: each pixel's own
     surface pressure and smile where the patches carry them) at the mean of its shared
@@ -201,19 +204,57 @@ def predicted_radiance(model: SifModel, q: GuideOutput, patches: Patch) -> jax.A
         The posterior of N patches in the guide's form.
     patches : Patch
         The same N patches (leading patch dimension; the radiance is not needed).
+    expansion : SceneExpansion, optional
+        The scene's operator expansion (:func:`bayesfluo.model.scene_expansion`): the
+        operators of the patches inside its trust region come from it (a fraction of the
+        exact operator's cost, within half a noise sd of it in every band), the others'
+        are exact. Default: every operator exact.
+    exact_outside : bool
+        With an ``expansion``: the patches outside its trust region get the exact
+        operator (else the expansion at the region's edge: a first pass that skips the
+        cost of checking, to be repeated where ``with_inside`` says a patch left it).
+    with_inside : bool
+        Also return whether each patch lay inside the trust region ((N,) bool; all True
+        without an expansion).
+
+    Returns
+    -------
+    array (N, P, B)
+        Or ``(radiance, inside)`` with ``with_inside``.
     """
     # only what the operator needs goes through the map over patches
     geo = Patch(radiance=None, mask=None if patches.pixel_offset is None else patches.mask,
                 ndvi=None, geometry=patches.geometry, noise_a=None, noise_b=None,
                 surface_pressure0=patches.surface_pressure0,
                 pixel_offset=patches.pixel_offset)
-    # the fine-grid operator of 32 patches at a time (bounded memory), each pixel's own
-    # where the patches carry pixel offsets (terrain, smile, view; each patch's own
-    # derivatives, so a pixel's fit does not depend on which patches share its chunk)
-    op = jax.lax.map(lambda a: model.pixel_operators(*a), (geo, q.shared_loc),
-                     batch_size=32)
+    if expansion is None:
+        # the fine-grid operator of 32 patches at a time (bounded memory), each pixel's
+        # own where the patches carry pixel offsets (terrain, smile, view; each patch's
+        # own derivatives, so a pixel's fit does not depend on which patches share its
+        # chunk)
+        op = jax.lax.map(lambda a: model.pixel_operators(*a), (geo, q.shared_loc),
+                         batch_size=32)
+        coeffs, red, far = model.surface(q.local_loc, patches.ndvi)
+        pred = jax.vmap(model.predict)(op, coeffs, red, far)
+        return (pred, jnp.ones(pred.shape[0], bool)) if with_inside else pred
+    op, jac, inside = jax.vmap(lambda p, z: expanded_operator(model, p, z, expansion))(
+        geo, q.shared_loc)
+
+    def exact_if_outside(a):  # one patch at a time: only the patches outside pay
+        p, z, ins, o, j = a
+        if j is None:
+            return jax.lax.cond(ins, lambda: o, lambda: model.operator(p, z)), None
+        return jax.lax.cond(ins, lambda: (o, j), lambda: model.offset_jacobian(p, z))
+
+    if exact_outside:
+        op, jac = jax.lax.map(exact_if_outside, (geo, q.shared_loc, inside, op, jac))
+    delta = jax.vmap(model.pixel_delta)(geo) if jac is not None else None
+    d = None if delta is None else delta - jax.vmap(model.patch_delta)(geo)[:, None, :]
     coeffs, red, far = model.surface(q.local_loc, patches.ndvi)
-    return jax.vmap(model.predict)(op, coeffs, red, far)
+    pred = jax.vmap(model.predict_linearised, in_axes=(0, 0 if jac is not None else None,
+                                                       0 if d is not None else None,
+                                                       0, 0, 0))(op, jac, d, coeffs, red, far)
+    return (pred, inside) if with_inside else pred
 
 
 #: Bands of the running median a residual's spike is measured against
@@ -232,33 +273,45 @@ class FitCheck(NamedTuple):
         :data:`SPIKE_WIDTH` neighbours' (noise sd): an artefact a few bands wide (a hot
         detector element, a glint) that the chi-square, averaged over hundreds of bands,
         dilutes below the misfit the model leaves on real scenes.
+    inside : array (N,) of bool or None
+        Whether each patch lay inside the scene expansion's trust region
+        (:func:`predicted_radiance`).
     """
 
     chi2: jax.Array
     spike: jax.Array
+    inside: jax.Array | None = None
 
 
 def _running_median(r: jax.Array, width: int) -> jax.Array:
-    """Running median along the last axis (edges padded with the edge values)."""
+    """Running median along the last axis (edges padded with the edge values), of an odd
+    ``width``: an odd-even transposition sorting network on the shifted copies (minima
+    and maxima only; a sort or ``jnp.median`` per band costs ten times more)."""
     h = width // 2
     rp = jnp.pad(r, [(0, 0)] * (r.ndim - 1) + [(h, h)], mode="edge")
     n = r.shape[-1]
-    return jnp.median(jnp.stack([rp[..., i:i + n] for i in range(width)]), 0)
+    v = [rp[..., i:i + n] for i in range(width)]
+    for rnd in range(width):
+        for i in range(rnd % 2, width - 1, 2):
+            v[i], v[i + 1] = jnp.minimum(v[i], v[i + 1]), jnp.maximum(v[i], v[i + 1])
+    return v[h]
 
 
-def fit_check(model: SifModel, q: GuideOutput, patches: Patch) -> FitCheck:
+def fit_check(model: SifModel, q: GuideOutput, patches: Patch,
+              expansion: SceneExpansion | None = None, *,
+              exact_outside: bool = True) -> FitCheck:
     """Reduced chi-square and spike statistic (:class:`FitCheck`) of each pixel's
-    radiance at the guide's posterior mean (:func:`predicted_radiance`), from one
-    prediction: the ``poor_fit`` checks of a retrieval and their references on
-    simulations after training."""
-    pred = predicted_radiance(model, q, patches)
-
-    def residual(p, pr):
-        return (p.radiance - pr) / jnp.sqrt(model.noise_variance(pr, p.noise_a, p.noise_b))
-
-    r = jax.vmap(residual)(patches, pred)
+    radiance at the guide's posterior mean (:func:`predicted_radiance`, through the
+    scene's ``expansion`` where given; ``exact_outside`` as there), from one prediction:
+    the ``poor_fit`` checks of a retrieval and their references on simulations after
+    training."""
+    pred, inside = predicted_radiance(model, q, patches, expansion,
+                                      exact_outside=exact_outside, with_inside=True)
+    inside |= jnp.sum(patches.mask, -1) == 0   # padding: nothing to check
+    var = jax.vmap(model.noise_variance)(pred, patches.noise_a, patches.noise_b)
+    r = (patches.radiance - pred) / jnp.sqrt(var)
     spike = jnp.max(jnp.abs(r - _running_median(r, SPIKE_WIDTH)), -1)
-    return FitCheck(jax.vmap(model.fit_chi2)(patches, pred), spike)
+    return FitCheck(jnp.mean(r * r, -1), spike, inside)
 
 
 def fit_chi2(model: SifModel, q: GuideOutput, patches: Patch) -> jax.Array:
