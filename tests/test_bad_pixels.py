@@ -3,12 +3,18 @@ band is masked and flagged, and leaves its patch's other pixels where a user mas
 that pixel would; a scene whose radiance is in the wrong units is refused with the
 likely mistake named; the command line counts the flags by reason."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
 
 from bayesfluo.retrieval.api import QUALITY_FLAGS, RetrieveOptions, retrieve
-from bayesfluo.scene.grid import INPUT_FLAGS, apparent_reflectance_level, flag_pixels
+from bayesfluo.scene.grid import (
+    INPUT_FLAGS,
+    apparent_reflectance_level,
+    flag_pixels,
+    running_median,
+)
 from bayesfluo.scene.simulate import simulate_scene
 
 OPTS = RetrieveOptions(quality=False)   # the fit check is not what is tested here
@@ -221,3 +227,14 @@ def test_ancillary_ranges_agree_with_the_readers():
         one = xr.Dataset({name: (("y", "x"), np.array([[lo, hi, np.nan]]))})
         got = grid.ancillary_valid(one, slice(None))[0]
         assert list(got) == [True, name not in exclusive, False], name
+
+
+def test_running_median_is_the_median_of_each_window():
+    """The 13-exchange selection network (input flags, the fit check's spike statistic)
+    against numpy's median of every 7-band window, edges repeated; ties included."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(5, 40)).astype(np.float32)
+    x[:, 10:14] = 0.5                                   # ties
+    xp = np.pad(x, [(0, 0), (3, 3)], mode="edge")
+    want = np.median(np.lib.stride_tricks.sliding_window_view(xp, 7, axis=-1), -1)
+    np.testing.assert_array_equal(np.asarray(running_median(jnp.asarray(x))), want)

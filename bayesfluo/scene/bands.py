@@ -9,10 +9,12 @@ grid inside the model's window:
 * the **likelihood** (fit check, refinement, NUTS) uses a forward model built on the
   scene's own grid (:func:`model_on_scene_grid`: the same fine grid and reflectance basis
   as the model's, so every latent keeps its meaning), cached per grid;
-* the **guide** reads spectra on its nominal grid: the scene's radiance is resampled
-  linearly onto it (:func:`resampling_matrix`); guides are trained with such resampled
-  spectra (shifted, widened, resampled and gapped grids) so that the resampling error is
-  part of what their posteriors allow for.
+* the **guide** reads spectra on its nominal grid: the ratio of the scene's radiance to
+  the model's reference spectrum on the scene's grid is interpolated linearly onto the
+  guide's grid (:func:`resampling_matrix`) and multiplied by the reference there
+  (:func:`bayesfluo.inference.guide.ratio_resample`), so the O2 lines are not smeared;
+  guides are trained with resampled spectra (shifted, widened, resampled and gapped
+  grids) so that what resampling loses is part of what their posteriors allow for.
 
 A per-band mask (``band_mask`` (band) in the scene, 1 usable, 0 bad; or NaN in every
 pixel of a band) removes bands before anything else: they are absent from the

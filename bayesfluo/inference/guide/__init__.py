@@ -43,6 +43,7 @@ from bayesfluo.inference.guide.features import (
     geometry_coordinates,
     guide_inputs,
     pixel_features,
+    ratio_resample,
     reference_expansion,
     reference_function,
     reference_log_radiance,
@@ -65,7 +66,8 @@ from bayesfluo.inference.guide.summaries import (
 
 __all__ = ["Encoder", "GuideOutput", "new_encoder", "ANCILLARY", "GuideInputs",
            "ReferenceExpansion", "ancillary_inputs", "expand_reference",
-           "geometry_coordinates", "guide_inputs", "pixel_features", "reference_expansion",
+           "geometry_coordinates", "guide_inputs", "pixel_features", "ratio_resample",
+           "reference_expansion",
            "reference_function", "reference_log_radiance", "guide_program",
            "AmortizedGuide", "load_guide", "fit_chi2",
            "fit_check", "FitCheck", "marginal_local", "patch_relative_chi2",

@@ -27,7 +27,13 @@ from jax.typing import ArrayLike
 
 from bayesfluo.model import Patch, SifModel
 from bayesfluo.physics.forward import Geometry, standard_pressure_hpa
-from bayesfluo.scene.bands import SceneBands, resampling_matrix, same_grid, scene_bands
+from bayesfluo.scene.bands import (
+    SceneBands,
+    model_on_scene_grid,
+    resampling_matrix,
+    same_grid,
+    scene_bands,
+)
 from bayesfluo.scene.grid import (
     INPUT_FLAGS,
     PatchGrid,
@@ -41,7 +47,8 @@ from bayesfluo.scene.grid import (
 
 __all__ = ["ANCILLARY", "ancillary_inputs", "pixel_features", "geometry_coordinates",
            "ReferenceExpansion", "reference_function", "reference_log_radiance",
-           "reference_expansion", "expand_reference", "GuideInputs", "guide_inputs"]
+           "reference_expansion", "expand_reference", "ratio_resample", "GuideInputs",
+           "guide_inputs"]
 
 #: Ancillary inputs of every pixel, after the spectrum (see :func:`pixel_features`).
 ANCILLARY = ("cos_sza", "vza_deg", "cos_raa", "surface_altitude_km", "height_km",
@@ -166,6 +173,36 @@ def expand_reference(ref: ReferenceExpansion, sza: ArrayLike, vza: ArrayLike,
             + 0.5 * jnp.einsum("bjk,...j,...k->...b", ref.hess, d, d))
 
 
+def ratio_resample(radiance: ArrayLike, log_reference: ArrayLike,
+                   log_reference_scene: ArrayLike, resample: ArrayLike) -> jax.Array:
+    """Radiance on a scene's own band grid resampled onto the guide's, through the
+    reference spectrum: ``exp(ref) * ((L / exp(ref_scene)) @ resample.T)``.
+
+    Linear interpolation of the radiance itself smears the O2 lines (a grid shifted by
+    half a band, another FWHM, another sampling step, bands bridged over a gap); the
+    ratio to the reference spectrum (the model's radiance at the prior atmosphere and
+    the pixel's geometry, :func:`expand_reference`) on each grid is smooth, so it is the
+    ratio that is interpolated and the lines are the reference's on the guide's grid.
+
+    Parameters
+    ----------
+    radiance : array_like (..., B_scene)
+        Radiance on the scene's usable bands, mW m-2 sr-1 nm-1.
+    log_reference, log_reference_scene : array_like (..., B) and (..., B_scene)
+        Log reference spectra on the guide's and on the scene's grid.
+    resample : array_like (B, B_scene)
+        Linear interpolation between the grids
+        (:func:`bayesfluo.scene.bands.resampling_matrix`).
+
+    Returns
+    -------
+    jax.Array (..., B)
+        Radiance on the guide's grid, mW m-2 sr-1 nm-1.
+    """
+    return jnp.exp(log_reference) * ((radiance * jnp.exp(-log_reference_scene))
+                                     @ jnp.asarray(resample).T)
+
+
 # --- a scene's image rows -> patches and encoder features ----------------------------------
 
 class GuideInputs(NamedTuple):
@@ -189,8 +226,8 @@ class GuideInputs(NamedTuple):
 
 @partial(jax.jit, static_argnames=("patch_size", "n_cols", "n_patches", "with_radiance"))
 def _prepare(exp, rad, mask_flag, sza, vza, raa, surf, sens, ndvi, noise, limits, mean, sd,
-             resample=None, *, patch_size: int, n_cols: int, n_patches: int,
-             with_radiance: bool):
+             resample=None, exp_scene=None, *, patch_size: int, n_cols: int,
+             n_patches: int, with_radiance: bool):
     """Input flags and guide inputs of image rows in one compiled pass, cut into patches.
 
     ``rad`` (rows, nx, B) as read; ``mask_flag`` (rows, nx) the ``masked`` and
@@ -204,10 +241,16 @@ def _prepare(exp, rad, mask_flag, sza, vza, raa, surf, sens, ndvi, noise, limits
     geometry; zero where flagged), NDVI and (``with_radiance``) the radiance (zero where
     flagged). ``resample`` (B_guide, B) resamples a scene on its own band grid onto the
     guide's (:func:`bayesfluo.scene.bands.resampling_matrix`) for the flags and features;
-    the radiance stays on the scene's grid.
+    the radiance stays on the scene's grid. What is resampled is the ratio of the radiance
+    to the reference spectrum on the scene's grid (``exp_scene``, the reference expansion
+    of the model on that grid), multiplied back by the reference on the guide's grid: the
+    O2 lines, which linear interpolation of the radiance smears (a shifted grid, another
+    FWHM or sampling step, bands bridged over a gap), are the reference's, and only the
+    smooth ratio is interpolated.
     """
     ref = expand_reference(exp, sza, vza, surf, sens)
-    rad_g = rad if resample is None else rad @ resample.T
+    rad_g = rad if resample is None else ratio_resample(
+        rad, ref, expand_reference(exp_scene, sza, vza, surf, sens), resample)
     # the reference spectrum also judges each band against the pixel's other bands
     flag, rad_g = flag_pixels(rad_g, mask_flag, limits, ref, noise[:2])
     ok = (flag == 0)[..., None]
@@ -296,22 +339,26 @@ def guide_inputs(scene: xr.Dataset, grid: PatchGrid, rows: slice, model: SifMode
     GuideInputs
     """
     bands = scene_bands(scene, model.instrument) if bands is None else bands
-    resample = None
+    resample = exp_scene = model_s = None
     if not same_grid(bands, model, scene.sizes["band"]):
         scene = scene.isel(band=bands.index)
         resample = jnp.asarray(resampling_matrix(bands.centre_nm, model.fm.band_centre_nm),
                                jnp.float32)
+        model_s = model_on_scene_grid(model, bands)
     px = read_rows(scene, rows)
     ny = px.radiance.shape[0]
     n_patches = n_patches or -(-ny // grid.patch_size) * grid.n_cols
     centre = reference_centre(scene) if centre is None else centre
     exp = _expansion_about(model, tuple(float(c) for c in centre))
+    if model_s is not None:
+        exp_scene = _expansion_about(model_s, tuple(float(c) for c in centre))
     f32 = partial(np.asarray, dtype=np.float32)
     prep = _prepare(exp, px.radiance, px.mask_flag,
                     *map(f32, (px.sza, px.vza, px.raa, px.surface_altitude,
                                px.sensor_altitude, px.ndvi)),
                     f32([px.noise_a, px.noise_b, reference_radiance]), f32(px.limits),
-                    f32(feature_mean), f32(feature_sd), resample, patch_size=grid.patch_size,
+                    f32(feature_mean), f32(feature_sd), resample, exp_scene,
+                    patch_size=grid.patch_size,
                     n_cols=grid.n_cols, n_patches=n_patches, with_radiance=with_radiance)
     patches = assemble_patches(grid, px, np.asarray(prep["flag"]), prep["input_flag"],
                                prep["ndvi"], prep.get("radiance"), sun_distance(scene),

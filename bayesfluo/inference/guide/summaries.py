@@ -20,6 +20,7 @@ from bayesfluo.inference.guide.encoder import GuideOutput
 from bayesfluo.model import Patch, SifModel, knee_softplus, reflectance_weights
 from bayesfluo.model.scene_expansion import SceneExpansion, expanded_operator
 from bayesfluo.physics.surface import SifParams, sif_spectrum
+from bayesfluo.scene.grid import running_median
 
 __all__ = ["summaries", "marginal_local", "sample_draws", "predicted_radiance", "fit_chi2",
            "fit_check", "FitCheck", "SPIKE_WIDTH", "patch_relative_chi2", "inflate_f760",
@@ -283,20 +284,6 @@ class FitCheck(NamedTuple):
     inside: jax.Array | None = None
 
 
-def _running_median(r: jax.Array, width: int) -> jax.Array:
-    """Running median along the last axis (edges padded with the edge values), of an odd
-    ``width``: an odd-even transposition sorting network on the shifted copies (minima
-    and maxima only; a sort or ``jnp.median`` per band costs ten times more)."""
-    h = width // 2
-    rp = jnp.pad(r, [(0, 0)] * (r.ndim - 1) + [(h, h)], mode="edge")
-    n = r.shape[-1]
-    v = [rp[..., i:i + n] for i in range(width)]
-    for rnd in range(width):
-        for i in range(rnd % 2, width - 1, 2):
-            v[i], v[i + 1] = jnp.minimum(v[i], v[i + 1]), jnp.maximum(v[i], v[i + 1])
-    return v[h]
-
-
 def fit_check(model: SifModel, q: GuideOutput, patches: Patch,
               expansion: SceneExpansion | None = None, *,
               exact_outside: bool = True) -> FitCheck:
@@ -310,7 +297,7 @@ def fit_check(model: SifModel, q: GuideOutput, patches: Patch,
     inside |= jnp.sum(patches.mask, -1) == 0   # padding: nothing to check
     var = jax.vmap(model.noise_variance)(pred, patches.noise_a, patches.noise_b)
     r = (patches.radiance - pred) / jnp.sqrt(var)
-    spike = jnp.max(jnp.abs(r - _running_median(r, SPIKE_WIDTH)), -1)
+    spike = jnp.max(jnp.abs(r - running_median(r, SPIKE_WIDTH)), -1)
     return FitCheck(jnp.mean(r * r, -1), spike, inside)
 
 
