@@ -15,8 +15,7 @@ Each scene is retrieved by :func:`bayesfluo.retrieve` (the path users run; ``--r
 for the Laplace refinement). Printed per set, over pixels with usable input:
 
 * F760 RMSE and bias (mW m-2 sr-1 nm-1; the bias with its standard error over scenes),
-  the RMSE of predicting the scene's mean F760 for
-  every pixel;
+  the RMSE of predicting the scene's mean F760 for every pixel;
 * coverage of the shortest 90 % interval (``f760_lo90``, ``f760_hi90``) and of the
   equal-tailed one (``f760_q05``, ``f760_q95``), with the binomial band (false-alarm rate
   1e-4) for the pixel count; per NDVI class (bare < 0.3 <= sparse < 0.6 <= dense) and for
