@@ -267,6 +267,7 @@ def _prepare(exp, rad, mask_flag, sza, vza, raa, surf, sens, ndvi, noise, limits
 
 _EXPANSION_VALUES: dict = {}
 _EXPANSIONS: dict = {}
+_EXPANSION_FUNCTIONS = 8   # compiled reference expansions kept (a model and grid each)
 
 
 def _expansion_about(model: SifModel, centre: tuple) -> ReferenceExpansion:
@@ -287,6 +288,12 @@ def _reference_expansion_jit(model: SifModel):
     per forward model and configuration; the model is kept alive with it)."""
     key = (id(model.fm), repr(model.cfg))
     if key not in _EXPANSIONS:
+        # bounded: scenes on their own band grids (a model each,
+        # :func:`bayesfluo.scene.bands.model_on_scene_grid`) would otherwise keep one
+        # compiled function per grid alive, and a world phase of hundreds of perturbed
+        # grids ran out of memory for compiled code
+        if len(_EXPANSIONS) >= _EXPANSION_FUNCTIONS:
+            _EXPANSIONS.clear()
         _EXPANSIONS[key] = (model, jax.jit(lambda *g: reference_expansion(model, *g)))
     return _EXPANSIONS[key][1]
 
