@@ -205,11 +205,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     print(device_line() + ("; chunks run on the dask workers" if distributed else ""),
           flush=True)
     model_dir = resolve_model(args.model)
-    reader_kwargs = {}
-    if args.instrument:
-        reader_kwargs["instrument"] = args.instrument
-    if (geometry := _parse_geometry(args.geometry)) is not None:
-        reader_kwargs["geometry"] = geometry
+    reader_kwargs = _reader_kwargs(args)
     variables = args.variables.split(",") if args.variables else None
     batch = is_batch(args.scene, args.out)
     if not batch:
@@ -251,11 +247,22 @@ def _cmd_cluster_script(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reader_kwargs(args: argparse.Namespace) -> dict:
+    """``--instrument`` and ``--geometry`` as the scene readers' keyword arguments."""
+    kwargs = {}
+    if getattr(args, "instrument", None):
+        kwargs["instrument"] = args.instrument
+    if (geometry := _parse_geometry(getattr(args, "geometry", None))) is not None:
+        kwargs["geometry"] = geometry
+    return kwargs
+
+
 def _cmd_nuts(args: argparse.Namespace) -> int:
     from bayesfluo.inference.nuts import NutsConfig, nuts_reference, parse_pixels
     from bayesfluo.io import open_scene, write_datatree
 
-    scene = open_scene(args.scene).load()  # any format: netCDF, Zarr, ENVI, DESIS, FloX CSV
+    # any format: netCDF, Zarr, ENVI, DESIS, FloX CSV or netCDF
+    scene = open_scene(args.scene, **_reader_kwargs(args)).load()
     if "time" in scene["radiance"].dims:  # a tower: --pixels are time steps 't0:t1' or 't;t'
         spec = args.pixels.strip()
         if "," not in spec:  # time steps only: add the one column
@@ -295,7 +302,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
             kwargs["windows_nm"] = None
         if kwargs["windows_nm"] is None or any(len(w) != 2 for w in kwargs["windows_nm"]):
             raise ValueError(f"--windows wants LO-HI[,LO-HI...] in nm, not {args.windows!r}")
-    scene = open_scene(args.scene).load()  # any format: netCDF, Zarr, ENVI, DESIS, FloX CSV
+    # any format: netCDF, Zarr, ENVI, DESIS, FloX CSV or netCDF
+    scene = open_scene(args.scene, **_reader_kwargs(args)).load()
     t0 = time.perf_counter()
     ds = run_baseline(scene, args.method, **kwargs)
     ds.attrs["input"] = str(args.scene)
@@ -312,7 +320,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from bayesfluo.report.html import write_report
 
     t0 = time.perf_counter()
-    out = write_report(args.run, args.out, scene=args.scene, model=args.model)
+    out = write_report(args.run, args.out, scene=args.scene, model=args.model,
+                       reader_kwargs=_reader_kwargs(args))
     print(f"wrote {out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -326,6 +335,16 @@ def _cmd_instruments(args: argparse.Namespace) -> int:
         print(f"{inst.name:18s} {lo:6.1f}-{hi:6.1f} {inst.band_centres().size:6d} "
               f"{inst.fwhm_nm:8.2f} {inst.snr:5.0f}  {inst.platform}")
     return 0
+
+
+def _add_reader_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--instrument`` and ``--geometry`` for a command that reads a scene file."""
+    parser.add_argument("--instrument", help=f"instrument name, where the {what} does not "
+                        "say (see 'bayesfluo instruments')")
+    parser.add_argument("--geometry", help=f"values the {what} lacks, e.g. 'sza=35,saa=160,"
+                        "vza=0,vaa=0,surface_altitude=100,sensor_altitude=105' (degrees, m); "
+                        "a FloX series also latitude=...,longitude=... (degrees north and "
+                        "east: the sun's position from its UTC times)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -403,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "with a trained guide")
     r.add_argument("scene", nargs="+",
                    help="scene file(s) or quoted glob pattern(s) ('flights/*.hdr'): netCDF, "
-                   "Zarr, ENVI .hdr, DESIS, FloX CSV")
+                   "Zarr, ENVI .hdr, DESIS, FloX CSV or netCDF")
     r.add_argument("--model", required=True,
                    help="model directory, or the name of a shipped model (e.g. "
                    "hyplant-fluo-o2a, desis)")
@@ -420,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--instrument", help="instrument name, where the input file does not "
                    "say (see 'bayesfluo instruments')")
     r.add_argument("--geometry", help="values the input lacks, e.g. "
-                   "'sza=35,saa=160,vza=0,vaa=0,surface_altitude=100,sensor_altitude=1700' "
-                   "(degrees, m)")
+                   "'sza=35,saa=160,vza=0,vaa=0,surface_altitude=100,sensor_altitude=1700'; "
+                   "a FloX series also latitude=...,longitude=... (degrees, m)")
     dist = r.add_mutually_exclusive_group()
     dist.add_argument("--scheduler", help="address of a dask scheduler (tcp://host:8786) or "
                       "a scheduler file (.json): chunks become tasks on that cluster")
@@ -447,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_retrieve)
 
     n = sub.add_parser("nuts", help="NUTS reference posteriors of scene pixels (DataTree)")
-    n.add_argument("scene", help="scene netCDF")
+    n.add_argument("scene", help="scene file: netCDF, Zarr, ENVI .hdr, DESIS, FloX CSV or "
+                   "netCDF")
     n.add_argument("--pixels", required=True,
                    help="'r0:r1,c0:c1' (a block) or 'r,c;r,c;...' (listed pixels); for a "
                         "top-of-canopy time series 't0:t1' or 't;t;...' (time steps)")
@@ -460,12 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--predictive-draws", type=int, default=50,
                    help="posterior-predictive draws kept per chain")
     n.add_argument("--seed", type=int, default=0, help="random seed of the chains")
+    _add_reader_options(n, "input file")
     n.add_argument("--out", required=True, help="output netCDF (DataTree groups)")
     n.set_defaults(func=_cmd_nuts)
 
     b = sub.add_parser("baseline", help="a baseline retrieval (sFLD, 3FLD, iFLD, SFM, OE) "
                        "of a scene, for comparison")
-    b.add_argument("scene", help="scene file: netCDF, Zarr, ENVI .hdr, DESIS, FloX CSV")
+    b.add_argument("scene", help="scene file: netCDF, Zarr, ENVI .hdr, DESIS, FloX CSV or "
+                   "netCDF")
     b.add_argument("--method", default="ifld",
                    choices=["sfld", "3fld", "ifld", "sfm", "oe", "oe-atmosphere"],
                    help="the retrieval method (a top-of-canopy series such as FloX: "
@@ -474,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixels per side sharing one geometry and atmosphere operator")
     b.add_argument("--windows", help="SFM fitting windows of a top-of-canopy series, "
                    "LO-HI[,LO-HI] nm (default: 750-780,670-700)")
+    _add_reader_options(b, "input file")
     b.add_argument("--out", required=True, help="output netCDF file")
     b.set_defaults(func=_cmd_baseline)
 
@@ -484,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="output HTML (default: RUN with suffix .html)")
     rp.add_argument("--scene", help="the scene of the run (default: the file the run's "
                     "'input' attribute names, if found)")
+    _add_reader_options(rp, "scene file")
     rp.add_argument("--model", help="model directory or shipped model name (default for a "
                     "retrieval: the result's 'model' attribute)")
     rp.set_defaults(func=_cmd_report)

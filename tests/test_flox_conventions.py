@@ -168,6 +168,67 @@ def test_netcdf_series_is_checked_too(series, tmp_path):
         open_scene(path)
 
 
+def test_e_over_pi_of_a_dark_canopy_is_caught_by_the_irradiance_level(series, tmp_path):
+    """A canopy darker than 1.2 / pi (here 0.28 in the continuum) exported as E/pi has a
+    pi L / E (0.89) that a real, bright surface could have: it used to be read as E
+    without a word. The irradiance level decides: no scan brighter than E/pi of sunlight
+    allows, and as E the surface would be brighter than 0.8, so E/pi is assumed."""
+    path = _write(series, tmp_path / "dark_epi.csv", rad_fac=0.6, irr_fac=1 / np.pi)
+    with pytest.warns(UserWarning, match=re.escape(str(path)) + r".*E/pi.*multiplied by pi"):
+        got = read_flox_csv(path)
+    np.testing.assert_allclose(got["irradiance"].values, series["irradiance"].values,
+                               rtol=RTOL)
+    assert "clear sky" in got.attrs["irradiance_convention_assumed"]
+
+
+def test_ambiguous_e_or_e_over_pi_is_refused_until_stated(series, tmp_path):
+    """Darker still (0.19 in the continuum) as E/pi: pi L / E 0.59 under an irradiance a
+    third of sunlight's reads as well as an overcast series in E; refused, naming the
+    file and the line to add; stated, it reads."""
+    path = _write(series, tmp_path / "amb.csv", rad_fac=0.4, irr_fac=1 / np.pi)
+    with pytest.raises(SceneReadError, match=re.escape(str(path)) + ".*cannot tell whether "
+                       r"the irradiance is E or E/pi.*# irradiance_convention = E/pi"):
+        read_flox_csv(path)
+    path = _write(series, tmp_path / "amb_stated.csv", rad_fac=0.4, irr_fac=1 / np.pi,
+                  header={"irradiance_convention": "E/pi"})
+    got = _read_quietly(path)
+    np.testing.assert_allclose(got["irradiance"].values, series["irradiance"].values,
+                               rtol=RTOL)
+
+
+def test_overcast_series_in_e_reads_once_stated_and_saves(series, tmp_path):
+    """A series overcast at every scan (irradiance 0.3 of a clear sky's), in E: as
+    ambiguous as a clear one in E/pi, so refused unless the convention is stated; the
+    scene read saves and reads again without the statement (irradiance_convention = E
+    travels with it)."""
+    path = _write(series, tmp_path / "overcast.csv", rad_fac=0.3, irr_fac=0.3)
+    with pytest.raises(SceneReadError, match=re.escape(str(path)) + ".*overcast"):
+        read_flox_csv(path)
+    path = _write(series, tmp_path / "overcast_e.csv", rad_fac=0.3, irr_fac=0.3,
+                  header={"irradiance_convention": "E"})
+    got = _read_quietly(path)
+    np.testing.assert_allclose(got["irradiance"].values, 0.3 * series["irradiance"].values,
+                               rtol=RTOL)
+    assert got.attrs["irradiance_convention"] == "E"
+    again = open_scene(write_dataset(got, tmp_path / "overcast.nc"))
+    np.testing.assert_array_equal(again["irradiance"].values, got["irradiance"].values)
+
+
+def test_cli_refuses_an_ambiguous_series_before_any_sampling(series, tmp_path, capsys):
+    """`nuts` and `baseline` on the ambiguous file stop with exit code 2 and the reader's
+    message, writing nothing (no posterior from an irradiance pi times off)."""
+    from bayesfluo.cli import main
+
+    path = _write(series.isel(time=slice(0, 40)), tmp_path / "amb.csv", rad_fac=0.4,
+                  irr_fac=1 / np.pi)
+    for cmd in (["nuts", str(path), "--pixels", "0:1", "--out", str(tmp_path / "n.nc")],
+                ["baseline", str(path), "--out", str(tmp_path / "b.nc")]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and "irradiance_convention" in err
+    assert not list(tmp_path.glob("*.nc"))
+
+
 # ---------------------------------------------------------------------------------------
 # noise from the series
 # ---------------------------------------------------------------------------------------

@@ -1,50 +1,86 @@
-"""FloX-style top-of-canopy tables (CSV): upwelling radiance and downwelling irradiance.
+"""FloX-style top-of-canopy series (CSV tables and netCDF): upwelling radiance and
+downwelling irradiance per time stamp.
 
 Field spectrometer systems such as the FloX (JB Hyperspectral) or FluoWat record, per time
 stamp, the upwelling radiance seen by a downward-looking fibre and the downwelling
-irradiance from a cosine receptor. bayesfluo reads them from one CSV file laid out like
-this (``write_flox_csv`` writes it)::
+irradiance from a cosine receptor, on the spectrometer's own wavelength grid.
+:func:`read_flox_csv` reads them from a CSV table and :func:`read_flox_netcdf` from a
+netCDF file, both as a (time, band) scene; :func:`bayesfluo.io.readers.open_scene`
+dispatches to them (``.csv``; ``.nc`` files that hold ``L`` and ``E`` over time and
+wavelength rather than a bayesfluo scene).
 
-    # bayesfluo FloX table
-    # instrument = flox
-    # radiance_units = mW m-2 sr-1 nm-1
-    # irradiance_units = mW m-2 nm-1
-    # wavelength_medium = air
-    # surface_altitude = 100.0
-    time,quantity,sza,saa,vza,vaa,sensor_altitude,mask,655.1,655.25,...,794.9
-    ,fwhm,,,,,,,0.35,0.35,...,0.35
-    2026-06-29T08:00:00,L_up,54.59,120.0,0.0,0.0,105.0,1,13.88,13.44,...
-    2026-06-29T08:00:00,E_down,54.59,120.0,0.0,0.0,105.0,1,805.1,797.4,...
+Supported layouts (details and examples in :mod:`bayesfluo.io.flox_layouts`):
 
-* ``# key = value`` lines before the table give file-wide values: ``instrument``,
-  ``radiance_units`` and ``irradiance_units`` (default mW m-2 sr-1 nm-1 and mW m-2 nm-1,
-  recorded as ``units_guessed`` when absent; W m-2 sr-1 um-1, uW cm-2 sr-1 nm-1 and other
-  spellings are converted), ``wavelength_units`` (nm or um; without it, wavelength
-  columns all below 10 are taken as um with a warning and ``wavelength_units_guessed``
-  recorded), ``wavelength_medium``, and any geometry (``sza``, ``saa``, ``vza``, ``vaa``
-  in degrees, ``surface_altitude`` and ``sensor_altitude`` in m above sea level) that
-  does not change with time. A key given twice with different values is refused.
-* The column names after the fixed columns are the band centres. The fixed columns are
-  ``time`` (ISO 8601) and ``quantity``, then any of ``sza``, ``saa``, ``vza``, ``vaa``,
-  ``surface_altitude``, ``sensor_altitude``, ``ndvi`` and ``mask`` (1 usable, 0 excluded).
-* One row with ``quantity = fwhm`` gives the band widths (in the wavelength units,
-  (0, 50] nm); without it the instrument's nominal FWHM is used and ``fwhm_assumed``
-  recorded.
-* Each time stamp has one ``L_up`` row (radiance) and one ``E_down`` row (irradiance);
-  geometry is read from the ``L_up`` row. Empty or NaN cells mask that time step (a
-  geometry or NDVI value that is empty or out of range becomes NaN, see
-  :data:`bayesfluo.io.common.ANCILLARY_RANGES`); an empty time stamp is refused.
-* ``# irradiance_convention = E`` (the default) or ``E/pi`` states how the irradiance
-  was exported; ``E/pi`` is multiplied by pi.
-* ``# noise_a`` and ``# noise_b`` (and ``# irradiance_noise_a``, ``# irradiance_noise_b``,
-  for ``E / pi``) state the noise variance ``a L + b`` (mW m-2 sr-1 nm-1 squared).
+* CSV ``rows``: ``time``, ``quantity``, per-time columns, one column per wavelength; an
+  ``L_up`` and an ``E_down`` row per time stamp, an optional ``fwhm`` row. What
+  ``bayesfluo simulate --out x.csv`` and :func:`write_flox_csv` write::
+
+      # bayesfluo FloX table
+      # instrument = flox
+      # radiance_units = mW m-2 sr-1 nm-1
+      # irradiance_units = mW m-2 nm-1
+      # wavelength_medium = air
+      # surface_altitude = 100.0
+      time,quantity,sza,saa,vza,vaa,sensor_altitude,mask,655.1,655.25,...,794.9
+      ,fwhm,,,,,,,0.35,0.35,...,0.35
+      2026-06-29T08:00:00,L_up,54.59,120.0,0.0,0.0,105.0,1,13.88,13.44,...
+      2026-06-29T08:00:00,E_down,54.59,120.0,0.0,0.0,105.0,1,805.1,797.4,...
+
+* CSV ``long``: one row per time stamp and band, columns ``time``, ``wavelength``, ``L``
+  and ``E`` (or ``L_up``/``E_down``, ``radiance``/``irradiance``), optional ``fwhm``
+  and per-time columns.
+* CSV ``wide``: one row per time stamp, columns ``time``, per-time columns,
+  ``L_<wavelength>`` and ``E_<wavelength>``; an optional row with ``time = fwhm``.
+* netCDF: ``L`` and ``E`` over a time dimension (``time``, ``UTC_time``, ...) and a
+  wavelength dimension, in either order, with a ``wavelength`` coordinate; ``units``
+  attributes on the variables, per-time or scalar geometry variables, file-wide values
+  as global attributes. (A bayesfluo scene netCDF with ``radiance`` and ``irradiance``
+  over (time, band), as ``bayesfluo simulate --instrument flox --out x.nc`` writes it, is
+  read by :func:`bayesfluo.io.netcdf.read_scene` and checked the same way.)
+
+A CSV table's separator (``,``, ``;`` or tab) is told from its first line and its layout
+from its column names; a table that fits no layout is refused naming the file and what
+each layout needs. ``docs/flox.md`` has the same with examples.
+
+File-wide values
+----------------
+``# key = value`` lines before a CSV table (global attributes of a netCDF file) give:
+``instrument`` (default ``flox``); ``radiance_units`` and ``irradiance_units`` (default
+mW m-2 sr-1 nm-1 and mW m-2 nm-1, recorded as ``units_guessed`` when absent; W m-2
+sr-1 um-1, uW cm-2 sr-1 nm-1 and other spellings are converted; in netCDF the
+variables' ``units`` attributes); ``wavelength_units`` (nm or um; without it, wavelengths
+all below 10 are taken as um with a warning and ``wavelength_units_guessed`` recorded);
+``wavelength_medium`` (air, the default, or vacuum); ``fwhm`` (one band width for all
+bands, in the wavelength units, where the layout gives none per band; without either
+the instrument's nominal FWHM is used and ``fwhm_assumed`` recorded); any geometry that
+does not change with time (``sza``, ``saa``, ``vza``, ``vaa`` in degrees,
+``surface_altitude`` and ``sensor_altitude`` in m above sea level); ``latitude`` and
+``longitude`` (degrees north and east); ``irradiance_convention`` (``E``, or ``E/pi``,
+which is multiplied by pi; an irradiance in per-steradian units is taken as ``E/pi``;
+unstated, the convention is told from physics, below); ``noise_a`` and ``noise_b`` (and
+``irradiance_noise_a``, ``irradiance_noise_b``, for ``E / pi``), the noise variance
+``a L + b`` (mW m-2 sr-1 nm-1 squared). A key given twice with different values is
+refused. Per-time columns override file-wide values, the caller's ``geometry``
+overrides both.
+
+Time and place
+--------------
+Time stamps are ISO 8601 and taken as UTC unless they carry an offset. Where the sun
+zenith angle is not given but ``latitude`` and ``longitude`` are, ``sza`` (and ``saa``
+where it is missing) is computed per time stamp from the UTC time and the place
+(:func:`bayesfluo.physics.solar.solar_position`; attribute ``sza_computed``).
+``day_of_year`` is the first time stamp's (UTC). Empty or NaN spectrum values mask that
+time step; a geometry or NDVI value that is empty or out of range becomes NaN (see
+:data:`bayesfluo.io.common.ANCILLARY_RANGES`).
 
 Units and conventions are then checked from physics
 (:func:`check_irradiance_conventions`): an irradiance exported as ``E / pi`` without
-saying so (``pi L / E`` about pi^2 times a surface's), or radiance and irradiance both in
-W instead of mW (the irradiance 1000 times off the top-of-atmosphere irradiance times
-cos(sza)), is converted with a warning and an attribute saying what was assumed; other
-mismatches are refused, naming the line to add. Without a stated noise, the noise model
+saying so (``pi L / E`` pi times a surface's, the irradiance a third of sunlight's), or
+radiance and irradiance both in W instead of mW (the irradiance 1000 times off the
+top-of-atmosphere irradiance times cos(sza)), is converted with a warning and an
+attribute saying what was assumed; a series that reads as well in ``E`` (overcast all
+along) as in ``E / pi`` (clear) and other mismatches are refused, naming the line to
+add. Without a stated noise, the noise model
 is estimated from the series (:func:`bayesfluo.io.flox_noise.estimate_noise`, at least
 :data:`~bayesfluo.io.flox_noise.MIN_SCANS` scans) and stored as the attributes
 ``noise_a``, ``noise_b``, ``irradiance_noise_a`` and ``irradiance_noise_b`` the retrieval
@@ -53,12 +89,12 @@ applies).
 
 The scene (README, "Scene format") has ``radiance`` and ``irradiance`` over
 (time, band), geometry over (time), and ``ndvi`` from the canopy reflectance
-``pi L_up / E_down`` at the bands nearest 670 and 800 nm when no ``ndvi`` column is given.
+``pi L_up / E_down`` at the bands nearest 670 and 800 nm when no ``ndvi`` column is given;
+attribute ``layout`` names the layout read.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import warnings
 from pathlib import Path
@@ -67,7 +103,7 @@ import numpy as np
 import xarray as xr
 
 from bayesfluo.instruments import get_instrument
-from bayesfluo.io.atomic import atomic_path
+from bayesfluo.io.atomic import atomic_path, plain_value
 from bayesfluo.io.common import (
     GEOMETRY_VARIABLES,
     SceneReadError,
@@ -81,14 +117,28 @@ from bayesfluo.io.common import (
     select_window,
     wavelength_unit_factor,
 )
+from bayesfluo.io.flox_layouts import (
+    ANCILLARY_COLUMNS,
+    TABLE_LAYOUTS,
+    FloxSeries,
+    flox_netcdf_names,
+    read_netcdf_series,
+    read_table,
+)
 from bayesfluo.io.flox_noise import MIN_SCANS, estimate_noise
 
-__all__ = ["read_flox_csv", "write_flox_csv", "check_irradiance_conventions", "attach_noise",
+__all__ = ["read_flox_csv", "read_flox_netcdf", "is_flox_netcdf", "write_flox_csv",
+           "scene_from_series", "check_irradiance_conventions", "attach_noise",
            "check_series", "stated_noise", "CONTINUUM_GAPS_NM", "REFLECTANCE_RANGE",
-           "E_OVER_PI_RANGE", "IRRADIANCE_LEVEL_RANGE", "IRRADIANCE_LEVEL_RANGE_NO_SZA"]
+           "E_OVER_PI_RANGE", "BRIGHT_SURFACE", "IRRADIANCE_LEVEL_RANGE",
+           "IRRADIANCE_LEVEL_RANGE_NO_SZA"]
 
-_FIXED = ("time", "quantity") + tuple(GEOMETRY_VARIABLES) + ("ndvi", "mask")
-_HOW = "to read_flox_csv/open_scene, or add '# name = value' lines or columns to the table"
+_HOW = {"csv": "to read_flox_csv/open_scene, or add '# name = value' lines or columns to "
+               "the table",
+        "netcdf": "to read_flox_netcdf/open_scene, or add them to the file as variables "
+                  "over time or global attributes"}
+#: Keys of the caller's ``geometry`` a FloX reader takes besides the geometry variables.
+_GEOMETRY_EXTRA = ("day_of_year", "latitude", "longitude")
 
 
 def _header(text: str, where: str) -> tuple[dict[str, str], str]:
@@ -112,7 +162,8 @@ def _header(text: str, where: str) -> tuple[dict[str, str], str]:
 
 def read_flox_csv(path: str | os.PathLike, *, geometry: dict | None = None,
                   instrument: str | None = None) -> xr.Dataset:
-    """Read a FloX-style CSV table (module docstring) as a (time, band) scene.
+    """Read a FloX CSV table in any supported layout (module docstring: ``rows``,
+    ``long`` or ``wide``) as a (time, band) scene.
 
     Parameters
     ----------
@@ -121,56 +172,113 @@ def read_flox_csv(path: str | os.PathLike, *, geometry: dict | None = None,
     geometry : dict, optional
         Overrides and fills in ``sza``, ``saa``, ``vza``, ``vaa`` (degrees),
         ``surface_altitude``, ``sensor_altitude`` (m above sea level), scalars or one value
-        per time step; ``day_of_year``.
+        per time step; ``latitude``, ``longitude`` (degrees north and east, for the sun's
+        position where ``sza`` is missing); ``day_of_year``.
     instrument : str, optional
         Default the file's ``# instrument`` line, else ``"flox"``.
 
     Returns
     -------
     xarray.Dataset
-        The scene, its irradiance convention and units checked from physics
+        The scene (radiance mW m-2 sr-1 nm-1, irradiance mW m-2 nm-1, wavelength nm),
+        its irradiance convention and units checked from physics
         (:func:`check_irradiance_conventions`) and its noise model estimated from the
         series or stated (:func:`attach_noise`).
 
     Raises
     ------
+    FileNotFoundError
+        If ``path`` does not exist.
     SceneReadError
-        Naming the file and the problem (missing columns or rows, values that are not
-        numbers, unknown units, missing geometry, radiance and irradiance whose levels
-        no real measurement has).
+        Naming the file and the problem (a layout it cannot tell, missing columns or
+        rows, values that are not numbers, unknown units, missing geometry, radiance
+        and irradiance whose levels no real measurement has).
     """
-    import pandas as pd
-
     path = Path(path)
     where = str(path)
     if not path.exists():
         raise FileNotFoundError(f"FloX table not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise SceneReadError(f"{where}: not a text CSV file ({err})") from None
     keys, table = _header(text, where)
-    geometry = check_geometry_keys(geometry, where, ("day_of_year",))
-    instrument = check_instrument(instrument or keys.get("instrument", "flox"), where, _HOW)
+    geometry = check_geometry_keys(geometry, where, _GEOMETRY_EXTRA)
+    series = read_table(table, where)
+    return scene_from_series(series, keys, where, geometry=geometry, instrument=instrument,
+                             source=f"FloX table {path.name}", how="csv")
+
+
+def is_flox_netcdf(path: str | os.PathLike) -> bool:
+    """Whether a netCDF file holds a FloX-style series (``L`` and ``E`` over time and
+    wavelength, :func:`bayesfluo.io.flox_layouts.flox_netcdf_names`) rather than a
+    bayesfluo scene; False for files that cannot be opened (the scene reader then says
+    why)."""
     try:
-        df = pd.read_csv(io.StringIO(table), dtype={"time": str, "quantity": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
-        raise SceneReadError(f"{where}: cannot parse the table ({err})") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    for col in ("time", "quantity"):
-        if col not in df.columns:
-            raise SceneReadError(f"{where}: the table has no {col!r} column")
-    band_cols = [c for c in df.columns if c not in _FIXED]
+        with xr.open_dataset(path, engine="h5netcdf", decode_times=False) as ds:
+            return flox_netcdf_names(ds) is not None
+    except Exception:  # noqa: BLE001 - h5py and xarray raise many types for bad files
+        return False
+
+
+def read_flox_netcdf(path: str | os.PathLike, *, geometry: dict | None = None,
+                     instrument: str | None = None) -> xr.Dataset:
+    """Read a FloX-style netCDF series (module docstring) as a (time, band) scene.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The netCDF-4 file: ``L`` and ``E`` (or ``L_up``/``E_down``,
+        ``radiance``/``irradiance``) over a time and a wavelength dimension, their
+        ``units`` attributes, file-wide values as global attributes.
+    geometry : dict, optional
+        As :func:`read_flox_csv`.
+    instrument : str, optional
+        Default the file's ``instrument`` attribute, else ``"flox"``.
+
+    Returns
+    -------
+    xarray.Dataset
+        The scene, read into memory, checked as :func:`read_flox_csv`'s.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    SceneReadError
+        Naming the file and the problem.
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.exists():
+        raise FileNotFoundError(f"FloX netCDF not found: {path}")
+    geometry = check_geometry_keys(geometry, where, _GEOMETRY_EXTRA)
     try:
-        wl = np.array([float(c) for c in band_cols], np.float64)
-    except ValueError:
-        bad = next(c for c in band_cols if not _isfloat(c))
-        raise SceneReadError(f"{where}: column {bad!r} is neither a known column "
-                             f"({', '.join(_FIXED)}) nor a wavelength") from None
-    if wl.size == 0:
-        raise SceneReadError(f"{where}: the table has no wavelength columns")
-    attrs: dict = {}
-    wunit = keys.get("wavelength_units", "").lower()
+        ds = xr.open_dataset(path, engine="h5netcdf")
+    except Exception as err:  # noqa: BLE001 - h5py raises OSError, xarray ValueError, ...
+        raise SceneReadError(f"cannot read {path} as netCDF-4 (truncated or not netCDF?): "
+                             f"{err}") from err
+    with ds:
+        keys = {}
+        for k, v in ds.attrs.items():
+            v = plain_value(v)
+            if isinstance(v, str | int | float) and not isinstance(v, bool):
+                keys[str(k).strip().lower()] = str(v).strip()
+        try:
+            series, units = read_netcdf_series(ds, where)
+        except SceneReadError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a damaged variable: name the file
+            raise SceneReadError(f"{where}: cannot read the FloX series "
+                                 f"({type(err).__name__}: {err})") from err
+    keys.update(units)
+    return scene_from_series(series, keys, where, geometry=geometry, instrument=instrument,
+                             source=f"FloX netCDF {path.name}", how="netcdf")
+
+
+def _wavelength_scale(wl: np.ndarray, keys: dict, where: str, attrs: dict) -> float:
+    """Factor to nm of the series' wavelengths (stated, or um guessed below 10)."""
+    wunit = keys.get("wavelength_units", "")
     if wunit:
         try:
             wscale = wavelength_unit_factor(wunit)
@@ -179,78 +287,113 @@ def read_flox_csv(path: str | os.PathLike, *, geometry: dict | None = None,
                                  ) from None
         if wscale != 1.0:
             attrs["wavelength_units_converted"] = "micrometres in the file, converted to nm"
-    elif np.all(np.isfinite(wl)) and wl.max() < 10:
-        wscale = 1e3
+        return wscale
+    if np.all(np.isfinite(wl)) and wl.max() < 10:
         attrs["wavelength_units_guessed"] = ("micrometres (no wavelength_units; the "
-                                             "wavelength columns are below 10)")
-        warnings.warn(f"{where}: no '# wavelength_units' and the wavelength columns are "
-                      "below 10: assumed micrometres, converted to nm", stacklevel=2)
-    else:
-        wscale = 1.0
-    wl = wl * wscale
-    if not np.all(np.isfinite(wl)) or np.any(np.diff(wl) <= 0) or wl.min() < 300 or \
-            wl.max() > 2600:
-        raise SceneReadError(f"{where}: wavelength columns must increase and lie in "
-                             f"300-2600 nm (found {wl.min():.4g}-{wl.max():.4g})")
-    q = df["quantity"].astype(str).str.strip()
-    known = {"L_up", "E_down", "fwhm"}
-    if not set(q.unique()) <= known:
-        other = sorted(set(q.unique()) - known)
-        raise SceneReadError(f"{where}: unknown quantity {other[0]!r} (expected L_up, "
-                             "E_down or fwhm)")
-    text_cols = [c for c, t in df.dtypes.items() if c in set(band_cols) and t.kind not in "fiu"]
-    for c in text_cols:  # a column pandas could not read as numbers: name the cell
-        num = pd.to_numeric(df[c], errors="coerce")
-        bad = num.isna() & df[c].notna()
-        if bad.any():
-            r = int(np.flatnonzero(bad.to_numpy())[0])
-            raise SceneReadError(f"{where}: table row {r + 1}, column {c!r}: "
-                                 f"{df[c].iloc[r]!r} is not a number")
-        df[c] = num
-    values = df[band_cols].to_numpy(np.float64)
+                                             "wavelengths are below 10)")
+        warnings.warn(f"{where}: no wavelength_units and the wavelengths are below 10: "
+                      "assumed micrometres, converted to nm", stacklevel=4)
+        return 1e3
+    return 1.0
 
-    fw_rows = np.flatnonzero(q == "fwhm")
-    if fw_rows.size > 1:
-        raise SceneReadError(f"{where}: more than one fwhm row")
-    if fw_rows.size:
-        fwhm = values[fw_rows[0]] * wscale
+
+def _fwhm(series: FloxSeries, keys: dict, wscale: float, wl: np.ndarray, instrument: str,
+          where: str, attrs: dict) -> np.ndarray:
+    """Band widths in nm: the file's per band, its ``fwhm`` key, or the nominal one."""
+    if series.fwhm is not None:
+        fwhm = series.fwhm * wscale
         if not np.all(np.isfinite(fwhm)) or np.any(fwhm <= 0):
-            raise SceneReadError(f"{where}: the fwhm row must be positive numbers")
-        check_band_grid(wl, fwhm, where, "the wavelength columns")
+            raise SceneReadError(f"{where}: the fwhm values must be positive numbers")
+    elif "fwhm" in keys:
+        try:
+            fwhm = np.full(wl.size, float(keys["fwhm"]) * wscale)
+        except ValueError:
+            raise SceneReadError(f"{where}: fwhm = {keys['fwhm']!r} is not a number"
+                                 ) from None
     else:
         fwhm = np.full(wl.size, get_instrument(instrument).fwhm_nm)
-        attrs["fwhm_assumed"] = f"no fwhm row; the {instrument} nominal FWHM"
-        warnings.warn(f"{where}: no fwhm row; assumed the {instrument} nominal "
-                      f"{fwhm[0]:g} nm", stacklevel=2)
+        attrs["fwhm_assumed"] = f"no fwhm given; the {instrument} nominal FWHM"
+        warnings.warn(f"{where}: no fwhm given; assumed the {instrument} nominal "
+                      f"{fwhm[0]:g} nm", stacklevel=4)
+    check_band_grid(wl, fwhm, where, "the wavelengths")
+    return fwhm
 
-    missing = df["time"].isna().to_numpy() & (q != "fwhm").to_numpy()
-    if missing.any():
-        r = int(np.flatnonzero(missing)[0])
-        raise SceneReadError(f"{where}: table row {r + 1} ({q.iloc[r]}) has no time stamp")
-    times = df["time"].astype(str).str.strip()
-    up = df[q == "L_up"]
-    t_up, t_down = times[q == "L_up"].to_numpy(), times[q == "E_down"].to_numpy()
-    if len(up) == 0:
-        raise SceneReadError(f"{where}: no L_up rows")
-    if len(set(t_up)) != len(t_up) or len(set(t_down)) != len(t_down):
-        raise SceneReadError(f"{where}: a time stamp has more than one L_up or E_down row")
-    if set(t_up) != set(t_down):
-        lone = sorted(set(t_up) ^ set(t_down))[0]
-        raise SceneReadError(f"{where}: time stamp {lone} has L_up without E_down or the "
-                             "reverse; each needs both")
-    order_down = {t: i for i, t in enumerate(t_down)}
-    idx_down = [order_down[t] for t in t_up]
-    rad = values[(q == "L_up").to_numpy()]
-    irr = values[(q == "E_down").to_numpy()][idx_down]
-    try:
-        time = pd.to_datetime(pd.Series(t_up), format="ISO8601").to_numpy()
-    except (ValueError, TypeError) as err:
-        raise SceneReadError(f"{where}: time stamps are not ISO 8601 ({err})") from None
-    order = np.argsort(time, kind="stable")
-    time, rad, irr = time[order], rad[order], irr[order]
-    up = up.iloc[order]
 
-    # units
+def _place(series: FloxSeries, keys: dict, geometry: dict, where: str
+           ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Latitude and longitude (degrees, per time step) from the caller's geometry, the
+    per-time columns or the file-wide keys; None where either is unknown."""
+    n = series.time.size
+    out = []
+    for name in ("latitude", "longitude"):
+        if name in geometry:
+            value = geometry[name]
+        elif name in series.columns:
+            value = series.columns[name]
+        elif name in keys:
+            value = keys[name]
+        else:
+            return None
+        try:
+            a = np.broadcast_to(np.asarray(value, np.float64), (n,))
+        except (TypeError, ValueError):
+            raise SceneReadError(f"{where}: {name} = {value!r} is not a number (degrees "
+                                 "north or east) or one per time step") from None
+        out.append(a)
+    return out[0], out[1]
+
+
+def scene_from_series(series: FloxSeries, keys: dict[str, str], where: str, *,
+                      geometry: dict | None = None, instrument: str | None = None,
+                      source: str = "", how: str = "csv") -> xr.Dataset:
+    """Build and check the scene of a FloX series read from a file.
+
+    Parameters
+    ----------
+    series : FloxSeries
+        The values as the file holds them
+        (:func:`bayesfluo.io.flox_layouts.read_table`,
+        :func:`~bayesfluo.io.flox_layouts.read_netcdf_series`).
+    keys : dict
+        File-wide values (module docstring, "File-wide values"), lower-case keys, string
+        values.
+    where : str
+        The file, for messages.
+    geometry : dict, optional
+        The caller's values, overriding the file's (as :func:`read_flox_csv`).
+    instrument : str, optional
+        Overrides the file's ``instrument`` key (default ``flox``).
+    source : str
+        The scene's ``source`` attribute.
+    how : {"csv", "netcdf"}
+        The kind of file, for saying in messages how to give a missing value.
+
+    Returns
+    -------
+    xarray.Dataset
+        The (time, band) scene, radiance in mW m-2 sr-1 nm-1, irradiance in
+        mW m-2 nm-1, wavelength in nm, its conventions checked and its noise attached
+        (:func:`check_series`).
+
+    Raises
+    ------
+    SceneReadError
+        Naming ``where`` and the problem.
+    """
+    geometry = check_geometry_keys(geometry, where, _GEOMETRY_EXTRA)
+    how_text = _HOW[how]
+    instrument = check_instrument(instrument or keys.get("instrument", "flox"), where,
+                                  how_text)
+    attrs: dict = {"layout": series.layout}
+    wscale = _wavelength_scale(series.wavelength, keys, where, attrs)
+    wl = series.wavelength * wscale
+    if not np.all(np.isfinite(wl)) or np.any(np.diff(wl) <= 0) or wl.min() < 300 or \
+            wl.max() > 2600:
+        raise SceneReadError(f"{where}: wavelengths must increase and lie in "
+                             f"300-2600 nm (found {wl.min():.4g}-{wl.max():.4g})")
+    fwhm = _fwhm(series, keys, wscale, wl, instrument, where, attrs)
+    rad, irr = series.radiance, series.irradiance
+    convention = keys.get("irradiance_convention")
     for name, key, per_sr, default in (("radiance", "radiance_units", True,
                                         "mW m-2 sr-1 nm-1"),
                                        ("irradiance", "irradiance_units", False,
@@ -263,7 +406,18 @@ def read_flox_csv(path: str | os.PathLike, *, geometry: dict | None = None,
         try:
             fac = radiance_unit_factor(units, per_steradian=per_sr)
         except ValueError as err:
-            raise SceneReadError(f"{where}: {err}") from None
+            fac = _per_steradian_irradiance(units) if name == "irradiance" else None
+            if fac is None:
+                raise SceneReadError(f"{where}: {err}") from None
+            # an irradiance in radiance units is E/pi (the FloX "incoming radiance")
+            if str(convention or "").replace(" ", "").lower() == "e":
+                raise SceneReadError(
+                    f"{where}: the irradiance is in {units} (per steradian: E/pi) but the "
+                    "file states irradiance_convention = E; state E/pi, or give its "
+                    "units without sr-1") from None
+            convention = "E/pi"
+            attrs["irradiance_convention_from_units"] = (
+                f"{units}: per steradian, so E/pi (multiplied by pi)")
         if fac != 1.0:
             attrs[f"{name}_units_converted"] = f"{units} in the file, times {fac:g}"
             if name == "radiance":
@@ -271,27 +425,48 @@ def read_flox_csv(path: str | os.PathLike, *, geometry: dict | None = None,
             else:
                 irr = irr * fac
     if "units_guessed" in attrs:
-        warnings.warn(f"{where}: {attrs['units_guessed'].strip()}", stacklevel=2)
+        warnings.warn(f"{where}: {attrs['units_guessed'].strip()}", stacklevel=3)
 
     n = rad.shape[0]
     vals: dict = {}
     for g in GEOMETRY_VARIABLES:
-        if g in up.columns:
-            vals[g] = pd.to_numeric(up[g], errors="coerce").to_numpy(np.float64)
+        if g in series.columns:
+            vals[g] = series.columns[g]
         elif g in keys:
             try:
                 vals[g] = float(keys[g])
             except ValueError:
-                raise SceneReadError(f"{where}: '# {g} = {keys[g]}' is not a number"
+                raise SceneReadError(f"{where}: '{g} = {keys[g]}' is not a number"
                                      ) from None
     vals.update({k: v for k, v in geometry.items() if k in GEOMETRY_VARIABLES})
-    geo = require_geometry(vals, n, None, where, _HOW)
+    place = _place(series, keys, geometry, where)
+    if place is not None:
+        lat, lon = place
+        if np.all(lat == lat[0]) and np.all(lon == lon[0]):
+            attrs["latitude"], attrs["longitude"] = float(lat[0]), float(lon[0])
+        if vals.get("sza") is None:
+            from bayesfluo.physics.solar import solar_position
+
+            try:
+                sza, saa = solar_position(series.time, lat, lon)
+            except ValueError as err:
+                raise SceneReadError(f"{where}: {err}") from None
+            vals["sza"] = sza
+            if vals.get("saa") is None:
+                vals["saa"] = saa
+            attrs["sza_computed"] = (
+                "sza" + (" and saa" if vals["saa"] is saa else "") + " from the UTC time "
+                f"stamps and the place (latitude {np.nanmean(lat):.4f}, longitude "
+                f"{np.nanmean(lon):.4f}; bayesfluo.physics.solar.solar_position)")
+    if vals.get("sza") is None:  # the sun's position can come from the place instead
+        how_text += (" (sza and saa can instead be computed from the time stamps and "
+                     "geometry={'latitude': ..., 'longitude': ...}, degrees north and east)")
+    geo = require_geometry(vals, n, None, where, how_text)
     mask = np.all(np.isfinite(rad), 1) & np.all(np.isfinite(irr), 1)
-    if "mask" in up.columns:
-        mask &= pd.to_numeric(up["mask"], errors="coerce").fillna(0).to_numpy() > 0
-    if "ndvi" in up.columns:
-        ndvi = pd.to_numeric(up["ndvi"], errors="coerce").to_numpy(np.float64)
-        ndvi_name = "NDVI (given)"
+    if "mask" in series.columns:
+        mask &= np.nan_to_num(series.columns["mask"], nan=0.0) > 0
+    if "ndvi" in series.columns:
+        ndvi, ndvi_name = series.columns["ndvi"], "NDVI (given)"
     else:
         red = int(np.argmin(np.abs(wl - 670.0)))
         nir_ok = np.flatnonzero(wl >= 772.0)
@@ -324,9 +499,12 @@ def read_flox_csv(path: str | os.PathLike, *, geometry: dict | None = None,
         variables["ndvi"] = (("time",), np.asarray(ndvi).astype(np.float32),
                              {"units": "1", "long_name": ndvi_name,
                               "standard_name": "normalized_difference_vegetation_index"})
+    time = series.time
     t0 = str(np.datetime_as_string(time[0], unit="s"))
     if "day_of_year" in geometry:
         doy = check_day_of_year(geometry["day_of_year"], where)
+    elif "day_of_year" in keys:
+        doy = check_day_of_year(keys["day_of_year"], where)
     else:
         doy = int(np.datetime64(time[0], "D").astype("datetime64[D]").item()
                   .timetuple().tm_yday)
@@ -338,37 +516,57 @@ def read_flox_csv(path: str | os.PathLike, *, geometry: dict | None = None,
         "fwhm": ("band", fwhm[keep], {"units": "nm",
                                       "long_name": "full width at half maximum"}),
     }, attrs={"Conventions": "CF-1.10", "instrument": instrument,
-              "source": f"FloX table {path.name}", "day_of_year": int(doy),
+              "source": source, "day_of_year": int(doy),
               "time_coverage_start": t0, **attrs})
-    ds = finish(ds, where, () if "ndvi" in up.columns else ("ndvi",))
-    return check_series(ds, where, convention=keys.get("irradiance_convention"),
-                        stated_noise=stated_noise(keys, where))
+    ds = finish(ds, where, () if "ndvi" in series.columns else ("ndvi",))
+    return check_series(ds, where, convention=convention,
+                        stated_noise=stated_noise(keys, where), how=how)
 
 
-def _isfloat(s: str) -> bool:
+def _per_steradian_irradiance(units: str) -> float | None:
+    """Factor to mW m-2 sr-1 nm-1 of an irradiance given in radiance units (E/pi), or
+    None where ``units`` are not a spectral radiance unit either."""
     try:
-        float(s)
+        return radiance_unit_factor(units, per_steradian=True)
     except ValueError:
-        return False
-    return True
+        return None
 
 
-def write_flox_csv(scene: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Write a (time, band) scene with ``irradiance`` as a FloX-style CSV table (module
-    docstring), atomically. Float32 values are written so that they read back exactly.
+def write_flox_csv(scene: xr.Dataset, path: str | os.PathLike, layout: str = "rows") -> Path:
+    """Write a (time, band) scene with ``irradiance`` as a FloX CSV table, atomically.
+    Float32 values are written so that they read back exactly.
+
+    Parameters
+    ----------
+    scene : xarray.Dataset
+        ``radiance`` (mW m-2 sr-1 nm-1) and ``irradiance`` (mW m-2 nm-1) over
+        (time, band), ``wavelength`` and ``fwhm`` (nm), geometry scalars or over time.
+    path : str or path-like
+        The CSV file.
+    layout : {"rows", "long", "wide"}
+        The table layout (module docstring; :mod:`bayesfluo.io.flox_layouts`).
 
     Returns
     -------
     pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If the scene is not a (time, band) series with irradiance, or the layout unknown.
     """
     path = Path(path)
     rad = scene["radiance"]
     if tuple(rad.dims) != ("time", "band") or "irradiance" not in scene:
         raise ValueError("write_flox_csv needs radiance and irradiance over (time, band)")
-    wl = np.asarray(scene["wavelength"].values, np.float64)
-    times = np.datetime_as_string(np.asarray(scene["time"].values), unit="us")
-    fixed = [g for g in GEOMETRY_VARIABLES if g in scene] + \
-        [g for g in ("ndvi", "mask") if g in scene]
+    if layout not in TABLE_LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(TABLE_LAYOUTS)}, not {layout!r}")
+    wl = [repr(float(w)) for w in np.asarray(scene["wavelength"].values, np.float64)]
+    fw = [repr(float(v)) for v in np.asarray(scene["fwhm"].values, np.float64)]
+    times = list(np.datetime_as_string(np.asarray(scene["time"].values), unit="us"))
+    fixed = [g for g in ANCILLARY_COLUMNS if g in scene and g not in ("latitude",
+                                                                       "longitude")]
     per_time = [g for g in fixed if scene[g].dims == ("time",)]
     const = [g for g in fixed if scene[g].ndim == 0]
 
@@ -382,16 +580,30 @@ def write_flox_csv(scene: xr.Dataset, path: str | os.PathLike) -> Path:
              "# wavelength_units = nm",
              f"# wavelength_medium = {scene['wavelength'].attrs.get('medium', 'air')}"]
     lines += [f"# {g} = {float(scene[g].values)!r}" for g in const]
-    lines.append(",".join(["time", "quantity"] + per_time + [repr(float(w)) for w in wl]))
-    lines.append(",".join(["", "fwhm"] + [""] * len(per_time) +
-                          [repr(float(v)) for v in np.asarray(scene["fwhm"].values)]))
     cols = {g: f32(scene[g].values) for g in per_time}
     r = np.asarray(rad.values, np.float32)
     e = np.asarray(scene["irradiance"].transpose("time", "band").values, np.float32)
-    for i, t in enumerate(times):
-        geo = [cols[g][i] for g in per_time]
-        lines.append(",".join([t, "L_up"] + geo + f32(r[i])))
-        lines.append(",".join([t, "E_down"] + geo + f32(e[i])))
+    if layout == "rows":
+        lines.append(",".join(["time", "quantity"] + per_time + wl))
+        lines.append(",".join(["", "fwhm"] + [""] * len(per_time) + fw))
+        for i, t in enumerate(times):
+            geo = [cols[g][i] for g in per_time]
+            lines.append(",".join([t, "L_up"] + geo + f32(r[i])))
+            lines.append(",".join([t, "E_down"] + geo + f32(e[i])))
+    elif layout == "long":
+        lines.append(",".join(["time", "wavelength", "fwhm", "L", "E"] + per_time))
+        for i, t in enumerate(times):
+            geo = ",".join(cols[g][i] for g in per_time)
+            tail = "," + geo if per_time else ""
+            lines += [f"{t},{w},{f},{lv},{ev}{tail}"
+                      for w, f, lv, ev in zip(wl, fw, f32(r[i]), f32(e[i]), strict=True)]
+    else:
+        lines.append(",".join(["time"] + per_time + [f"L_{w}" for w in wl]
+                              + [f"E_{w}" for w in wl]))
+        lines.append(",".join(["fwhm"] + [""] * len(per_time) + fw + [""] * len(wl)))
+        for i, t in enumerate(times):
+            lines.append(",".join([t] + [cols[g][i] for g in per_time] + f32(r[i])
+                                  + f32(e[i])))
     with atomic_path(path) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -406,12 +618,19 @@ CONTINUUM_GAPS_NM = ((686.0, 697.0), (715.0, 735.0), (758.5, 771.0))
 #: Continuum ``pi L / E`` (:func:`check_irradiance_conventions`) of a real surface
 #: (vegetation, soil, snow, water).
 REFLECTANCE_RANGE = (0.002, 1.2)
-#: Continuum ``pi L / E`` taken as the sign of an irradiance exported as ``E / pi``
-#: (``pi^2`` times a surface's ``pi L / E``) when ``pi L / (pi E)`` is a real surface's.
-#: A surface darker than ``1.25 / pi^2`` (0.13) in its continuum cannot be told apart
-#: this way (its ``pi L / E`` under ``E / pi`` is a real surface's); between 1.2 and
-#: 1.25 the file is refused.
-E_OVER_PI_RANGE = (1.25, 12.0)
+#: Continuum ``pi L / E`` taken as the sign of an irradiance exported as ``E / pi``: pi
+#: times a real surface's, above what a real surface has. A surface whose continuum is
+#: below ``1.2 / pi`` (0.38) gives, under ``E / pi``, a ``pi L / E`` a real surface could
+#: have; the irradiance level then decides (:data:`BRIGHT_SURFACE`).
+E_OVER_PI_RANGE = (REFLECTANCE_RANGE[1], float(np.pi) * REFLECTANCE_RANGE[1])
+#: Where a series' irradiance could be ``E / pi`` by its level (no usable scan, by the
+#: 90th percentile, above ``1 / pi`` of the brightest irradiance
+#: :data:`IRRADIANCE_LEVEL_RANGE` allows) and its ``pi L / E`` could be a real surface's
+#: either way: above this continuum ``pi L / E`` the irradiance is taken as ``E / pi``
+#: with a warning (as ``E`` the surface would be brighter than any canopy or soil, under
+#: a sky overcast at every scan); at or below it the file is refused as ambiguous (an
+#: overcast series in ``E`` or a clear one in ``E / pi``), asking for the convention.
+BRIGHT_SURFACE = 0.8
 #: Continuum irradiance (740-790 nm) over ``E0 cos(sza)`` (``E0`` the top-of-atmosphere
 #: irradiance at the day's Earth-Sun distance): clear days ~0.7-1, overcast down to
 #: ~0.05, broken clouds up to ~1.3.
@@ -423,8 +642,10 @@ _HOWS = {"csv": {"convention": "'# irradiance_convention = E' or '# irradiance_c
             "irradiance": "'# irradiance_units = ...' (e.g. W m-2 nm-1)",
             "radiance": "'# radiance_units = ...' (e.g. W m-2 sr-1 nm-1)"},
          "netcdf": {"convention": "the global attribute irradiance_convention = 'E' or 'E/pi'",
-           "irradiance": "the right 'units' attribute of 'irradiance' (e.g. W m-2 nm-1)",
-           "radiance": "the right 'units' attribute of 'radiance' (e.g. W m-2 sr-1 nm-1)"}}
+           "irradiance": "the right 'units' attribute of the irradiance variable (e.g. "
+                         "W m-2 nm-1)",
+           "radiance": "the right 'units' attribute of the radiance variable (e.g. "
+                       "W m-2 sr-1 nm-1)"}}
 
 
 def _continuum(wl: np.ndarray, lo: float = -np.inf, hi: float = np.inf) -> np.ndarray:
@@ -476,11 +697,16 @@ def check_irradiance_conventions(scene: xr.Dataset, where: str, convention: str 
     * the irradiance exported as ``E / pi`` (a radiance-like convention): the
       continuum ``pi L / E`` (the 90th percentile over the bands outside
       :data:`CONTINUUM_GAPS_NM`, the upper envelope; the median over usable scans) is
-      then ``pi^2`` times a real surface's. In
+      then pi times a real surface's, and the irradiance ``1 / pi`` of sunlight's. In
       :data:`E_OVER_PI_RANGE`, with ``pi L / (pi E)`` in :data:`REFLECTANCE_RANGE`, the
       irradiance is multiplied by pi with a warning (attribute
-      ``irradiance_convention_assumed``); a stated ``convention = "E/pi"`` converts
-      without a warning (``irradiance_convention_converted``).
+      ``irradiance_convention_assumed``). Below that range, where no scan's
+      irradiance is brighter than ``E / pi`` allows, ``pi L / E`` above
+      :data:`BRIGHT_SURFACE` is taken as ``E / pi`` the same way and anything darker is
+      refused as ambiguous (an overcast series in ``E`` or a clear one in ``E / pi``).
+      A stated ``convention = "E/pi"`` converts without a warning
+      (``irradiance_convention_converted``); a stated ``"E"`` is kept where the data
+      allow it.
     * radiance and irradiance both in W instead of mW (or the reverse): ``pi L / E`` is
       unchanged, but the continuum irradiance (740-790 nm) over the top-of-atmosphere
       ``E0 cos(sza)`` lies 1000 times outside :data:`IRRADIANCE_LEVEL_RANGE`
@@ -489,7 +715,9 @@ def check_irradiance_conventions(scene: xr.Dataset, where: str, convention: str 
       (``units_scale_assumed``).
 
     Anything else out of range (one of the two off alone, a factor other than 1000 or
-    pi) is refused. ``conventions_checked`` records the levels found.
+    pi) is refused. ``conventions_checked`` records the levels found, and
+    ``irradiance_convention = "E"`` that the scene's irradiance is now ``E`` (so that a
+    scene saved and read again is not converted twice, nor refused as ambiguous).
 
     Parameters
     ----------
@@ -551,15 +779,18 @@ def check_irradiance_conventions(scene: xr.Dataset, where: str, convention: str 
             dist = 1.0
         mu = np.cos(np.radians(sza))
         has_sza = ok & np.isfinite(mu) & (mu > 0.01)
-        level = None
+        level = level_hi = None
         if lev_bands.any():
             ratio = irr[:, lev_bands] / (e0[lev_bands] * dist)
             if has_sza.any():
-                level = float(np.median(np.median(ratio[has_sza], 1) / mu[has_sza]))
+                per_scan = np.median(ratio[has_sza], 1) / mu[has_sza]
                 lev_range, lev_what = IRRADIANCE_LEVEL_RANGE, "E0 cos(sza)"
             else:
-                level = float(np.median(np.median(ratio[ok], 1)))
+                per_scan = np.median(ratio[ok], 1)
                 lev_range, lev_what = IRRADIANCE_LEVEL_RANGE_NO_SZA, "E0 (no sza known)"
+            # the median scan, and the brightest scans (a clear spell) by the 90th percentile
+            level = float(np.median(per_scan))
+            level_hi = float(np.percentile(per_scan, 90))
 
     def inside(v, rng):
         return v is not None and np.isfinite(v) and rng[0] <= v <= rng[1]
@@ -574,13 +805,13 @@ def check_irradiance_conventions(scene: xr.Dataset, where: str, convention: str 
         attrs["irradiance_convention_converted"] = ("E/pi in the file (stated), "
                                                     "irradiance times pi")
     elif convention is None and inside(rho, E_OVER_PI_RANGE) and \
-            inside(rho / np.pi**2, REFLECTANCE_RANGE):
+            inside(rho / np.pi, REFLECTANCE_RANGE):
         irr_fac = np.pi
         attrs["irradiance_convention_assumed"] = (
-            f"E/pi: the continuum pi L / E is {rho:.3g}, about pi^2 times a "
-            f"surface's ({rho / np.pi**2:.3g}); irradiance times pi")
-        warnings.warn(f"{where}: the irradiance looks exported as E/pi ({found}, about "
-                      f"pi^2 times a surface's {rho / np.pi**2:.3g}): assumed E/pi and "
+            f"E/pi: the continuum pi L / E is {rho:.3g}, pi times a surface's "
+            f"({rho / np.pi:.3g}); irradiance times pi")
+        warnings.warn(f"{where}: the irradiance looks exported as E/pi ({found}, pi "
+                      f"times a surface's {rho / np.pi:.3g}): assumed E/pi and "
                       f"multiplied by pi; state {how['convention']} to silence this",
                       stacklevel=3)
     rho_c = rho / irr_fac
@@ -633,9 +864,29 @@ def check_irradiance_conventions(scene: xr.Dataset, where: str, convention: str 
                    + (f" (about {10.0 ** round(np.log10(off)):g} times "
                       f"{'too large' if off > 1 else 'too small'})" if off > 0 else ""),
                    f"State the units: {how['irradiance']} and {how['radiance']}.")
+    if convention is None and irr_fac == 1.0 and level_hi is not None:
+        # both readings possible? E / pi by the level (no scan brighter than E / pi of
+        # the brightest sky allows) and by the surface (pi L / E over pi a real one's)
+        hi = level_hi * unit_fac
+        if hi * np.pi <= lev_range[1] and inside(rho_c / np.pi, REFLECTANCE_RANGE) and \
+                inside(level_c * unit_fac * np.pi, lev_range):
+            readings = (f"as E, a surface with a continuum pi L / E of {rho_c:.3g} under a "
+                        f"sky overcast at every scan (irradiance at most {hi:.3g} x "
+                        f"{lev_what}); as E/pi, a surface of {rho_c / np.pi:.3g} under a "
+                        f"clear sky ({hi * np.pi:.3g} x {lev_what})")
+            if rho_c <= BRIGHT_SURFACE:
+                raise SceneReadError(
+                    f"{where}: cannot tell whether the irradiance is E or E/pi ({found}; "
+                    f"{readings}). State {how['convention']}.")
+            irr_fac = np.pi
+            attrs["irradiance_convention_assumed"] = (
+                f"E/pi: {readings}; the surface would be brighter than {BRIGHT_SURFACE:g} "
+                "as E; irradiance times pi")
+            warnings.warn(f"{where}: the irradiance looks exported as E/pi ({found}; "
+                          f"{readings}): assumed E/pi and multiplied by pi; state "
+                          f"{how['convention']} to silence this", stacklevel=3)
     attrs["conventions_checked"] = found
-    if irr_fac != 1.0 and "irradiance_convention" in scene.attrs:
-        attrs["irradiance_convention"] = "E"  # converted: saved again, it is E
+    attrs["irradiance_convention"] = "E"  # checked (and converted): saved again, it is E
     out = scene.assign_attrs(attrs)
     if irr_fac != 1.0 or unit_fac != 1.0:
         e, r = out["irradiance"], out["radiance"]

@@ -7,7 +7,9 @@
 * ENVI (``.hdr``, or the data file beside one): :mod:`bayesfluo.io.envi`;
 * DESIS Level-1 (a ``.tif``/``.tiff`` with its metadata ``.xml`` beside it, the ``.xml``,
   or the product directory): :mod:`bayesfluo.io.desis`;
-* FloX-style top-of-canopy tables (``.csv``): :mod:`bayesfluo.io.flox`.
+* FloX top-of-canopy series: CSV tables (``.csv``, the ``rows``, ``long`` and ``wide``
+  layouts) and netCDF files holding ``L`` and ``E`` over time and wavelength rather than a
+  bayesfluo scene (:func:`bayesfluo.io.flox.is_flox_netcdf`): :mod:`bayesfluo.io.flox`.
 
 Every reader raises :class:`SceneReadError` (a :class:`ValueError`) naming the file and the
 problem, when the file is opened and when its lazily read arrays are loaded (a damaged
@@ -34,7 +36,7 @@ import xarray as xr
 from bayesfluo.io.common import SceneReadError, prepare_xarray_scene
 from bayesfluo.io.desis import read_desis
 from bayesfluo.io.envi import read_envi
-from bayesfluo.io.flox import read_flox_csv
+from bayesfluo.io.flox import is_flox_netcdf, read_flox_csv, read_flox_netcdf
 from bayesfluo.io.netcdf import read_scene
 
 __all__ = ["open_scene", "SceneReadError", "SUPPORTED_FORMATS", "check_zarr_chunks"]
@@ -45,7 +47,8 @@ SUPPORTED_FORMATS = (
     "Zarr scene (.zarr directory)",
     "ENVI cube (.hdr and its data file)",
     "DESIS Level-1 product (GeoTIFF + metadata XML, or the product directory)",
-    "FloX-style table (.csv)",
+    "FloX series (.csv table in the rows, long or wide layout; .nc with L and E over time "
+    "and wavelength)",
 )
 
 
@@ -96,6 +99,8 @@ def _open(path: Path, geometry: dict | None, instrument: str | None, chunks) -> 
     """The reader of ``path``'s kind, called."""
     kind = _kind(path)
     if kind == "netcdf":
+        if is_flox_netcdf(path):
+            return read_flox_netcdf(path, geometry=geometry, instrument=instrument)
         return read_scene(path, geometry=geometry, instrument=instrument)
     if kind == "zarr":
         return _open_zarr(path, chunks, geometry, instrument)

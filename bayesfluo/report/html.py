@@ -171,17 +171,25 @@ def _open_run(path: Path):
     return dt.to_dataset().load()
 
 
-def _find_scene(run, run_path: Path, scene) -> tuple[xr.Dataset | None, str]:
+def _find_scene(run, run_path: Path, scene, reader_kwargs: dict | None = None
+                ) -> tuple[xr.Dataset | None, str]:
+    """The run's scene, read by :func:`bayesfluo.io.readers.open_scene` (any format the
+    commands read: a FloX CSV as well as netCDF), and where it came from."""
     if isinstance(scene, xr.Dataset):
         return scene, "given"
+    from bayesfluo.io.readers import open_scene
+
     if scene is not None:
-        from bayesfluo.io.netcdf import read_scene
-        return read_scene(scene).load(), str(scene)
+        return open_scene(scene, **(reader_kwargs or {})).load(), str(scene)
     name = str(run.attrs.get("input", ""))
     for cand in (Path(name), run_path.parent / Path(name).name) if name else ():
-        if cand.is_file():
-            from bayesfluo.io.netcdf import read_scene
-            return read_scene(cand).load(), f"{cand} (named by the run's 'input' attribute)"
+        if cand.exists():
+            try:
+                found = open_scene(cand, **(reader_kwargs or {})).load()
+            except ValueError as err:  # not asked for by name: report without it
+                return None, (f"none: {cand}, named by the run's 'input' attribute, cannot "
+                              f"be read ({err}); give --scene (and --geometry)")
+            return found, f"{cand} (named by the run's 'input' attribute)"
     return None, ""
 
 
@@ -601,7 +609,7 @@ def _render(title: str, meta: list[tuple[str, str]], checks: list[Check],
 
 
 def write_report(run_path: str | Path, out: str | Path | None = None, scene=None,
-                 model: str | Path | None = None) -> Path:
+                 model: str | Path | None = None, reader_kwargs: dict | None = None) -> Path:
     """Write the HTML report of a run (see the module docstring).
 
     Parameters
@@ -617,6 +625,9 @@ def write_report(run_path: str | Path, out: str | Path | None = None, scene=None
         A shipped model's name or a model directory; default for a retrieval: the run's
         ``model`` attribute, if it resolves. Needed for the spectral fits of a retrieval,
         guide-versus-NUTS and the training curve.
+    reader_kwargs : dict, optional
+        ``geometry`` and ``instrument`` for reading the scene file
+        (:func:`bayesfluo.io.readers.open_scene`).
 
     Returns
     -------
@@ -629,7 +640,7 @@ def write_report(run_path: str | Path, out: str | Path | None = None, scene=None
     out = Path(out) if out is not None else run_path.with_suffix(".html")
     run = _open_run(run_path)
     kind = run_kind(run)
-    scn, scene_note = _find_scene(run, run_path, scene)
+    scn, scene_note = _find_scene(run, run_path, scene, reader_kwargs)
     model_dir, model_note = _find_model(run, kind, model)
     checks: list[Check] = []
     secs: dict[str, _Section] = {}

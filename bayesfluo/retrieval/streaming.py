@@ -388,8 +388,13 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
     out = Path(out)
     t0 = time.perf_counter()
     guide = retriever.guide
-    plan = plan_retrieval(scene, guide, opt, retriever.fm, retriever)
-    check_radiance_level(scene)  # a unit mistake is refused before any work
+    try:
+        plan = plan_retrieval(scene, guide, opt, retriever.fm, retriever)
+        check_radiance_level(scene)  # a unit mistake is refused before any work
+    except ValueError as err:  # name the input file where the check does not
+        if scene_path is None or str(scene_path) in str(err):
+            raise
+        raise type(err)(f"{scene_path}: {err}") from err
     executor = executor or LocalExecutor(retriever)
     attrs = result_attrs(guide, source=source or scene.encoding.get("source", ""),
                          model_name=model_name, elapsed_s=0.0, refined=opt.refine,

@@ -132,12 +132,15 @@ def check_scene_for_model(scene: xr.Dataset, instrument: str, band_centre_nm) ->
     long as it covers the model's window (``band_centre_nm``: the model's nominal band
     centres, nm, used only in messages)."""
     inst = scene.attrs.get("instrument")
+    if "y" not in scene["radiance"].dims or "x" not in scene["radiance"].dims:
+        raise ValueError(
+            "the amortized retrieval needs an image (y, x, band); no guide for "
+            f"top-of-canopy time series ({inst or 'FloX'}, with measured irradiance) exists "
+            "yet: use 'bayesfluo nuts' (NUTS reference posteriors) or 'bayesfluo baseline' "
+            "(--method sfm, ifld, ...) on this file")
     if not isinstance(inst, str) or not (inst == instrument
                                          or instrument.startswith(inst + "-")):
         raise ValueError(f"the scene is from {inst!r}, the model is for {instrument!r}")
-    if "y" not in scene["radiance"].dims or "x" not in scene["radiance"].dims:
-        raise ValueError("retrieve needs an image (y, x, band); top-of-canopy time series "
-                         "(FloX) need the measured-irradiance model, not available yet")
     scene_bands(scene, instrument)
     if scene["wavelength"].attrs.get("medium", "air") != "air":
         raise ValueError("the scene's wavelengths are in vacuum; the model's are in air")
