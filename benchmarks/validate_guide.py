@@ -237,6 +237,16 @@ def _write_card(mdir: Path, guide, summ: dict) -> None:
             f"{w['seed']}). {w['holdout']} more scenes, held out, set the F760 sd factors "
             f"per NDVI class (edges {infl.get('ndvi_edges')}: {infl.get('factors')}) and "
             "the `poor_fit` reference (fit chi-square and its ratio to the patch median).")
+    nuisance = info.get("nuisance") or {}
+    nuisance_text = ""
+    if nuisance:
+        nuisance_text = (
+            ", each with " + " and ".join(f"its {k.replace('_', '-')} drawn from "
+                                          f"{lo}-{hi}" for k, (lo, hi) in nuisance.items())
+            + " (`[nuisance]`; the model holds them at "
+            + " and ".join(str(cfg.fixed.get(k)) for k in nuisance)
+            + "): the guide's posterior marginalises them, so on the model's own draws, "
+            "where they are fixed, it is wider than NUTS's")
     text = f"""# {mdir.name}: amortized guide for {guide.instrument}
 
 Trained guide of bayesfluo (`bayesfluo retrieve scene.nc --model {mdir.name}`): an MLP
@@ -260,9 +270,10 @@ log-normal about {cfg.aot550_prior}; spectral shift sd {cfg.shift_sd} nm.
 Pre-trained on simulations: {info.get('pretrain_steps')} steps of
 {info.get('batch_patches')} patches drawn afresh from the model's prior predictive
 (amortized forward KL), over a pool of {info.get('n_atmospheres')} atmospheres and
-geometries.{world_text} Fine-tuning steps on scenes: {info.get('finetune_steps')}. Seed
-{info.get('seed')}; final loss {info.get('final_loss'):.3f}; wall time of the last session
-{info.get('wall_time_s_last_session')} s on a 2-core CPU. Ranges of the simulations:
+geometries{nuisance_text}.{world_text} Fine-tuning steps on scenes:
+{info.get('finetune_steps')}. Seed {info.get('seed')}; final loss {info.get('final_loss'):.3f};
+wall time of the last session {info.get('wall_time_s_last_session')} s on a 2-core CPU.
+Ranges of the simulations:
 
 | condition | range |
 |---|---|

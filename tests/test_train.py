@@ -186,3 +186,32 @@ def test_finetuning_needs_its_scenes_read(tmp_path):
     with pytest.raises(ValueError, match="read_scene"):
         tr.train(tc, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_nuisance_latents_enter_the_pool_operators(model_o2a):
+    """``[nuisance]`` ranges replace the model's fixed Angstrom exponent and diffuse-path
+    factor in the pool's band operators: a range of one value gives the operators of a
+    model whose fixed values are that value (built through ``SifModel.operator``, not
+    the pool's path); a range gives values in between; bad tables are refused."""
+    from bayesfluo.model import ModelConfig, SifModel
+    model = SifModel(model_o2a)
+    key = jax.random.PRNGKey(4)
+    tc = tr.TrainConfig(**TINY, nuisance={"angstrom": [1.6, 1.6], "diffuse_path": [1.7, 1.7]})
+    pool = tr.build_pool(model, tc, key, 5, progress=False)
+    other = SifModel(model_o2a, ModelConfig(fixed={"aot550": 0.12, "diffuse_path": 1.7,
+                                                   "angstrom": 1.6, "spectral_shift": 0.0,
+                                                   "fwhm_scale": 1.0}))
+    ref = tr.build_pool(other, tr.TrainConfig(**TINY), key, 5, progress=False)
+    base = tr.build_pool(model, tr.TrainConfig(**TINY), key, 5, progress=False)
+    a, b, c = (np.asarray(p.atmospheres.operator.reflected) for p in (pool, ref, base))
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+    assert np.max(np.abs(a - c) / np.abs(c).max()) > 1e-3       # the values matter
+    # geometry and shared latents are the same draws: only the operators change
+    np.testing.assert_array_equal(np.asarray(pool.atmospheres.z), np.asarray(base.atmospheres.z))
+    with pytest.raises(ValueError, match="only"):
+        tr.TrainConfig(**TINY, nuisance={"aot550": [0.1, 0.2]})
+    with pytest.raises(ValueError, match="free latent"):
+        tr.TrainConfig(**TINY, model=ModelConfig(free=("surface_pressure", "diffuse_path")),
+                       nuisance={"diffuse_path": [1.3, 1.7]})
+    with pytest.raises(ValueError, match="lo <= hi"):
+        tr.TrainConfig(**TINY, nuisance={"angstrom": [1.6, 1.0]})

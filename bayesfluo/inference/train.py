@@ -81,6 +81,7 @@ from bayesfluo.inference.world import WorldPool, build_world_pool, world_scene
 from bayesfluo.instruments import get_instrument
 from bayesfluo.io.atomic import atomic_path
 from bayesfluo.model import ModelConfig, Patch, SifModel, inverse_knee_softplus
+from bayesfluo.model.scene_expansion import OPERATOR_INPUTS, operator_inputs, operator_of_inputs
 from bayesfluo.physics.forward import Geometry, build_forward_model, standard_pressure_hpa
 from bayesfluo.scene.bands import model_on_scene_grid, same_grid, scene_bands
 from bayesfluo.scene.grid import PatchGrid, check_scene_for_model
@@ -89,10 +90,15 @@ from bayesfluo.scene.prior import simulate_batch as prior_batch
 from bayesfluo.scene.prosail_surface import prosail_surface
 from bayesfluo.scene.simulate import simulate_scene
 
-__all__ = ["TrainConfig", "train", "TrainingDiverged", "default_ranges", "build_pool",
+__all__ = ["NUISANCE_LATENTS", "TrainConfig", "train", "TrainingDiverged", "default_ranges",
+           "build_pool",
            "TrainingPool", "TrainingBatch", "simulate_batch", "feature_statistics",
            "init_linear_skips", "npe_loss", "world_loss", "fit_chi2_quantiles",
            "world_holdout_calibration", "scene_inputs"]
+
+
+NUISANCE_LATENTS = ("angstrom", "diffuse_path")
+"""Fixed latents that :attr:`TrainConfig.nuisance` may draw per training atmosphere."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -139,6 +145,12 @@ class TrainConfig:
     ranges : dict
         Conditions of the simulations (:func:`default_ranges`); ``bare_fraction`` of the
         pixels are bare.
+    nuisance : dict
+        Fixed latents of the model (``angstrom``, ``diffuse_path`` where not free) drawn
+        per pre-training atmosphere, uniform in ``[lo, hi]``, instead of held at their
+        fixed value (TOML table ``[nuisance]``). The world varies what the model fixes;
+        a guide trained over these ranges gives posteriors that marginalise them, so its
+        F760 is not pulled by the one value the model assumes. Empty: the model's prior.
     world_steps, world_scenes, world_size, world_prosail_every, world_seed,
     world_batch_patches, world_learning_rate, world_weight, world_holdout : int/float
         The world phase (:mod:`bayesfluo.inference.world`), after pre-training: steps,
@@ -177,6 +189,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     warmup_steps: int = 200
     ranges: dict = field(default_factory=dict)
+    nuisance: dict = field(default_factory=dict)
     bare_fraction: float = 0.25
     world_steps: int = 0
     world_scenes: int = 224
@@ -209,6 +222,17 @@ class TrainConfig:
         if self.batch_patches % self.devices or self.finetune_batch_patches % self.devices:
             raise ValueError("batch_patches and finetune_batch_patches must be multiples of "
                              "devices")
+        nuisance = {k: tuple(float(x) for x in v) for k, v in self.nuisance.items()}
+        for k, v in nuisance.items():
+            if k not in NUISANCE_LATENTS:
+                raise ValueError(f"nuisance {k!r}: only {list(NUISANCE_LATENTS)} can be "
+                                 "drawn per atmosphere")
+            if k in self.model.free:
+                raise ValueError(f"nuisance {k!r} is a free latent of the model; a free "
+                                 "latent has its prior, not a nuisance range")
+            if len(v) != 2 or not v[0] <= v[1]:
+                raise ValueError(f"nuisance {k!r}: give [lo, hi] with lo <= hi, not {v}")
+        object.__setattr__(self, "nuisance", nuisance)
         if self.finetune_steps and not self.scenes:
             raise ValueError("finetune_steps > 0 needs scenes to fine-tune on")
 
@@ -295,9 +319,15 @@ def build_pool(model: SifModel, tc: TrainConfig, key: jax.Array, n: int,
                progress: bool = True) -> TrainingPool:
     """``n`` draws of geometry (uniform in ``tc.ranges``) and shared latents (the prior),
     with their band operators (:meth:`SifModel.operator`) and the guide's reference
-    spectra."""
+    spectra. The nuisance latents of ``tc.nuisance`` are drawn per atmosphere (uniform)
+    and replace the model's fixed values in the operators."""
     r = tc.ranges
     ks = jax.random.split(key, 6)
+    # one key per nuisance latent, apart from the six above: an empty table keeps the pool
+    nk = jax.random.split(jax.random.fold_in(key, 1), len(NUISANCE_LATENTS))
+    nuisance = {name: _uniform(nk[i], tc.nuisance[name], n)
+                for i, name in enumerate(NUISANCE_LATENTS) if name in tc.nuisance}
+    columns = [OPERATOR_INPUTS.index(name) for name in nuisance]
     surf = _uniform(ks[3], r["surface_altitude_m"], n)
     geom = Geometry(_uniform(ks[0], r["sza_deg"], n), _uniform(ks[1], r["vza_deg"], n),
                     _uniform(ks[2], r["raa_deg"], n), surf,
@@ -308,14 +338,20 @@ def build_pool(model: SifModel, tc: TrainConfig, key: jax.Array, n: int,
     reference = reference_function(model)
 
     @jax.jit
-    def ops(g, zz, p):
-        def one(g1, z1, p1):
+    def ops(g, zz, p, nu):
+        def one(g1, z1, p1, nu1):
             patch = Patch(radiance=None, mask=None, ndvi=None, geometry=g1, noise_a=None,
                           noise_b=None, surface_pressure0=p1)
             gc = geometry_coordinates(g1.sza_deg, g1.vza_deg, g1.surface_altitude_m,
                                       g1.sensor_altitude_m)
-            return model.operator(patch, z1), reference(gc)
-        return jax.vmap(one)(g, zz, p)
+            if not columns:
+                return model.operator(patch, z1), reference(gc)
+            u = operator_inputs(model, patch, z1).at[jnp.asarray(columns)].set(nu1)
+            return operator_of_inputs(model, u), reference(gc)
+        return jax.vmap(one)(g, zz, p, nu)
+
+    nu_all = jnp.stack([nuisance[k] for k in nuisance], -1) if nuisance else \
+        jnp.zeros((n, 0), jnp.float32)
 
     chunk = 64
     parts = []
@@ -326,7 +362,8 @@ def build_pool(model: SifModel, tc: TrainConfig, key: jax.Array, n: int,
                          geom)
         zz = jnp.pad(z[sl], ((0, chunk - z[sl].shape[0]), (0, 0)), mode="edge")
         pp = jnp.pad(p0[sl], (0, chunk - p0[sl].shape[0]), mode="edge")
-        out = ops(g, zz, pp)
+        nu = jnp.pad(nu_all[sl], ((0, chunk - nu_all[sl].shape[0]), (0, 0)), mode="edge")
+        out = ops(g, zz, pp, nu)
         parts.append(jax.tree.map(lambda v, m=sl.stop - sl.start: v[:m], out))
     op, ref = jax.tree.map(lambda *v: jnp.concatenate(v), *parts)
     return TrainingPool(Atmospheres(geom, z, op, p0), ref)
@@ -724,6 +761,7 @@ def train(tc: TrainConfig, progress: bool = True, *,
                 batch_patches=tc.batch_patches, n_atmospheres=tc.n_atmospheres,
                 seed=tc.seed, scenes=[Path(s).name for s in tc.scenes],
                 ranges={k: list(v) for k, v in tc.ranges.items()},
+                nuisance={k: list(v) for k, v in tc.nuisance.items()},
                 final_loss=history[-1][2] if history else None,
                 wall_time_s_last_session=round(wall, 1), fingerprint=fp,
                 created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
