@@ -179,7 +179,8 @@ def _write_card(mdir: Path, guide, summ: dict) -> None:
             ("F760 RMSE of the posterior mean, all / vegetated pixels",
              f"{summ['rmse_all']:.3f} / {summ['rmse_vegetated']:.3f} mW m-2 sr-1 nm-1"),
             ("Cramer-Rao bound (patch atmosphere), RMS over the same pixels",
-             f"{summ['crb_rms_all']:.3f} / {summ['crb_rms_vegetated']:.3f}"),
+             f"{summ['crb_rms_all']:.3f} / {summ['crb_rms_vegetated']:.3f}"
+             if np.isfinite(summ["crb_rms_all"]) else "not computed (`--no-bound`)"),
             ("90 % interval of F760 holds the truth",
              f"{summ['coverage90']:.1%} of {summ['n_pixels']} pixels"),
             ("mean posterior sd of F760, all / vegetated",
@@ -220,7 +221,8 @@ def _write_card(mdir: Path, guide, summ: dict) -> None:
     if "refined_vs_nuts_pixels" in summ:
         figs.append(f"![](../../../../docs/validation/guide_{mdir.name}_refined_vs_nuts.png)")
     n_patches = summ["n_pixels"] // 64
-    opt = " --refine" if "refined_rmse_all" in summ else ""
+    opt = (" --refine" if "refined_rmse_all" in summ else "") + (
+        "" if np.isfinite(summ["crb_rms_all"]) else " --no-bound")
     old = (mdir / "README.md").read_text() if (mdir / "README.md").exists() else ""
     limits = old[old.index("## Limits"):] if "## Limits" in old else ""
     w = info.get("world")
