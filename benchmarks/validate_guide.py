@@ -248,7 +248,8 @@ def _write_card(mdir: Path, guide, summ: dict) -> None:
             + " (`[nuisance]`; the model holds them at "
             + " and ".join(str(cfg.fixed.get(k)) for k in nuisance)
             + "): the guide's posterior marginalises them, so on the model's own draws, "
-            "where they are fixed, it is wider than NUTS's")
+            "where they are fixed, it is wider than the model's posterior (NUTS's, which "
+            "holds them fixed)")
     text = f"""# {mdir.name}: amortized guide for {guide.instrument}
 
 Trained guide of bayesfluo (`bayesfluo retrieve scene.nc --model {mdir.name}`): an MLP
