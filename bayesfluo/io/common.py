@@ -41,7 +41,7 @@ from xarray.core import indexing
 from bayesfluo.instruments import INSTRUMENTS, get_instrument
 from bayesfluo.io.atomic import plain_attrs
 
-__all__ = ["SceneReadError", "GEOMETRY_VARIABLES", "ANCILLARY_RANGES",
+__all__ = ["SceneReadError", "is_number", "GEOMETRY_VARIABLES", "ANCILLARY_RANGES",
            "ANCILLARY_UPPER_EXCLUSIVE", "ancillary_valid", "describe_range",
            "check_ancillary", "check_day_of_year", "check_scene_ancillaries",
            "radiance_unit_factor", "wavelength_unit_factor", "check_band_grid",
@@ -832,3 +832,12 @@ def finish(ds: xr.Dataset, where: str, derived: tuple[str, ...] = ()) -> xr.Data
     if "fwhm" in ds.variables:
         check_band_grid(ds["wavelength"].values, ds["fwhm"].values, where)
     return plain_attrs(check_scene_ancillaries(ds, where, derived))
+
+
+def is_number(text: str) -> bool:
+    """Whether ``text`` reads as a float (a header token, a column name of a table)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

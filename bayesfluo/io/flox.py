@@ -133,10 +133,6 @@ __all__ = ["read_flox_csv", "read_flox_netcdf", "is_flox_netcdf", "write_flox_cs
            "E_OVER_PI_RANGE", "BRIGHT_SURFACE", "IRRADIANCE_LEVEL_RANGE",
            "IRRADIANCE_LEVEL_RANGE_NO_SZA"]
 
-_HOW = {"csv": "to read_flox_csv/open_scene, or add '# name = value' lines or columns to "
-               "the table",
-        "netcdf": "to read_flox_netcdf/open_scene, or add them to the file as variables "
-                  "over time or global attributes"}
 #: Keys of the caller's ``geometry`` a FloX reader takes besides the geometry variables.
 _GEOMETRY_EXTRA = ("day_of_year", "latitude", "longitude")
 
@@ -381,7 +377,7 @@ def scene_from_series(series: FloxSeries, keys: dict[str, str], where: str, *,
         Naming ``where`` and the problem.
     """
     geometry = check_geometry_keys(geometry, where, _GEOMETRY_EXTRA)
-    how_text = _HOW[how]
+    how_text = _HOW[how]["geometry"]
     instrument = check_instrument(instrument or keys.get("instrument", "flox"), where,
                                   how_text)
     attrs: dict = {"layout": series.layout}
@@ -638,14 +634,20 @@ IRRADIANCE_LEVEL_RANGE = (0.03, 1.6)
 #: The same over ``E0`` alone, where no sun zenith angle is known.
 IRRADIANCE_LEVEL_RANGE_NO_SZA = (0.003, 1.6)
 
-_HOWS = {"csv": {"convention": "'# irradiance_convention = E' or '# irradiance_convention = E/pi'",
-            "irradiance": "'# irradiance_units = ...' (e.g. W m-2 nm-1)",
-            "radiance": "'# radiance_units = ...' (e.g. W m-2 sr-1 nm-1)"},
-         "netcdf": {"convention": "the global attribute irradiance_convention = 'E' or 'E/pi'",
-           "irradiance": "the right 'units' attribute of the irradiance variable (e.g. "
-                         "W m-2 nm-1)",
-           "radiance": "the right 'units' attribute of the radiance variable (e.g. "
-                       "W m-2 sr-1 nm-1)"}}
+#: What a user of each format states or passes, in the readers' messages.
+_HOW = {"csv": {"geometry": "to read_flox_csv/open_scene, or add '# name = value' lines or "
+                            "columns to the table",
+                "convention": "'# irradiance_convention = E' or "
+                              "'# irradiance_convention = E/pi'",
+                "irradiance": "'# irradiance_units = ...' (e.g. W m-2 nm-1)",
+                "radiance": "'# radiance_units = ...' (e.g. W m-2 sr-1 nm-1)"},
+        "netcdf": {"geometry": "to read_flox_netcdf/open_scene, or add them to the file as "
+                               "variables over time or global attributes",
+                   "convention": "the global attribute irradiance_convention = 'E' or 'E/pi'",
+                   "irradiance": "the right 'units' attribute of the irradiance variable "
+                                 "(e.g. W m-2 nm-1)",
+                   "radiance": "the right 'units' attribute of the radiance variable (e.g. "
+                               "W m-2 sr-1 nm-1)"}}
 
 
 def _continuum(wl: np.ndarray, lo: float = -np.inf, hi: float = np.inf) -> np.ndarray:
@@ -745,7 +747,7 @@ def check_irradiance_conventions(scene: xr.Dataset, where: str, convention: str 
     """
     from bayesfluo.physics.solar import earth_sun_distance_factor
 
-    how = _HOWS[how]
+    how = _HOW[how]
     if "irradiance" not in scene or tuple(scene["radiance"].dims) != ("time", "band"):
         return scene
     convention = _convention(convention, where, how["convention"])

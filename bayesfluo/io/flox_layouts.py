@@ -64,7 +64,12 @@ from typing import NamedTuple
 import numpy as np
 import xarray as xr
 
-from bayesfluo.io.common import GEOMETRY_VARIABLES, SceneReadError, wavelength_unit_factor
+from bayesfluo.io.common import (
+    GEOMETRY_VARIABLES,
+    SceneReadError,
+    is_number,
+    wavelength_unit_factor,
+)
 
 __all__ = ["FloxSeries", "ANCILLARY_COLUMNS", "RADIANCE_NAMES", "IRRADIANCE_NAMES",
            "TIME_NAMES", "TABLE_LAYOUTS", "read_table", "table_layout", "parse_times",
@@ -149,14 +154,6 @@ def _is_time(s: str) -> bool:
     return True
 
 
-def _isfloat(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
-
-
 def _separator(table: str) -> str:
     """The column separator of a CSV table, from its first line: ``;``, tab or ``,``."""
     first = table.split("\n", 1)[0]
@@ -179,7 +176,7 @@ def table_layout(columns: list[str], where: str) -> str:
         return "rows"
     if "wavelength" in cols:
         return "long"
-    if any(_WIDE.match(c) and _isfloat(_WIDE.match(c).group(2)) for c in columns):
+    if any(_WIDE.match(c) and is_number(_WIDE.match(c).group(2)) for c in columns):
         return "wide"
     raise SceneReadError(
         f"{where}: cannot tell the table's layout: expected a 'quantity' column (rows "
@@ -281,7 +278,7 @@ def _rows(df, where: str) -> FloxSeries:
     fixed = ("time", "quantity") + ANCILLARY_COLUMNS
     band_cols = [c for c in df.columns if c not in fixed]
     for c in band_cols:
-        if not _isfloat(c):
+        if not is_number(c):
             raise SceneReadError(f"{where}: column {c!r} is neither a known column "
                                  f"({', '.join(fixed)}) nor a wavelength")
     if not band_cols:
@@ -388,7 +385,7 @@ def _wide(df, where: str) -> FloxSeries:
     e_cols: dict[float, str] = {}
     for c in df.columns:
         m = _WIDE.match(c)
-        if m and _isfloat(m.group(2)):
+        if m and is_number(m.group(2)):
             target = l_cols if m.group(1).startswith("L") else e_cols
             w = float(m.group(2))
             if w in target:

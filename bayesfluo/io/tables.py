@@ -91,6 +91,7 @@ import xarray as xr
 
 from bayesfluo._version import __version__
 from bayesfluo.io.atomic import atomic_path
+from bayesfluo.io.common import is_number
 from bayesfluo.io.netcdf import write_dataset
 from bayesfluo.physics.air import air_to_vacuum, vacuum_to_air
 from bayesfluo.physics.atmosphere import AtmosphereParams
@@ -374,14 +375,6 @@ def _norm_unit(u: str) -> str:
     return re.sub(r"\s+", " ", u)
 
 
-def _is_number(tok: str) -> bool:
-    try:
-        float(tok)
-    except ValueError:
-        return False
-    return True
-
-
 def read_table(path: str | os.PathLike, **kwargs) -> xr.Dataset:
     """Read a transfer-function table: netCDF for ``.nc``/``.nc4``, text otherwise
     (keyword arguments go to :func:`read_table_text`)."""
@@ -444,17 +437,17 @@ def read_table_text(path: str | os.PathLike, *, medium: str | None = None,
             m = re.match(r"#\s*([A-Za-z_][\w]*)\s*[=:]\s*(.+)$", s)
             if m:
                 key, val = m.group(1), m.group(2).strip()
-                file_attrs[key] = float(val) if _is_number(val) else val
+                file_attrs[key] = float(val) if is_number(val) else val
             continue
         body.append(s)
     if not body:
         raise ValueError(f"{name}: no header line and no data")
     header = [(m.group(1), m.group(2)) for m in _HEADER_TOKEN.finditer(body[0])]
-    if any(_is_number(h) for h, _ in header):
+    if any(is_number(h) for h, _ in header):
         raise ValueError(f"{name}: the first line must be a header of column names, found "
                          f"numbers: {body[0][:60]!r}")
     rows = body[1:]
-    if rows and not any(_is_number(t) for t in rows[0].split()):  # names line (T18 layout)
+    if rows and not any(is_number(t) for t in rows[0].split()):  # names line (T18 layout)
         names = rows[0].lower().split()
         tcols = [h.lower() for h, _ in header if re.fullmatch(r"t\d+", h.lower())]
         if tcols and names[:7] != list(_T18_NAMES[:7]):
