@@ -165,3 +165,42 @@ def test_narrower_scene_names_the_models_that_fit_it(scene):
     cut = scene.sel(band=(scene["wavelength"] > 755) & (scene["wavelength"] < 775))
     with pytest.raises(ValueError, match="no instrument bayesfluo knows"):
         scene_bands(cut, INST)
+
+
+def test_fwhm_and_response_shape_of_the_file_reach_the_model(scene):
+    """A scene on the nominal centres but with its own FWHM, or a flat-topped response
+    (``response_exponent``), is not the nominal grid: its model is built on them (before,
+    a file's FWHM on the nominal centres was ignored)."""
+    model = SifModel.for_instrument(INST)
+    wide = scene.copy()
+    wide["fwhm"] = ("band", scene["fwhm"].values * 1.1)
+    b = scene_bands(wide, INST)
+    assert not same_grid(b, model, wide.sizes["band"])
+    m = model_on_scene_grid(model, b)
+    # (the two end bands, wider now, no longer fit the fine grid)
+    np.testing.assert_allclose(m.fm.band_fwhm_nm, scene["fwhm"].values[b.index] * 1.1,
+                               rtol=1e-6)
+    flat = scene.copy()
+    flat.attrs["response_exponent"] = 4.0
+    b4 = scene_bands(flat, INST)
+    assert b4.response_exponent == 4.0 and not same_grid(b4, model, flat.sizes["band"])
+    assert model_on_scene_grid(model, b4).fm.response_exponent == 4.0
+    flat.attrs["response_exponent"] = 1.0
+    with pytest.raises(ValueError, match="response_exponent attribute must lie in"):
+        scene_bands(flat, INST)
+
+
+def test_a_flat_topped_response_changes_o2_bands_by_many_noise_sd(fm):
+    """Same FWHM, other shape: in the O2-A band the band radiance differs by far more than
+    the noise (the shape matters in the at-sensor model), outside it (solar lines only)
+    by far less; a scene simulated with the shape says so in its attributes."""
+    fm4 = build_forward_model(INST, response_exponent=4.0)
+    op2, op4 = _operator(fm), _operator(fm4)
+    e2, e4 = np.asarray(op2.reflected[0]), np.asarray(op4.reflected[0])
+    c = np.asarray(fm.band_centre_nm)
+    noise_sd = np.sqrt(get_instrument(INST).noise_coefficients()[0] * e2 * 0.3)
+    d = np.abs(e4 - e2) * 0.3 / noise_sd  # a 0.3-reflectance surface
+    assert d[(c > 759.0) & (c < 768.0)].max() > 5
+    assert d[c < 757.0].max() < 0.3 * d[(c > 759.0) & (c < 768.0)].max()
+    sc = simulate_scene(INST, (2, 2), seed=1, model=fm4)
+    assert sc.attrs["response_exponent"] == 4.0

@@ -225,3 +225,21 @@ def test_tables_that_break_their_layout_are_refused_naming_the_file(flox, tmp_pa
     with pytest.raises(SceneReadError, match=re.escape(str(tmp_path / "bad_time.nc"))
                        + ".*'not a time' is not ISO 8601"):
         open_scene(tmp_path / "bad_time.nc")
+
+
+def test_response_shape_travels_through_the_csv_and_bad_ones_are_refused(flox, tmp_path):
+    """``# response_exponent = p`` in the header is written for a scene that has it, read
+    back into the scene's attributes (where :func:`bayesfluo.scene.bands.scene_bands`
+    finds it); a value outside [2, 8] is refused naming the file."""
+    sc = flox.copy()
+    sc.attrs["response_exponent"] = 3.5
+    path = write_flox_csv(sc, tmp_path / "p.csv")
+    assert "# response_exponent = 3.5" in path.read_text()
+    assert _quiet(open_scene, path).attrs["response_exponent"] == 3.5
+    assert "response_exponent" not in _quiet(
+        open_scene, write_flox_csv(flox, tmp_path / "g.csv")).attrs
+    bad = tmp_path / "bad.csv"
+    bad.write_text(path.read_text().replace("response_exponent = 3.5",
+                                            "response_exponent = 12"))
+    with pytest.raises(SceneReadError, match=r"bad\.csv.*response_exponent must lie in"):
+        open_scene(bad)

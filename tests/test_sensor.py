@@ -74,3 +74,28 @@ def test_instrument_noise_gives_requested_snr():
     a2, b2 = inst.noise_coefficients(snr=300)
     assert inst.reference_radiance / np.sqrt(a2 * inst.reference_radiance + b2) == \
         pytest.approx(300)
+
+
+@pytest.mark.parametrize("p", [2.0, 3.0, 6.0])
+def test_generalised_gaussian_response_keeps_its_fwhm(p):
+    """exp(-ln2 |2x/FWHM|^p): half maximum at +-FWHM/2 for every p, the Gaussian at p=2,
+    flatter top and shorter tails as p grows; exponents outside [2, 8] are refused."""
+    from bayesfluo.physics.sensor import check_response_exponent
+    from bayesfluo.physics.sensor import response as raw_response
+    x = jnp.asarray(np.linspace(-1.0, 1.0, 4001)[None, :])
+    w = np.asarray(raw_response(x, jnp.asarray([0.0]), jnp.asarray([0.4]),
+                                SensorParams(0.0, 1.0), p), np.float64)[0]
+    w = w / w.max()
+    xs = np.asarray(x[0])
+    above = xs[w >= 0.5]
+    assert above.min() == pytest.approx(-0.2, abs=1e-3)
+    assert above.max() == pytest.approx(0.2, abs=1e-3)
+    gauss = np.exp(-0.5 * (xs / (0.4 * FWHM_TO_SIGMA)) ** 2)
+    if p == 2.0:
+        np.testing.assert_allclose(w, gauss, atol=1e-6)
+    else:  # less weight beyond 1.5 FWHM/2 than the Gaussian, more at the shoulders
+        assert w[np.abs(xs) > 0.3].sum() < gauss[np.abs(xs) > 0.3].sum()
+        assert w[np.abs(xs - 0.15) < 0.01].mean() > gauss[np.abs(xs - 0.15) < 0.01].mean()
+    for bad in (1.0, 9.0, "x"):
+        with pytest.raises(ValueError, match="response_exponent must"):
+            check_response_exponent(bad)

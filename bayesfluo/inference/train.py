@@ -83,6 +83,7 @@ from bayesfluo.io.atomic import atomic_path
 from bayesfluo.model import ModelConfig, Patch, SifModel, inverse_knee_softplus
 from bayesfluo.model.scene_expansion import OPERATOR_INPUTS, operator_inputs, operator_of_inputs
 from bayesfluo.physics.forward import Geometry, build_forward_model, standard_pressure_hpa
+from bayesfluo.physics.o2 import SPECTROSCOPY
 from bayesfluo.scene.bands import model_on_scene_grid, same_grid, scene_bands
 from bayesfluo.scene.grid import PatchGrid, check_scene_for_model
 from bayesfluo.scene.prior import Atmospheres
@@ -762,6 +763,7 @@ def train(tc: TrainConfig, progress: bool = True, *,
                 seed=tc.seed, scenes=[Path(s).name for s in tc.scenes],
                 ranges={k: list(v) for k, v in tc.ranges.items()},
                 nuisance={k: list(v) for k, v in tc.nuisance.items()},
+                spectroscopy=SPECTROSCOPY,
                 final_loss=history[-1][2] if history else None,
                 wall_time_s_last_session=round(wall, 1), fingerprint=fp,
                 created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

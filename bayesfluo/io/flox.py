@@ -59,7 +59,9 @@ does not change with time (``sza``, ``saa``, ``vza``, ``vaa`` in degrees,
 which is multiplied by pi; an irradiance in per-steradian units is taken as ``E/pi``;
 unstated, the convention is told from physics, below); ``noise_a`` and ``noise_b`` (and
 ``irradiance_noise_a``, ``irradiance_noise_b``, for ``E / pi``), the noise variance
-``a L + b`` (mW m-2 sr-1 nm-1 squared). A key given twice with different values is
+``a L + b`` (mW m-2 sr-1 nm-1 squared); ``response_exponent``, the shape of the
+spectrometer's band response (2, the default, a Gaussian; up to 8, flat-topped:
+``exp(-ln2 |2 x / FWHM|**p)``). A key given twice with different values is
 refused. Per-time columns override file-wide values, the caller's ``geometry``
 overrides both.
 
@@ -126,6 +128,7 @@ from bayesfluo.io.flox_layouts import (
     read_table,
 )
 from bayesfluo.io.flox_noise import MIN_SCANS, estimate_noise
+from bayesfluo.physics.sensor import check_response_exponent
 
 __all__ = ["read_flox_csv", "read_flox_netcdf", "is_flox_netcdf", "write_flox_csv",
            "scene_from_series", "check_irradiance_conventions", "attach_noise",
@@ -504,6 +507,11 @@ def scene_from_series(series: FloxSeries, keys: dict[str, str], where: str, *,
     else:
         doy = int(np.datetime64(time[0], "D").astype("datetime64[D]").item()
                   .timetuple().tm_yday)
+    if "response_exponent" in keys:  # the spectrometer's response shape (2: Gaussian)
+        try:
+            attrs["response_exponent"] = check_response_exponent(keys["response_exponent"])
+        except ValueError as e:
+            raise SceneReadError(f"{where}: {e}") from None
     ds = xr.Dataset(variables, coords={
         "time": ("time", time),
         "wavelength": ("band", wl[keep], {"units": "nm", "medium": medium,
@@ -576,6 +584,8 @@ def write_flox_csv(scene: xr.Dataset, path: str | os.PathLike, layout: str = "ro
              "# wavelength_units = nm",
              f"# wavelength_medium = {scene['wavelength'].attrs.get('medium', 'air')}"]
     lines += [f"# {g} = {float(scene[g].values)!r}" for g in const]
+    if "response_exponent" in scene.attrs:
+        lines.append(f"# response_exponent = {float(scene.attrs['response_exponent'])!r}")
     cols = {g: f32(scene[g].values) for g in per_time}
     r = np.asarray(rad.values, np.float32)
     e = np.asarray(scene["irradiance"].transpose("time", "band").values, np.float32)

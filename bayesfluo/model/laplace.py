@@ -34,19 +34,22 @@ the mode (:func:`find_mode`, :func:`laplace`)
     clipping a step coordinate by coordinate bends it away from descent: it takes
     unclipped steps on the exact operator.
 
-The start of a mode search without a guide is :func:`initial_values`.
+The start of a mode search without a guide is :func:`initial_values`; :func:`fit_at_mode`
+does the whole fit of a patch (start, mode, residuals in noise units, the program's
+deterministics there), as model checks and benchmarks need it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
-from numpyro.infer.util import potential_energy
+from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from bayesfluo.model.patch import Patch
 from bayesfluo.model.priors import SHAPE760
@@ -55,7 +58,8 @@ from bayesfluo.physics.surface import SifParams, sif_spectrum, sif_taylor
 
 __all__ = ["Layout", "Blocks", "Mode", "Damping", "REFINE_DAMPING", "LAMBDAS", "MAX_STEP",
            "hessian_blocks", "eig_scaled", "eig_inverse", "newton_direction", "newton_steps",
-           "find_mode", "laplace", "patch_potential", "dense_hessian", "initial_values"]
+           "find_mode", "laplace", "patch_potential", "dense_hessian", "initial_values",
+           "ModeFit", "fit_at_mode"]
 
 #: Damping values tried at once in each Newton step (the best potential wins)
 LAMBDAS = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -548,3 +552,52 @@ def _start_values(model: SifModel, patch: Patch, z, amplitudes) -> dict:
             np.clip(amplitudes[:, 1] / (model.cfg.sif_red_ratio * scale), 0.1, 3.0),
             jnp.float32)
     return out
+
+
+# --- a patch fitted at its mode -----------------------------------------------------------
+
+class ModeFit(NamedTuple):
+    """A patch fitted at the mode of its posterior.
+
+    Attributes
+    ----------
+    mode : Mode
+        The mode and the Laplace approximation there.
+    residual : array (P, B)
+        ``(L - L_mode) / sd`` per pixel and band, ``sd`` the likelihood's (the measured
+        irradiance's noise carried through for a top-of-canopy model); masked pixels too.
+    chi2 : array (P,)
+        Reduced chi-square of each pixel at the mode.
+    sites : dict
+        The program's sample sites and deterministics at the mode (``f760``,
+        ``sif_peak``, ``reflectance760``, the free atmosphere and sensor latents).
+    """
+
+    mode: Mode
+    residual: jax.Array
+    chi2: jax.Array
+    sites: dict
+
+
+def fit_at_mode(model: SifModel, patch: Patch, *, rounds: int = 60) -> ModeFit:
+    """Fit one patch (radiance given) at its posterior mode: from :func:`initial_values`,
+    Newton steps on the exact operator (as NUTS's preconditioning does), at most
+    ``rounds`` of them; compiled once per model and patch shape."""
+    layout = Layout.of(model, patch)
+    z = unconstrain_fn(model.program, (patch, None), {}, initial_values(model, patch))
+    xl, xs = layout.pack(z)
+    return _fit_at_mode(model, patch, xl, xs, layout, rounds)
+
+
+@partial(jax.jit, static_argnames=("layout", "rounds"))
+def _fit_at_mode(model: SifModel, patch: Patch, xl, xs, layout: Layout, rounds: int
+                 ) -> ModeFit:
+    m = laplace(model, patch, xl, xs, layout=layout, rounds=rounds, steps=1, order=0)
+    pred = model.predict_mean(patch, m.shared, m.local)
+    coeffs = model.surface(m.local, patch.ndvi)[0]
+    extra = model.irradiance_variance(patch, coeffs) if model.top_of_canopy else 0.0
+    r = (patch.radiance - pred) / jnp.sqrt(model.noise_variance(pred, patch.noise_a,
+                                                                patch.noise_b, extra))
+    sites = constrain_fn(model.program, (patch, None), {}, layout.unpack(m.local, m.shared),
+                         return_deterministic=True)
+    return ModeFit(m, r, jnp.mean(r**2, -1), sites)

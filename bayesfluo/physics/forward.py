@@ -73,7 +73,8 @@ class ForwardModel(eqx.Module):
     """Precomputed arrays of one instrument window (build with :func:`build_forward_model`).
 
     Fine grid ``fine_nm`` (air, nm) with the solar spectrum (mW m-2 nm-1 at 1 AU) and the
-    O2 table on it; band centres and FWHM (nm); response windows; B-spline reflectance
+    O2 table on it; band centres and FWHM (nm); response windows and the exponent of the
+    response's shape (:func:`bayesfluo.physics.sensor.response`); B-spline reflectance
     basis on the fine grid (n_fine, K) and its Taylor coefficients at band centres
     (3, bands, K).
     """
@@ -96,6 +97,7 @@ class ForwardModel(eqx.Module):
     aerosol_omega: float = eqx.field(static=True, default=0.93)
     aerosol_g: float = eqx.field(static=True, default=0.70)
     aerosol_scale_height_m: float = eqx.field(static=True, default=2000.0)
+    response_exponent: float = eqx.field(static=True, default=2.0)
 
     @property
     def n_bands(self) -> int:
@@ -130,7 +132,8 @@ def bands_on_fine_grid(instrument: str | Instrument, band_centre_nm, band_fwhm_n
 
 def build_forward_model(instrument: str | Instrument, fine_step_nm: float | None = None,
                         n_basis: int | None = None, *, band_centre_nm=None,
-                        band_fwhm_nm=None) -> ForwardModel:
+                        band_fwhm_nm=None, line_mixing: bool = True,
+                        cia: bool = True, response_exponent: float = 2.0) -> ForwardModel:
     """Precompute the solar spectrum, O2 table, response windows and spline basis.
 
     The O2 table is cached on disk after the first call (see :mod:`bayesfluo.physics.o2`).
@@ -148,6 +151,12 @@ def build_forward_model(instrument: str | Instrument, fine_step_nm: float | None
         nominal one. The fine grid and the reflectance basis stay those of the nominal
         grid, so the latents (and a guide's outputs) mean the same on every grid; the
         bands must lie inside the nominal window (+- half a nominal band).
+    line_mixing, cia : bool
+        O2 A-band line mixing and collision-induced absorption in the O2 table (default on;
+        off only to show what they change, see :mod:`bayesfluo.physics.o2`).
+    response_exponent : float
+        Shape of the bands' spectral response: 2 Gaussian, up to 8 flat-topped
+        (:func:`bayesfluo.physics.sensor.response`).
 
     Raises
     ------
@@ -156,6 +165,7 @@ def build_forward_model(instrument: str | Instrument, fine_step_nm: float | None
         or a given band grid leaves the nominal window.
     """
     inst = get_instrument(instrument)
+    exponent = sensor.check_response_exponent(response_exponent)
     step = fine_step_nm or inst.fine_step_nm
     centres = inst.band_centres()
     fwhm = inst.band_fwhm()
@@ -187,7 +197,7 @@ def build_forward_model(instrument: str | Instrument, fine_step_nm: float | None
             f"spectrum covers {lo:.2f}-{hi:.2f} nm (air)")
     n = int(np.ceil((centres[-1] - centres[0] + 2 * margin) / step)) + 1
     fine = centres[0] - margin + step * np.arange(n)
-    table = o2_table(fine)
+    table = o2_table(fine, line_mixing=line_mixing, cia=cia)
     knots = surface.bspline_knots(fine[0], fine[-1], n_basis or inst.n_basis)
     if own is not None:
         centres, fwhm = own, own_fwhm
@@ -201,7 +211,7 @@ def build_forward_model(instrument: str | Instrument, fine_step_nm: float | None
         band_centre_nm=f32(centres), band_fwhm_nm=f32(fwhm), tap_start=jnp.asarray(start),
         basis_fine=f32(surface.bspline_basis(fine, knots)), basis_band=f32(basis_band),
         knots_nm=f32(knots), taps=taps, tap_stride=stride, tap_start0=int(start[0]),
-        instrument=inst.name, platform=inst.platform)
+        instrument=inst.name, platform=inst.platform, response_exponent=exponent)
 
 
 def windows(model: ForwardModel, spectrum):
@@ -213,7 +223,7 @@ def windows(model: ForwardModel, spectrum):
 def response(model: ForwardModel, sens: SensorParams):
     """Response weights (bands, taps) of the bands for a column's shift and FWHM scale."""
     return sensor.response(windows(model, model.fine_nm), model.band_centre_nm,
-                           model.band_fwhm_nm, sens)
+                           model.band_fwhm_nm, sens, model.response_exponent)
 
 
 def integrate_bands(model: ForwardModel, spectrum, sens: SensorParams = NOMINAL_SENSOR):
@@ -358,7 +368,7 @@ def operator_from_terms(model: ForwardModel, ft: FineTerms,
     """
     fine_win = windows(model, model.fine_nm)
     c = model.band_centre_nm
-    w = sensor.response(fine_win, c, model.band_fwhm_nm, sens)
+    w = sensor.response(fine_win, c, model.band_fwhm_nm, sens, model.response_exponent)
     spectra = windows(model, jnp.stack([ft.reflected, ft.emitted]))
     mom = sensor.band_moments(w, spectra, fine_win - c[:, None])
     if rho_dd is None:

@@ -29,9 +29,12 @@ between the ground and a sensor. Scaling the surface pressure scales the column 
 standard atmosphere scaled to surface pressure"); the temperature profile stays the
 standard one.
 
-Not included: line mixing, collision-induced absorption (O2-O2, O2-N2), speed-dependent
-profiles and water vapour; gravity is taken constant. Line mixing changes the band-bottom
-transmittance by a few percent.
+By default the table adds line mixing of the 70 strongest A-band lines
+(:mod:`bayesfluo.physics.line_mixing`, relaxation matrix of Tran and Hartmann) and
+O2-O2 / O2-N2 collision-induced absorption (:mod:`bayesfluo.physics.cia`) to each layer;
+``o2_table(..., line_mixing=False, cia=False)`` gives the plain Voigt sum (for comparison).
+Not included: speed-dependent profiles, the line mixing of the B band and of the weaker
+isotopologues, and water vapour; gravity is taken constant.
 
 The table is computed once per (grid, line list) and cached in memory and on disk
 (``$BAYESFLUO_CACHE`` or ``~/.cache/bayesfluo``), written atomically.
@@ -52,20 +55,25 @@ import numpy as np
 
 from bayesfluo.physics import constants as K
 from bayesfluo.physics.air import air_to_vacuum
+from bayesfluo.physics.cia import cia_layer_optical_depth
 from bayesfluo.physics.hitran import ISOTOPOLOGUE_MASS_AMU, LineList, load_o2_lines
+from bayesfluo.physics.line_mixing import intensity_scale, load_mixing_data, mixing_correction
 from bayesfluo.physics.standard_atmosphere import pressure_to_altitude, us1976
 from bayesfluo.physics.voigt import voigt_profile
 
-__all__ = ["PRESSURE_LEVELS_HPA", "O2Table", "o2_table", "tau_above", "line_cross_section",
-           "layer_properties"]
+__all__ = ["PRESSURE_LEVELS_HPA", "SPECTROSCOPY", "O2Table", "o2_table", "tau_above",
+           "line_cross_section", "layer_properties"]
 
 PRESSURE_LEVELS_HPA = np.array([
     0.0, 1.0, 5.0, 10.0, 20.0, 35.0, 50.0, 75.0, 100.0, 150.0, 200.0, 250.0, 300.0, 350.0,
     400.0, 450.0, 500.0, 550.0, 600.0, 650.0, 700.0, 750.0, 800.0, 850.0, 900.0, 950.0,
     1000.0, 1050.0, 1100.0])
 LINE_CUTOFF_CM = 25.0
+SPECTROSCOPY = ("O2 A band: HITRAN 2008 Voigt lines, line mixing of 70 lines (LISA relaxation "
+                "matrix, Tran and Hartmann), O2-O2 + O2-N2 CIA (HITRAN, DISAMAR/BIRA table)")
+"""What the default O2 table holds, recorded in a trained guide's ``model.json``."""
 _CHUNK = 512
-_TABLE_VERSION = 1
+_TABLE_VERSION = 2
 
 
 class O2Table(NamedTuple):
@@ -166,28 +174,40 @@ def _cache_dir() -> Path:
 
 
 def _compute_table(wavelength_air_nm: np.ndarray, lines: LineList,
-                   levels_hpa: np.ndarray) -> np.ndarray:
-    nu = 1.0e7 / air_to_vacuum(wavelength_air_nm)
+                   levels_hpa: np.ndarray, mixing: bool = True, cia: bool = True
+                   ) -> np.ndarray:
+    wl_vac = air_to_vacuum(wavelength_air_nm)
+    nu = 1.0e7 / wl_vac
     sel = lines.in_range(nu.min() - LINE_CUTOFF_CM, nu.max() + LINE_CUTOFF_CM)
     sel = sel.select(sel.molecule == 7)
     p_mid, t_mid = layer_properties(levels_hpa)
     # molecules cm-2 per hPa of O2 column: vmr * 100 Pa / (m_air g) * 1e-4 m2/cm2
     per_hpa = K.O2_VMR * 100.0 / (K.MEAN_AIR_MASS_AMU * K.AMU * K.GRAVITY) * 1.0e-4
     tau_layers = np.zeros((p_mid.size, nu.size))
-    if len(sel.wavenumber):
-        for i, (p, t) in enumerate(zip(p_mid, t_mid, strict=True)):
-            tau_layers[i] = line_cross_section(nu, sel, p, t) * per_hpa * np.diff(levels_hpa)[i]
+    dp = np.diff(levels_hpa)
+    lm = load_mixing_data() if mixing else None
+    lm_in = lm is not None and (lm.wavenumber.max() + LINE_CUTOFF_CM > nu.min()
+                                and lm.wavenumber.min() - LINE_CUTOFF_CM < nu.max())
+    scale = intensity_scale(lm, lines) if lm_in else 0.0
+    for i, (p, t) in enumerate(zip(p_mid, t_mid, strict=True)):
+        sigma = line_cross_section(nu, sel, p, t) if len(sel.wavenumber) else 0.0 * nu
+        if lm_in:
+            sigma = sigma + mixing_correction(nu, lm, p, t, scale)
+        tau_layers[i] = np.maximum(sigma, 0.0) * per_hpa * dp[i]
+        if cia:
+            tau_layers[i] += cia_layer_optical_depth(wl_vac, levels_hpa[i], levels_hpa[i + 1], t)
     tau = np.concatenate([np.zeros((1, nu.size)), np.cumsum(tau_layers, axis=0)])
     return tau.astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_table(lo: float, hi: float, n: int, levels: tuple[float, ...]) -> O2Table:
+def _cached_table(lo: float, hi: float, n: int, levels: tuple[float, ...], mixing: bool,
+                  cia: bool) -> O2Table:
     wl = np.linspace(lo, hi, n)
     levels_hpa = np.asarray(levels)
     lines = load_o2_lines()
     key = hashlib.sha256(repr((_TABLE_VERSION, lo, hi, n, levels, lines.wavenumber.sum(),
-                               lines.intensity.sum())).encode()).hexdigest()[:16]
+                               lines.intensity.sum(), mixing, cia)).encode()).hexdigest()[:16]
     path = _cache_dir() / f"o2_table_{key}.npy"
     tau = None
     if path.exists():
@@ -198,7 +218,7 @@ def _cached_table(lo: float, hi: float, n: int, levels: tuple[float, ...]) -> O2
         except (OSError, ValueError):
             tau = None
     if tau is None:
-        tau = _compute_table(wl, lines, levels_hpa)
+        tau = _compute_table(wl, lines, levels_hpa, mixing, cia)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy.tmp",
@@ -211,15 +231,20 @@ def _cached_table(lo: float, hi: float, n: int, levels: tuple[float, ...]) -> O2
 
 
 def o2_table(wavelength_air_nm: np.ndarray,
-             levels_hpa: np.ndarray = PRESSURE_LEVELS_HPA) -> O2Table:
-    """O2 optical depth above each pressure level on a uniform air-wavelength grid (nm)."""
+             levels_hpa: np.ndarray = PRESSURE_LEVELS_HPA, *, line_mixing: bool = True,
+             cia: bool = True) -> O2Table:
+    """O2 optical depth above each pressure level on a uniform air-wavelength grid (nm).
+
+    ``line_mixing`` adds the A band's line mixing, ``cia`` the collision-induced
+    absorption (both on by default; see the module docstring).
+    """
     wl = np.asarray(wavelength_air_nm, dtype=np.float64)
     if wl.ndim != 1 or wl.size < 2 or np.any(np.diff(wl) <= 0):
         raise ValueError("wavelength grid must be 1-D and increasing")
     if not np.allclose(np.diff(wl), wl[1] - wl[0], rtol=1e-6, atol=1e-9):
         raise ValueError("wavelength grid must be uniformly spaced")
     return _cached_table(round(float(wl[0]), 9), round(float(wl[-1]), 9), wl.size,
-                         tuple(float(x) for x in levels_hpa))
+                         tuple(float(x) for x in levels_hpa), bool(line_mixing), bool(cia))
 
 
 def tau_above(table_pressure_hpa, table_tau, pressure_hpa):

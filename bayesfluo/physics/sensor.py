@@ -1,7 +1,10 @@
-"""Sensor: Gaussian spectral response per band with smile, band integration, noise.
+"""Sensor: spectral response per band with smile, band integration, noise.
 
-Each band k integrates the fine-grid radiance with a Gaussian response centred on
-``centre_k + shift`` with full width ``fwhm_k * fwhm_scale``; ``shift`` (nm) and
+Each band k integrates the fine-grid radiance with a response centred on
+``centre_k + shift`` with full width at half maximum ``fwhm_k * fwhm_scale``: a Gaussian,
+or a flat-topped generalised Gaussian ``exp(-ln2 |2 x / FWHM|**p)`` with ``p`` the
+instrument's (or the scene's) ``response_exponent`` in [2, 8] (2 is the Gaussian; the FWHM
+is the FWHM whatever ``p``); ``shift`` (nm) and
 ``fwhm_scale`` vary per across-track column (the smile). The response is evaluated on a
 fixed window of ``taps`` fine-grid samples starting at ``tap_start[k]`` (wide enough for
 +-4 standard deviations at the largest allowed width and shift) and normalised to sum to 1,
@@ -22,9 +25,26 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["SensorParams", "tap_layout", "windows", "response", "band_integrate", "band_moments",
-           "noise_variance", "add_noise", "FWHM_TO_SIGMA"]
+           "noise_variance", "add_noise", "FWHM_TO_SIGMA", "RESPONSE_EXPONENT_RANGE",
+           "check_response_exponent"]
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+#: Exponents of the generalised Gaussian response the windows hold (+-4 Gaussian sigma).
+RESPONSE_EXPONENT_RANGE = (2.0, 8.0)
+
+
+def check_response_exponent(p: float, where: str = "response_exponent") -> float:
+    """``p`` as a float inside :data:`RESPONSE_EXPONENT_RANGE`, else a ValueError naming
+    ``where``."""
+    lo, hi = RESPONSE_EXPONENT_RANGE
+    try:
+        v = float(p)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a number in [{lo:g}, {hi:g}], got {p!r}") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{where} must lie in [{lo:g}, {hi:g}] (2: Gaussian; larger: "
+                         f"flatter top, shorter tails), got {v:g}")
+    return v
 
 
 class SensorParams(NamedTuple):
@@ -79,11 +99,16 @@ def windows(spectrum, tap_start, taps: int, start0: int = 0, stride: int = 0):
     return frames[..., :taps]
 
 
-def response(fine_windows, centre_nm, fwhm_nm, sensor: SensorParams):
-    """Normalised Gaussian response weights (bands, taps) on the windows' wavelengths."""
+def response(fine_windows, centre_nm, fwhm_nm, sensor: SensorParams, exponent: float = 2.0):
+    """Normalised response weights (bands, taps) on the windows' wavelengths: Gaussian
+    (``exponent`` 2, a static float) or ``exp(-ln2 |2 x / FWHM|**exponent)``."""
     x = fine_windows - (centre_nm + sensor.shift_nm)[:, None]
-    sigma = (fwhm_nm * sensor.fwhm_scale * FWHM_TO_SIGMA)[:, None]
-    w = jnp.exp(-0.5 * (x / sigma) ** 2)
+    if exponent == 2.0:
+        sigma = (fwhm_nm * sensor.fwhm_scale * FWHM_TO_SIGMA)[:, None]
+        w = jnp.exp(-0.5 * (x / sigma) ** 2)
+    else:
+        half = (0.5 * fwhm_nm * sensor.fwhm_scale)[:, None]
+        w = jnp.exp(-np.log(2.0) * jnp.abs(x / half) ** exponent)
     return w / jnp.sum(w, axis=1, keepdims=True)
 
 

@@ -275,7 +275,8 @@ class Retriever:
         Built once per grid."""
         if bands is None or same_grid(bands, self.guide.model):
             return self
-        key = (bands.centre_nm.round(5).tobytes(), bands.fwhm_nm.round(5).tobytes())
+        key = (bands.centre_nm.round(5).tobytes(), bands.fwhm_nm.round(5).tobytes(),
+               bands.response_exponent)
         cache = self.__dict__.setdefault("_grids", {})
         if key not in cache:
             if len(cache) > 8:

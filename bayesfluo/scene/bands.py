@@ -31,21 +31,26 @@ import xarray as xr
 from bayesfluo.instruments import INSTRUMENTS, get_instrument
 from bayesfluo.model import SifModel
 from bayesfluo.physics.forward import bands_on_fine_grid, build_forward_model
+from bayesfluo.physics.sensor import check_response_exponent
 
 __all__ = ["SceneBands", "scene_bands", "covering_instruments", "same_grid", "resampling_matrix",
            "model_on_scene_grid", "GRID_TOLERANCE_NM"]
 
 #: Band centres closer than this to the model's (nm) are the model's grid.
 GRID_TOLERANCE_NM = 0.005
+#: Band FWHM within this relative difference of the model's are the model's.
+FWHM_TOLERANCE = 0.01
 
 
 class SceneBands(NamedTuple):
     """The usable bands of a scene: ``index`` into the scene's band dimension, their
-    centres and FWHM (air, nm)."""
+    centres and FWHM (air, nm), and the exponent of their response's shape (2: Gaussian;
+    :func:`bayesfluo.physics.sensor.response`)."""
 
     index: np.ndarray
     centre_nm: np.ndarray
     fwhm_nm: np.ndarray
+    response_exponent: float = 2.0
 
 
 def covering_instruments(wavelength_nm) -> list[str]:
@@ -67,14 +72,18 @@ def scene_bands(scene: xr.Dataset, instrument: str) -> SceneBands:
     """The scene's usable bands: its ``wavelength`` coordinate (air, nm), its ``fwhm``
     (per band; the instrument's nominal width interpolated where the scene has none),
     without bands that ``band_mask`` marks bad (0) or that are NaN in every pixel of the
-    first row.
+    first row; the response's shape from the scene's ``response_exponent`` attribute
+    (default 2, Gaussian).
 
     Raises
     ------
     ValueError
-        If the grid is not finite and strictly increasing, or fewer than 4 bands remain.
+        If the grid is not finite and strictly increasing, fewer than 4 bands remain or
+        ``response_exponent`` is outside [2, 8].
     """
     inst = get_instrument(instrument)
+    exponent = check_response_exponent(scene.attrs.get("response_exponent", 2.0),
+                                       "the scene's response_exponent attribute")
     wl = np.asarray(scene["wavelength"].values, np.float64)
     if wl.ndim != 1 or not np.all(np.isfinite(wl)) or np.any(np.diff(wl) <= 0):
         raise ValueError("the scene's wavelength must be finite and strictly increasing")
@@ -117,18 +126,22 @@ def scene_bands(scene: xr.Dataset, instrument: str) -> SceneBands:
     if gaps.size and gaps.max() > 10 * max(half, float(np.median(gaps))):
         raise ValueError(f"the usable bands leave a gap of {gaps.max():.2f} nm at "
                          f"{wl[idx][np.argmax(gaps)]:.2f} nm: too many bands masked")
-    return SceneBands(idx, wl[idx], fwhm[idx])
+    return SceneBands(idx, wl[idx], fwhm[idx], exponent)
 
 
 def same_grid(bands: SceneBands, model: SifModel, n_scene_bands: int | None = None) -> bool:
-    """Whether the scene's usable bands are the model's band grid (all of them, centres
-    within :data:`GRID_TOLERANCE_NM`)."""
+    """Whether the scene's usable bands are the model's band grid: all of them, centres
+    within :data:`GRID_TOLERANCE_NM`, FWHM within :data:`FWHM_TOLERANCE` and the same
+    response shape."""
     want = np.asarray(model.fm.band_centre_nm, np.float64)
     if bands.centre_nm.size != want.size:
         return False
     if n_scene_bands is not None and n_scene_bands != want.size:
         return False
-    return bool(np.max(np.abs(bands.centre_nm - want)) <= GRID_TOLERANCE_NM)
+    fwhm = np.asarray(model.fm.band_fwhm_nm, np.float64)
+    return bool(np.max(np.abs(bands.centre_nm - want)) <= GRID_TOLERANCE_NM
+                and np.max(np.abs(bands.fwhm_nm / fwhm - 1.0)) <= FWHM_TOLERANCE
+                and bands.response_exponent == model.fm.response_exponent)
 
 
 def resampling_matrix(from_nm: np.ndarray, to_nm: np.ndarray) -> np.ndarray:
@@ -158,13 +171,14 @@ def model_on_scene_grid(model: SifModel, bands: SceneBands) -> SifModel:
         If the bands leave the model's window.
     """
     key = (id(model.fm), repr(model.cfg), bands.centre_nm.round(5).tobytes(),
-           bands.fwhm_nm.round(5).tobytes())
+           bands.fwhm_nm.round(5).tobytes(), bands.response_exponent)
     if key not in _MODELS:
         if len(_MODELS) > 16:
             _MODELS.clear()
         inst = get_instrument(model.instrument)
         fm = build_forward_model(inst, n_basis=model.fm.n_basis,
-                                 band_centre_nm=bands.centre_nm, band_fwhm_nm=bands.fwhm_nm)
+                                 band_centre_nm=bands.centre_nm, band_fwhm_nm=bands.fwhm_nm,
+                                 response_exponent=bands.response_exponent)
         if (fm.fine_nm.shape != model.fm.fine_nm.shape
                 or not np.allclose(fm.knots_nm, model.fm.knots_nm)):
             raise ValueError(f"the model's fine grid is not the {inst.name} default; a "

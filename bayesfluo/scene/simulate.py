@@ -485,6 +485,8 @@ def simulate_scene(instrument: str | Instrument = "hyplant-fluo", size=(128, 128
         ds = ds.drop_vars(["true_surface_pressure", "true_aot550", "true_angstrom",
                            "true_diffuse_path"])
         ds.attrs["atmosphere"] = "external table: " + external.source
+    if model.response_exponent != 2.0:  # the bands' response is not Gaussian: say so
+        ds.attrs["response_exponent"] = float(model.response_exponent)
     return ds
 
 

@@ -192,8 +192,9 @@ def scene_pixels(scene: xr.Dataset, patch_size: int = 8, fm: ForwardModel | None
 
 def scene_forward_model(scene: xr.Dataset) -> ForwardModel:
     """The forward model of the scene's instrument (attribute ``instrument``) on the
-    scene's own band grid: the nominal one where the scene's band centres are the
-    instrument's (within 0.005 nm), else one built on the scene's centres and FWHM
+    scene's own band grid: the nominal one where the scene's band centres (within 0.005
+    nm), FWHM (1 %) and response shape are the instrument's, else one built on the
+    scene's centres, FWHM and ``response_exponent``
     (:func:`bayesfluo.scene.bands.scene_bands`; same fine grid and reflectance basis).
 
     Raises
@@ -206,17 +207,21 @@ def scene_forward_model(scene: xr.Dataset) -> ForwardModel:
     if not inst:
         raise ValueError("the scene does not name its instrument (attribute 'instrument')")
     fm = build_forward_model(inst)
+    bands = scene_bands(scene, inst)
     wl = np.asarray(scene["wavelength"].values, np.float64)
     nominal = np.asarray(fm.band_centre_nm, np.float64)
-    if wl.size == nominal.size and np.max(np.abs(wl - nominal)) <= GRID_TOLERANCE_NM:
+    if (wl.size == nominal.size and np.max(np.abs(wl - nominal)) <= GRID_TOLERANCE_NM
+            and bands.index.size == wl.size
+            and np.max(np.abs(bands.fwhm_nm / np.asarray(fm.band_fwhm_nm) - 1)) <= 0.01
+            and bands.response_exponent == fm.response_exponent):
         return fm
-    bands = scene_bands(scene, inst)
     if bands.index.size != wl.size:
         raise ValueError(f"{wl.size - bands.index.size} of the scene's {wl.size} bands are "
                          f"masked or outside the {inst} window; the baselines use every "
                          "band: select the usable ones first (scene.isel(band=...))")
     return build_forward_model(inst, n_basis=fm.n_basis, band_centre_nm=bands.centre_nm,
-                               band_fwhm_nm=bands.fwhm_nm)
+                               band_fwhm_nm=bands.fwhm_nm,
+                               response_exponent=bands.response_exponent)
 
 
 def baseline_model(fm: ForwardModel, config: ModelConfig | None, px: Pixels) -> SifModel:

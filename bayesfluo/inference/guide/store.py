@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,8 +131,14 @@ def load_guide(path: str | Path) -> AmortizedGuide:
     except Exception as e:  # truncated or foreign file
         raise ValueError(f"{path / 'weights.eqx'} could not be read as this model's "
                          f"weights: {e}") from None
+    info = meta.get("info", {})
+    if "pretrain_steps" in info and "spectroscopy" not in info:
+        warnings.warn(f"{path}: trained before bayesfluo's O2 table held A-band line mixing "
+                      "and collision-induced absorption; the model now has them (the "
+                      "guide's spectra differ by up to a few percent in the O2-A band): "
+                      "retrain it with `bayesfluo train`", UserWarning, stacklevel=2)
     return AmortizedGuide(enc, meta["instrument"], cfg, int(meta["patch_size"]),
                           np.asarray(meta["feature_mean"], np.float32),
                           np.asarray(meta["feature_sd"], np.float32),
                           {k: tuple(v) for k, v in meta["ranges"].items()}, meta["hyper"],
-                          meta.get("info", {}), model)
+                          info, model)
