@@ -267,7 +267,8 @@ around {cfg.reflectance_mean} (sd {cfg.reflectance_logit_sd}, length
 {cfg.reflectance_length_nm} nm); F760 half-normal with scale {cfg.sif_scale} (vegetation)
 to {cfg.sif_scale_bare} (bare, NDVI below {cfg.ndvi_vegetated}); surface pressure sd
 {cfg.pressure_sd} hPa about the standard atmosphere at the surface altitude; AOT550
-log-normal about {cfg.aot550_prior}; spectral shift sd {cfg.shift_sd} nm.
+log-normal about {cfg.aot550_prior}; spectral shift sd {cfg.shift_sd} nm. O2 absorption:
+{info.get('spectroscopy', 'the Voigt lines only (trained before line mixing and CIA)')}.
 
 ## Training
 Pre-trained on simulations: {info.get('pretrain_steps')} steps of

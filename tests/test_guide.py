@@ -132,6 +132,30 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
 
+def test_shipped_guides_know_the_spectroscopy_and_older_ones_warn(tmp_path, recwarn):
+    """The shipped guides were trained on the O2 table with line mixing and CIA (their
+    model.json says so; loading them is quiet); a guide trained before says it should be
+    retrained."""
+    import json
+    import shutil
+    import warnings
+
+    from bayesfluo.physics.o2 import SPECTROSCOPY
+    from bayesfluo.shipped import resolve_model
+    for name in ("hyplant-fluo-o2a", "desis"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            g = load_guide(resolve_model(name))
+        assert g.info["spectroscopy"] == SPECTROSCOPY
+    old = tmp_path / "old"
+    shutil.copytree(resolve_model("desis"), old)
+    meta = json.loads((old / "model.json").read_text())
+    del meta["info"]["spectroscopy"]
+    (old / "model.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="line mixing.*retrain"):
+        load_guide(old)
+
+
 
 def _tril_reference(raw, n):
     """Lower-triangular factor by scatter (row-major), exp of the clipped diagonal."""
