@@ -400,8 +400,10 @@ def test_retrieve_equals_the_reference_evaluation(scene, guide, model_o2a, resul
         w = grid.to_image(v, 20)
         # the fit check's operators come from the scene's expansion
         # (bayesfluo.model.scene_expansion, within half a noise sd of the exact operator in
-        # every band): its chi-square within 3 % of the exact one's (0.8 % measured here)
-        rtol = 3e-2 if k == "fit_chi2" else 1e-4
+        # every band): its chi-square within 6 % of the exact one's (benchmarks/
+        # fit_check_expansion.py on a 64 x 64 default scene: median 0.9 %, 0.99 quantile
+        # 4.3 %, at most 5.0 %; here at most 3.1 %)
+        rtol = 6e-2 if k == "fit_chi2" else 1e-4
         np.testing.assert_allclose(result[k].values, w, rtol=rtol,
                                    atol=1e-5 * np.abs(w).max(), err_msg=k)
 
