@@ -185,19 +185,25 @@ def test_retrieve_with_refinement(scene_runs):
     assert "refined" in res.attrs["posterior"] and "refined" not in base.attrs["posterior"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug (stop 26): on this off-model scene the guide retrained with line mixing and "
-    "CIA starts the refinement of patch (0, 0) where it converges to a posterior whose "
-    "fit check is worse than the guide's (median chi-square 24.5 against 12.9); the "
-    "refinement accepts it. Strict: the suite fails once it is fixed, to restore the test"))
-def test_refined_patches_fit_the_radiance_better(scene_runs):
-    """The refined posterior sits at the model's mode: its fit to the radiance is better
-    than the guide's posterior mean's on every refined patch."""
+def test_a_refinement_is_kept_only_where_it_fits_as_well_as_the_guide(scene_runs):
+    """On this off-model scene the refinement can converge (on the operator's expansion)
+    to a posterior that fits the radiance worse than the guide's mean (found in stop 26:
+    median chi-square 24.5 against 12.9, F760 error doubled): such a patch keeps the
+    guide and is flagged ``not_refined``; every patch that keeps its refinement fits
+    within REFINE_FIT_SLACK of the guide or better, and was moved by it."""
+    from bayesfluo.retrieval.chunk import REFINE_FIT_SLACK
     res, base = scene_runs
     flag = res["quality_flag"].values
     good = (flag & QUALITY_FLAGS["masked_input"]) == 0
-    refined = good & ((flag & QUALITY_FLAGS["not_refined"]) == 0)
-    assert refined.any()
-    assert (np.median(res["fit_chi2"].values[refined])
-            < np.median(base["fit_chi2"].values[refined]))
-    assert not np.allclose(res["f760_mean"].values[refined], base["f760_mean"].values[refined])
+    kept_refined = good & ((flag & QUALITY_FLAGS["not_refined"]) == 0)
+    for py in range(2):
+        for px in range(2):
+            sl = (slice(8 * py, 8 * py + 8), slice(8 * px, 8 * px + 8))
+            sel = kept_refined[sl]
+            if not sel.any():
+                continue
+            new = np.median(res["fit_chi2"].values[sl][sel])
+            old = np.median(base["fit_chi2"].values[sl][sel])
+            assert new <= (1 + REFINE_FIT_SLACK) * old + REFINE_FIT_SLACK + 1e-3, (py, px)
+            assert not np.allclose(res["f760_mean"].values[sl][sel],
+                                   base["f760_mean"].values[sl][sel])

@@ -101,8 +101,10 @@ class RetrieveOptions:
         Refine each patch's posterior from the guide's to the Laplace approximation at
         the model's mode (:mod:`bayesfluo.inference.refine`): agrees with NUTS where the
         guide alone pays an amortization gap, at a fraction of its speed. Patches where
-        the refinement does not converge keep the guide's posterior and are flagged
-        ``not_refined``.
+        the refinement does not converge, moves the atmosphere more than
+        :data:`REFINE_MAX_MOVE` guide sd or (with ``quality``) fits the radiance worse
+        than the guide's mean (:data:`REFINE_FIT_SLACK`) keep the guide's posterior and
+        are flagged ``not_refined``.
     refine_batch : int
         Patches refined at once (memory: ~20 MB each for HyPlant FLUO).
     """
@@ -123,6 +125,11 @@ class RetrieveOptions:
 #: with 3 degrees of freedom (atmosphere and sensor latents), so a guide calibrated on the
 #: patch rejects 0.1 % of correct refinements.
 REFINE_MAX_MOVE = 4.03
+#: A refined patch whose median fit chi-square exceeds the guide's by more than this
+#: (relative, plus as much absolute) is not at the model's mode: the guide is kept. At a
+#: mode the fit is as good as the guide's or better; on the model's own draws both sit
+#: near 1 with a spread of about 0.02 over a patch's 64 pixels.
+REFINE_FIT_SLACK = 0.05
 
 
 def _f760_draws(model: SifModel, q: GuideOutput, ndvi, keys, n: int) -> jax.Array:
@@ -178,11 +185,23 @@ def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, m
         # can sit far from what the guide, trained on such data, reads: a patch whose
         # shared latents move beyond REFINE_MAX_MOVE of the guide's sd keeps the guide
         accept = info.converged & (info.moved <= REFINE_MAX_MOVE)
-        q = jax.tree.map(lambda new, old: jnp.where(
-            accept.reshape(accept.shape + (1,) * (new.ndim - 1)), new, old), q_ref, q)
-        not_refined = ~accept
         if with_fit:
-            fit = fit_check(model, q, patches, expansion, exact_outside=exact_outside)
+            # nor does a refinement that fits the radiance worse than the guide's mean
+            # (converged on the operator's expansion, not at the model's mode: its
+            # wrong answer would look trustworthy)
+            fit_ref = fit_check(model, q_ref, patches, expansion,
+                                exact_outside=exact_outside)
+            accept &= (_patch_median(fit_ref.chi2, mask)
+                       <= (1 + REFINE_FIT_SLACK) * _patch_median(fit.chi2, mask)
+                       + REFINE_FIT_SLACK)
+
+        def pick(new, old):
+            return jnp.where(accept.reshape(accept.shape + (1,) * (new.ndim - 1)), new, old)
+
+        q = jax.tree.map(pick, q_ref, q)
+        if with_fit:
+            fit = jax.tree.map(pick, fit_ref, fit)
+        not_refined = ~accept
     summ = summaries(q, model, ndvi, p0)
     ok = input_flag == 0
     out = {}
@@ -198,6 +217,12 @@ def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, m
     flag |= jnp.where(few[:, None] & ok, QUALITY_FLAGS["few_pixels_in_patch"], 0)
     flag |= jnp.where(not_refined[:, None] & ok, QUALITY_FLAGS["not_refined"], 0)
     return q, out, flag, fit
+
+
+def _patch_median(v, mask):
+    """Median (N,) over each patch's usable pixels of ``v`` (N, P); +inf without any."""
+    med = jnp.nanmedian(jnp.where(mask > 0, v, jnp.nan), axis=1)
+    return jnp.where(jnp.isnan(med), jnp.inf, med)
 
 
 def _model_of(guide: AmortizedGuide, fm: ForwardModel | None) -> SifModel:
