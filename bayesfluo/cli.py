@@ -61,8 +61,17 @@ def _parse_size(text: str, instrument: str) -> str | tuple[int, int]:
     return text
 
 
+#: Suffixes of ENVI cubes, which bayesfluo reads but does not write.
+_ENVI_SUFFIXES = (".hdr", ".img", ".dat", ".bsq", ".bil", ".bip")
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import xarray as xr
+
+    if Path(args.out).suffix.lower() in _ENVI_SUFFIXES:  # before minutes of simulation
+        raise ValueError(f"{args.out}: simulate writes netCDF (.nc), Zarr (.zarr) or, for a "
+                         "tower series, a FloX CSV (.csv), not ENVI; the ENVI reader takes "
+                         "cubes from other software")
 
     from bayesfluo.io import write_dataset, write_flox_csv
     from bayesfluo.io.writers import write_zarr

@@ -69,6 +69,11 @@ def test_cli_simulate_and_errors(tmp_path, capsys):
     assert rc == 2
     assert "unknown instrument 'nosuch'" in capsys.readouterr().err
     assert not (tmp_path / "x.nc").exists()
+    # an ENVI name was once written as netCDF under that name: refused instead
+    rc = main(["simulate", "--instrument", "hyplant-fluo-o2a", "--size", "2x2", "--out",
+               str(tmp_path / "cube.hdr"), "--quiet"])
+    assert rc == 2 and "not ENVI" in capsys.readouterr().err
+    assert not (tmp_path / "cube.hdr").exists()
 
 
 def test_cli_instruments(capsys):
