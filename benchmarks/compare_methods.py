@@ -53,7 +53,7 @@ from bayesfluo.physics import build_forward_model
 from bayesfluo.physics.sensor import add_noise
 from bayesfluo.scene.simulate import simulate_scene
 
-SHIPPED = {"hyplant-fluo-o2a": "hyplant-fluo-o2a", "desis": "desis"}
+SHIPPED = {"hyplant-fluo-o2a": "hyplant-fluo-o2a", "desis": "desis", "flox": "flox"}
 
 
 class PeakRss:

@@ -52,7 +52,8 @@ def test_prosail_surface_is_off_family_and_physical():
 
 def test_world_targets_project_the_truth(model):
     sc = simulate_scene(INST, (6, 6), seed=11)
-    u_r, u_f, cens = world_targets(sc, model)
+    u_r, u_f, cens, _, cens_red = world_targets(sc, model)
+    assert np.all(cens_red)                                   # no O2-B band: no red target
     assert u_r.shape == (6, 6, model.fm.n_basis) and u_f.shape == (6, 6)
     # the projected reflectance reproduces the true one at the band centres
     coeffs = np.asarray(model.coefficients(jnp.asarray(u_r)))
@@ -65,6 +66,28 @@ def test_world_targets_project_the_truth(model):
     t = sc.true_f760.values
     np.testing.assert_allclose(f[~cens], t[~cens], rtol=2e-3, atol=1e-5)
     np.testing.assert_array_equal(cens, t < F760_FLOOR)
+
+
+def test_red_target_gives_the_true_f687_with_the_far_red_one(model_flox):
+    """A two-peak window (FloX series): the red peak's coordinate and the far-red one,
+    through the summaries' F687 (w_far F760 + ratio w_red scale ks(u_red)), give back
+    the simulator's true F687 where the red share is above the floor."""
+    from bayesfluo.inference.guide import peak_weights
+    flox = SifModel(model_flox, top_of_canopy=True)
+    sc = simulate_scene("flox", (24, 1), seed=5, model=model_flox)
+    _, u_f, cens, u_red, cens_red = world_targets(sc, flox)
+    assert u_red.shape == (24,) and not cens_red.all()
+    scale = np.asarray(flox.sif_scale(jnp.asarray(sc.ndvi.values)))
+    w_far, w_red = peak_weights(687.0)
+    f760 = scale * np.asarray(knee_softplus(jnp.asarray(u_f)))
+    f687 = (w_far * f760 + flox.cfg.sif_red_ratio * w_red * scale
+            * np.asarray(knee_softplus(jnp.asarray(u_red))))
+    ok = ~cens_red & ~cens
+    np.testing.assert_allclose(f687[ok], sc.true_f687.values.ravel()[ok], rtol=5e-3)
+    # the weights are the model's peak shapes relative to the far-red one at 760 nm
+    from bayesfluo.physics.surface import SifParams, sif_spectrum
+    at760 = float(sif_spectrum(760.0, SifParams(0.0, 1.0)))
+    assert w_red == pytest.approx(float(sif_spectrum(687.0, SifParams(1.0, 0.0))) / at760)
 
 
 def test_world_loss_is_the_marginal_likelihood(model):
@@ -92,6 +115,34 @@ def test_world_loss_is_the_marginal_likelihood(model):
                   else scipy.stats.norm.logpdf(float(u_f[n, p]), m[n, p, k], sd))
             total += lr + 2.0 * lf
     assert got == pytest.approx(-total / 7.0, rel=2e-4)
+
+
+def test_world_loss_red_term_is_the_red_coordinates_marginal(model_flox):
+    """With the red target, the loss gains the red coordinate's (censored) marginal
+    log density at the same weight (scipy, from the guide's marginal)."""
+    flox = SifModel(model_flox, top_of_canopy=True)
+    nf = model_flox.n_bands + 13
+    enc = new_encoder(nf, flox, 16, 1, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(2)
+    feats = jnp.asarray(rng.normal(size=(1, 3, nf)), jnp.float32)
+    mask = jnp.ones((1, 3), jnp.float32)
+    k = model_flox.n_basis
+    u_r = jnp.asarray(rng.normal(size=(1, 3, k)), jnp.float32)
+    u_f = jnp.asarray(rng.normal(size=(1, 3)), jnp.float32)
+    cens = jnp.zeros((1, 3), bool)
+    u_red = jnp.asarray(rng.normal(size=(1, 3)), jnp.float32)
+    cens_red = jnp.asarray([[False, True, False]])
+    base = float(world_loss(enc, feats, mask, u_r, u_f, cens))
+    got = float(world_loss(enc, feats, mask, u_r, u_f, cens, u_red=u_red,
+                           censored_red=cens_red))
+    m, cov = (np.asarray(a, np.float64) for a in marginal_local(enc.encode(feats, mask)))
+    extra = 0.0
+    for p in range(3):
+        sd = np.sqrt(cov[0, p, k + 1, k + 1])
+        x = float(u_red[0, p])
+        extra += (scipy.stats.norm.logcdf(x, m[0, p, k + 1], sd) if cens_red[0, p]
+                  else scipy.stats.norm.logpdf(x, m[0, p, k + 1], sd))
+    assert got == pytest.approx(base - 4.0 * extra / 3.0, rel=2e-4, abs=1e-4)
 
 
 def test_shortest_interval_holds_zero_and_its_mass(model):
@@ -150,3 +201,28 @@ def test_f760_inflation_scales_only_its_coordinate(model):
     corr0 = cov0[..., :k, k] / np.sqrt(cov0[..., k, k])[..., None]
     corr1 = cov1[..., :k, k] / np.sqrt(cov1[..., k, k])[..., None]
     np.testing.assert_allclose(corr1, corr0, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("inst, size", [(INST, (8, 8)), ("flox", (4, 16))])
+def test_world_pool_holds_each_scenes_inputs_and_targets(inst, size):
+    """build_world_pool of one scene (an image cut into 8 x 8 patches; a tower's series
+    of 64 scans in one patch): its targets are world_targets of the same scene
+    (world_scene, same seed) in the patches' order, its features the guide's inputs."""
+    from bayesfluo.inference.train import default_ranges
+    from bayesfluo.inference.world import build_world_pool, world_scene
+
+    model = SifModel.for_instrument(inst)
+    ranges = default_ranges(inst)
+    nf = model.fm.n_bands + (13 if model.top_of_canopy else 8)
+    pool = build_world_pool(model, [1_000_003], size, ranges, 0, 8, np.zeros(nf),
+                            np.ones(nf), progress=False)
+    sc = world_scene(inst, 1_000_003, size, ranges, False, model.fm)
+    u_r, u_f, cens, u_red, cens_red = world_targets(sc, model)
+    assert pool.features.shape == (1, 64, nf) and pool.mask.shape == (1, 64)
+    assert pool.mask.sum() > 60                        # a few masked pixels at most
+    np.testing.assert_allclose(pool.u_f760.ravel(), u_f.ravel(), rtol=1e-6)
+    np.testing.assert_array_equal(pool.censored.ravel(), cens.ravel())
+    np.testing.assert_allclose(pool.u_reflectance.reshape(64, -1),
+                               u_r.reshape(64, -1), rtol=1e-6)
+    np.testing.assert_array_equal(pool.censored_red.ravel(), cens_red.ravel())
+    assert np.all(np.isfinite(pool.features))

@@ -24,9 +24,8 @@ from bayesfluo.inference.guide import (
     GuideInputs,
     GuideOutput,
     ancillary_inputs,
-    f760_inflation,
+    calibrate,
     fit_chi2,
-    inflate_f760,
     pixel_features,
     reference_log_radiance,
     summaries,
@@ -71,7 +70,7 @@ def _apply(guide: AmortizedGuide, inputs: GuideInputs, refine: RefineOptions | N
     infl = guide.info.get("f760_sd_inflation")
     if infl:
         c2 = jax.jit(lambda qq, pp: fit_chi2(model, qq, pp))(q, patches)
-        q = inflate_f760(q, model, f760_inflation(patches.ndvi, infl, c2))
+        q = calibrate(q, model, guide.info, patches.ndvi, c2)
     if refine is not None:
         q, _ = jax.jit(lambda qq, pp: laplace_refine(model, qq, pp, refine))(q, patches)
     s = jax.jit(lambda qq, nd, p0: summaries(qq, model, nd, p0))(

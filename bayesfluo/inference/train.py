@@ -58,7 +58,6 @@ from numpyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
 from bayesfluo.inference.guide import (
-    ANCILLARY,
     F760_INFLATION_EDGES,
     AmortizedGuide,
     Encoder,
@@ -77,12 +76,18 @@ from bayesfluo.inference.guide import (
     reference_function,
     summaries,
 )
+from bayesfluo.inference.guide.tower import tower_inputs
+from bayesfluo.inference.tower import (
+    TowerPool,
+    build_tower_pool,
+    simulate_tower_batch,
+)
 from bayesfluo.inference.world import WorldPool, build_world_pool, world_scene
 from bayesfluo.instruments import get_instrument
 from bayesfluo.io.atomic import atomic_path
 from bayesfluo.model import ModelConfig, Patch, SifModel, inverse_knee_softplus
 from bayesfluo.model.scene_expansion import OPERATOR_INPUTS, operator_inputs, operator_of_inputs
-from bayesfluo.physics.forward import Geometry, build_forward_model, standard_pressure_hpa
+from bayesfluo.physics.forward import Geometry, standard_pressure_hpa
 from bayesfluo.physics.o2 import SPECTROSCOPY
 from bayesfluo.scene.bands import model_on_scene_grid, same_grid, scene_bands
 from bayesfluo.scene.grid import PatchGrid, check_scene_for_model
@@ -111,11 +116,14 @@ def default_ranges(instrument: str) -> dict:
     signal-to-noise at the reference radiance, read-noise fraction of the variance, NDVI of
     bare and vegetated pixels."""
     inst = get_instrument(instrument)
+    sza = (15.0, 60.0)
     if inst.platform == "airborne":
         height = (300.0, 2000.0)
+    elif inst.platform == "tower":  # masts of 2-20 m, scans from morning to evening
+        height, sza = (2.0, 20.0), (15.0, 75.0)
     else:
         height = (inst.altitude_m, inst.altitude_m)
-    return dict(sza_deg=(15.0, 60.0), vza_deg=(0.0, inst.fov_deg / 2 + 1.0),
+    return dict(sza_deg=sza, vza_deg=(0.0, inst.fov_deg / 2 + 1.0),
                 raa_deg=(0.0, 360.0), surface_altitude_m=(0.0, 1000.0), height_m=height,
                 snr=(0.67 * inst.snr, 2.0 * inst.snr), read_noise_fraction=(0.0, 0.2),
                 ndvi_bare=(-0.1, 0.25), ndvi_vegetated=(0.25, 0.9))
@@ -160,6 +168,15 @@ class TrainConfig:
         step also takes ``batch_patches`` prior draws, so the guide keeps the prior's
         calibration), peak learning rate, weight of the world loss, and scenes held out
         for the ``poor_fit`` reference (:func:`fit_chi2_quantiles`).
+    world_zero_sif : str
+        The world phase's target where a pixel's true SIF is zero (bare soil, water,
+        roofs): ``"censored"``, "at most the floor" (:data:`bayesfluo.inference.world
+        .F760_FLOOR`), or ``"floor"``, the floor itself. A censored target does not
+        penalise a wide posterior whose mean lies above the floor, so where prior draws
+        (bare pixels with a little SIF) and the world (none) disagree, the guide may
+        widen without bound in the SIF coordinate, and a posterior mean far above zero
+        follows from the width (a tower guide did: 0.5 mW m-2 sr-1 nm-1 on bare soil);
+        the floor target keeps the width to what the two disagree by.
     calibration_scenes : int
         Scenes of the package's own simulator added to the held-out world scenes of
         :func:`world_holdout_calibration` (``world_size`` square, seeds from
@@ -201,6 +218,7 @@ class TrainConfig:
     world_learning_rate: float = 3e-4
     world_weight: float = 1.0
     world_holdout: int = 32
+    world_zero_sif: str = "censored"
     calibration_scenes: int = 0
     scenes: tuple[str, ...] = ()
     finetune_steps: int = 0
@@ -236,6 +254,16 @@ class TrainConfig:
         object.__setattr__(self, "nuisance", nuisance)
         if self.finetune_steps and not self.scenes:
             raise ValueError("finetune_steps > 0 needs scenes to fine-tune on")
+        if self.world_zero_sif not in ("censored", "floor"):
+            raise ValueError(f"world_zero_sif must be 'censored' or 'floor', not "
+                             f"{self.world_zero_sif!r}")
+        if get_instrument(self.instrument).platform == "tower":
+            if self.finetune_steps:
+                raise ValueError("self-supervised fine-tuning is for images; a tower's "
+                                 "guide is pre-trained and trained on the world only")
+            if self.nuisance:
+                raise ValueError("a tower's model has no atmosphere: [nuisance] does not "
+                                 "apply (its irradiance pool varies the aerosol)")
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides) -> TrainConfig:
@@ -293,11 +321,13 @@ class TrainingBatch(NamedTuple):
     ----------
     patches : Patch
         N patches of P pixels (radiance included).
-    ancillary : array (N, P, 8)
-        :func:`bayesfluo.inference.guide.ancillary_inputs`.
-    reference : array (N, 1, B)
+    ancillary : array (N, P, 8) or (N, P, 9)
+        :func:`bayesfluo.inference.guide.ancillary_inputs` (a tower's:
+        :func:`bayesfluo.inference.guide.tower.tower_ancillary`).
+    reference : array (N, 1, B) or (N, P, B)
         The guide's reference log radiance of each patch
-        (:func:`bayesfluo.inference.guide.reference_log_radiance`).
+        (:func:`bayesfluo.inference.guide.reference_log_radiance`); a tower's, each
+        scan's ``log(E/pi)`` (:func:`bayesfluo.inference.guide.tower.tower_reference`).
     z_true : array (N, S)
         The shared latents (standard-normal coordinates, ``model.free`` order).
     u_true : array (N, P, D)
@@ -370,12 +400,19 @@ def build_pool(model: SifModel, tc: TrainConfig, key: jax.Array, n: int,
     return TrainingPool(Atmospheres(geom, z, op, p0), ref)
 
 
-def simulate_batch(model: SifModel, tc: TrainConfig, pool: TrainingPool, key: jax.Array,
+def simulate_batch(model: SifModel, tc: TrainConfig, pool: TrainingPool | TowerPool,
+                   key: jax.Array,
                    n_patches: int, reference_radiance: float) -> TrainingBatch:
     """A minibatch of simulated patches from the model's prior predictive
     (:func:`bayesfluo.scene.prior.simulate_batch` under the conditions ``tc.ranges``)
     with the guide's inputs other than the spectra and the truth in the guide's
-    unconstrained coordinates."""
+    unconstrained coordinates. A tower's model draws under the irradiance spectra of a
+    :class:`~bayesfluo.inference.tower.TowerPool`
+    (:func:`bayesfluo.inference.tower.simulate_tower_batch`)."""
+    if model.top_of_canopy:
+        return TrainingBatch(*simulate_tower_batch(
+            model, pool, key, n_patches, tc.patch_size**2, tc.ranges, tc.bare_fraction,
+            reference_radiance))
     patches, truth = prior_batch(model, key, pool.atmospheres, n_patches, tc.patch_size**2,
                                  tc.ranges, tc.bare_fraction, reference_radiance)
     k = model.fm.n_basis
@@ -398,7 +435,7 @@ def feature_statistics(batches: list[TrainingBatch]) -> tuple[np.ndarray, np.nda
                                                           1e-3))
                                         - np.asarray(b.reference),
                                         np.asarray(b.ancillary)], -1).reshape(
-        -1, b.patches.radiance.shape[-1] + len(ANCILLARY)) for b in batches])
+        -1, b.patches.radiance.shape[-1] + b.ancillary.shape[-1]) for b in batches])
     mean = x.mean(0)
     sd = x.std(0)
     sd = np.where(sd < 1e-6, 1.0, sd)
@@ -449,7 +486,9 @@ def init_linear_skips(encoder: Encoder, batches: list[TrainingBatch], mean: np.n
 
 
 def world_loss(encoder: Encoder, feats: jax.Array, mask: jax.Array, u_reflectance: jax.Array,
-               u_f760: jax.Array, censored: jax.Array, f760_weight: float = 4.0) -> jax.Array:
+               u_f760: jax.Array, censored: jax.Array, f760_weight: float = 4.0,
+               u_red: jax.Array | None = None, censored_red: jax.Array | None = None
+               ) -> jax.Array:
     """Amortized forward KL on simulated scenes of the world
     (:mod:`bayesfluo.inference.world`), per pixel, on the marginals the targets define:
     ``-(log q(u_R) + w log q(u_F)) / n`` with ``q`` the pixel's local marginal
@@ -458,7 +497,9 @@ def world_loss(encoder: Encoder, feats: jax.Array, mask: jax.Array, u_reflectanc
     reflectance's projection onto the model's family, ``u_F`` the true F760 in the SIF
     coordinate; where the true F760 is zero the target is censored, ``log
     P(u_F' < u_F)``. ``w`` weights the F760 term (one coordinate against the
-    reflectance's K)."""
+    reflectance's K). With ``u_red`` (windows with the O2-B band) the red peak's
+    coordinate's marginal enters the same way, with the same weight, so that F687's
+    intervals are trained on the world too."""
     q = encoder.encode(feats, mask)
     k = u_reflectance.shape[-1]
     lb = jnp.concatenate([q.local_tril, jnp.einsum("npds,nst->npdt", q.coupling,
@@ -467,13 +508,19 @@ def world_loss(encoder: Encoder, feats: jax.Array, mask: jax.Array, u_reflectanc
     chol_r = jnp.linalg.cholesky(cov_r + 1e-6 * jnp.eye(k))
     lp_r = dist.MultivariateNormal(q.local_loc[..., :k], scale_tril=chol_r).log_prob(
         u_reflectance)
-    m = q.local_loc[..., k]
-    sd = jnp.sqrt(jnp.sum(lb[..., k, :] ** 2, -1))
-    zz = (u_f760 - m) / sd
-    lp_f = jnp.where(censored, jax.scipy.stats.norm.logcdf(zz),
-                     -0.5 * zz**2 - jnp.log(sd) - 0.5 * jnp.log(2 * jnp.pi))
+
+    def lp(i, target, cens):  # the marginal of local coordinate i, censored below
+        m = q.local_loc[..., i]
+        sd = jnp.sqrt(jnp.sum(lb[..., i, :] ** 2, -1))
+        zz = (target - m) / sd
+        return jnp.where(cens, jax.scipy.stats.norm.logcdf(zz),
+                         -0.5 * zz**2 - jnp.log(sd) - 0.5 * jnp.log(2 * jnp.pi))
+
+    lp_f = f760_weight * lp(k, u_f760, censored)
+    if u_red is not None:  # the red peak's share of the true F687 (two-peak windows)
+        lp_f = lp_f + f760_weight * lp(k + 1, u_red, censored_red)
     n = jnp.maximum(mask.sum(), 1.0)
-    return -jnp.sum(mask * (lp_r + f760_weight * lp_f)) / n
+    return -jnp.sum(mask * (lp_r + lp_f)) / n
 
 
 def npe_loss(encoder: Encoder, feats: jax.Array, mask: jax.Array, z_true: jax.Array,
@@ -608,10 +655,10 @@ def train(tc: TrainConfig, progress: bool = True, *,
         mean, sd = base.feature_mean, base.feature_sd
         tc = dataclasses.replace(tc, model=cfg)
     else:
-        model = SifModel(build_forward_model(inst), cfg)
+        model = SifModel.for_instrument(inst.name, cfg)
     pool = None
     if tc.pretrain_steps or not tc.start_from:
-        pool = build_pool(model, tc, k_pool, tc.n_atmospheres, progress)
+        pool = _pool(model, tc, k_pool, progress)
 
     def sim(pl, k):
         return simulate_batch(model, tc, pl, k, tc.batch_patches, inst.reference_radiance)
@@ -681,12 +728,13 @@ def train(tc: TrainConfig, progress: bool = True, *,
     # --- the world: simulated scenes outside the model's family ---------------------------
     if tc.world_steps and phase0 == "world":
         if pool is None:
-            pool = build_pool(model, tc, k_pool, tc.n_atmospheres, progress)
+            pool = _pool(model, tc, k_pool, progress)
         wtrain = jax.tree.map(jnp.asarray, _world_pool(model, tc, mean, sd, out, progress))
         opt = _optimizer(tc.world_learning_rate, min(tc.warmup_steps, tc.world_steps // 10),
                          tc.world_steps, tc)
         opt_state = restore_opt(opt, params)
         k_world = jax.random.fold_in(key, 77)
+        censor = tc.world_zero_sif == "censored"  # else: zero SIF is a point at the floor
 
         @jax.jit
         def world_step(p, o, k, pl, w):
@@ -702,9 +750,10 @@ def train(tc: TrainConfig, progress: bool = True, *,
             def loss(pp):
                 enc = eqx.combine(pp, static)
                 return (npe_loss(enc, feats, b.patches.mask, b.z_true, b.u_true)
-                        + tc.world_weight * world_loss(enc, wb.features, wb.mask,
-                                                       wb.u_reflectance, wb.u_f760,
-                                                       wb.censored))
+                        + tc.world_weight * world_loss(
+                            enc, wb.features, wb.mask, wb.u_reflectance, wb.u_f760,
+                            wb.censored & censor, u_red=wb.u_red if model.has_red else None,
+                            censored_red=wb.censored_red & censor))
             val, g = jax.value_and_grad(loss)(p)
             upd, o2 = opt.update(g, o, p)
             return optax.apply_updates(p, upd), o2, val, optax.tree.norm(g)
@@ -757,6 +806,12 @@ def train(tc: TrainConfig, progress: bool = True, *,
               "surface_altitude_km": tuple(v / 1000 for v in tc.ranges["surface_altitude_m"]),
               "log_noise_sd": tuple(float(np.log(inst.reference_radiance / v))
                                     for v in tc.ranges["snr"][::-1])}
+    if model.top_of_canopy:  # a tower looks at nadir; its irradiance's level is an input
+        del ranges["vza_deg"]
+        if isinstance(pool, TowerPool):
+            level = np.log(np.maximum(np.asarray(pool.irradiance).mean(-1) / np.pi, 1e-3)
+                           / inst.reference_radiance)
+            ranges["log_irradiance"] = (float(level.min()), float(level.max()))
     wall = time.perf_counter() - t0
     info = dict(pretrain_steps=tc.pretrain_steps, finetune_steps=tc.finetune_steps,
                 batch_patches=tc.batch_patches, n_atmospheres=tc.n_atmospheres,
@@ -829,6 +884,15 @@ def _world_seeds(tc: TrainConfig) -> tuple[list[int], list[int]]:
     return seeds[:-tc.world_holdout or None], seeds[len(seeds) - tc.world_holdout:]
 
 
+def _pool(model: SifModel, tc: TrainConfig, key: jax.Array, progress: bool
+          ) -> TrainingPool | TowerPool:
+    """The pre-training pool: atmospheres with their band operators, or a tower's
+    irradiance spectra (:func:`bayesfluo.inference.tower.build_tower_pool`)."""
+    if model.top_of_canopy:
+        return build_tower_pool(model, tc.ranges, key, tc.n_atmospheres, progress)
+    return build_pool(model, tc, key, tc.n_atmospheres, progress)
+
+
 def _world_pool(model: SifModel, tc: TrainConfig, mean, sd, out: Path,
                 progress: bool) -> WorldPool:
     """The world phase's training patches, simulated once and kept in ``out`` (a killed
@@ -837,7 +901,8 @@ def _world_pool(model: SifModel, tc: TrainConfig, mean, sd, out: Path,
     fp = tc.fingerprint()
     if path.exists():
         with np.load(path) as z:
-            if str(z["fingerprint"]) == fp:
+            # a pool of an older bayesfluo (fewer targets) is simulated again
+            if str(z["fingerprint"]) == fp and all(f in z for f in WorldPool._fields):
                 return WorldPool(*(z[f] for f in WorldPool._fields))
     train_seeds, _ = _world_seeds(tc)
     pool = build_world_pool(model, train_seeds, (tc.world_size, tc.world_size), tc.ranges,
@@ -874,6 +939,9 @@ def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
         narrow (or too wide) on scenes the model did not generate; this is their
         temperature scaling, fitted on scenes apart from both the training and the
         validation (``benchmarks/offmodel_validation.py``) scenes.
+    ``f687_sd_inflation``
+        Windows with the O2-B band: the same for the red peak's coordinate, judged by
+        F687's equal-tailed 90 % intervals (:func:`~bayesfluo.inference.guide.calibrate`).
     """
     model = guide.model
     inst = get_instrument(tc.instrument)
@@ -888,6 +956,12 @@ def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
         f = summaries(qq, model, ndvi, p0)["f760"]
         return f["lo90"], f["hi90"]
 
+    @jax.jit
+    def interval687(q, ndvi, p0, c):  # the red coordinate's sd scaled by c
+        qq = inflate_f760(q, model, jnp.ones(ndvi.shape), jnp.full(ndvi.shape, c))
+        f = summaries(qq, model, ndvi, p0)["f687"]
+        return f["q05"], f["q95"]
+
     _, seeds = _world_seeds(tc)
 
     def scenes():
@@ -899,12 +973,22 @@ def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
         for i in range(tc.calibration_scenes):
             yield _calibration_scene(tc.instrument, i, tc.world_size, model.fm)
 
-    c2, ratio, spike, hits, ndvis, family = [], [], [], [], [], []
+    red = model.has_red
+    c2, ratio, spike, hits, hits687, ndvis, family = [], [], [], [], [], [], []
     for k, sc in enumerate(scenes()):
-        grid = PatchGrid((sc.sizes["y"], sc.sizes["x"]), tc.patch_size)
         bands = scene_bands(sc, tc.instrument)
-        d = guide_inputs(sc, grid, slice(None), model, guide.feature_mean, guide.feature_sd,
-                         inst.reference_radiance, device=True, bands=bands)
+        if model.top_of_canopy:
+            d = tower_inputs(sc, model, guide.feature_mean, guide.feature_sd,
+                             inst.reference_radiance, tc.patch_size, bands)
+            f760_true = _series_truth(d, sc)
+            f687_true = _series_truth(d, sc, "true_f687") if red else None
+        else:
+            grid = PatchGrid((sc.sizes["y"], sc.sizes["x"]), tc.patch_size)
+            d = guide_inputs(sc, grid, slice(None), model, guide.feature_mean,
+                             guide.feature_sd, inst.reference_radiance, device=True,
+                             bands=bands)
+            f760_true = grid.to_patches(np.asarray(sc["true_f760"].values))
+            f687_true = grid.to_patches(np.asarray(sc["true_f687"].values)) if red else None
         q = encode(params, d.features, d.patches.mask)
         # the fit is judged on the scene's own bands, as a retrieval judges it
         m = model if same_grid(bands, model, sc.sizes["band"]) else model_on_scene_grid(
@@ -915,12 +999,18 @@ def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
         c2.append(v[ok])
         spike.append(np.asarray(fit.spike)[ok])
         ratio.append(patch_relative_chi2(np.where(ok, v, np.nan))[ok])
-        truth = grid.to_patches(np.asarray(sc["true_f760"].values))[ok]
+        truth = f760_true[ok]
         hit = []
         for c in factors:
             lo, hi = hdi(q, d.patches.ndvi, d.patches.surface_pressure0, c)
             hit.append((truth >= np.asarray(lo)[ok]) & (truth <= np.asarray(hi)[ok]))
         hits.append(np.stack(hit))
+        if red:
+            t687, hit = f687_true[ok], []
+            for c in factors:
+                lo, hi = interval687(q, d.patches.ndvi, d.patches.surface_pressure0, c)
+                hit.append((t687 >= np.asarray(lo)[ok]) & (t687 <= np.asarray(hi)[ok]))
+            hits687.append(np.stack(hit))
         ndvis.append(np.asarray(d.patches.ndvi)[ok])
         # holdout families: the world's scenes (0), the simulator's defaults (1), PROSAIL
         # surfaces at nominal conditions (2)
@@ -936,7 +1026,7 @@ def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
     chi2_min = (guide.info.get("fit_chi2_quantiles_prior") or {}).get("0.99")
     misfit = c2 > chi2_min if chi2_min is not None else np.ones(c2.size, bool)
 
-    def smallest(sel):
+    def smallest(sel, hits=hits):
         # the smallest factor whose intervals hold the truth for >= 90 % of ``sel`` in
         # every holdout family (the largest of the families' smallest factors); a family
         # with fewer than 50 such pixels does not decide it (1 where none does)
@@ -950,13 +1040,30 @@ def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
 
     n_cls = len(F760_INFLATION_EDGES) + 1
     inflation = [smallest((cls == k) & misfit) for k in range(n_cls)]
-    return {"fit_chi2_quantiles": {str(q): float(np.quantile(c2, q)) for q in qs},
+    out = {}
+    if red:  # F687's equal-tailed intervals, the red peak's coordinate scaled
+        h687 = np.concatenate(hits687, 1)
+        out["f687_sd_inflation"] = {
+            "ndvi_edges": list(F760_INFLATION_EDGES),
+            "factors": [smallest((cls == k) & misfit, h687) for k in range(n_cls)],
+            "chi2_min": chi2_min, "holdout_pixels": int(ndvi.size),
+            "holdout_pixels_misfit": int(misfit.sum())}
+    return out | {"fit_chi2_quantiles": {str(q): float(np.quantile(c2, q)) for q in qs},
             "fit_chi2_ratio_quantiles": {str(q): float(np.quantile(ratio, q)) for q in qs},
             "fit_spike_quantiles": {str(q): float(np.quantile(spike, q)) for q in qs},
             "f760_sd_inflation": {"ndvi_edges": list(F760_INFLATION_EDGES),
                                   "factors": inflation, "chi2_min": chi2_min,
                                   "holdout_pixels": int(ndvi.size),
                                   "holdout_pixels_misfit": int(misfit.sum())}}
+
+
+def _series_truth(d: GuideInputs, scene: xr.Dataset, name: str = "true_f760") -> np.ndarray:
+    """A simulated series' truth ``name`` cut into the patches of ``d`` (N, P)
+    (:func:`bayesfluo.inference.guide.tower.series_patches`: the padding repeats the
+    last scan)."""
+    n_patch, p = d.input_flag.shape
+    rows = np.minimum(np.arange(n_patch * p), scene.sizes["time"] - 1)
+    return np.asarray(scene[name].values)[rows].reshape(n_patch, p)
 
 
 def _write_history(path: Path, history: list) -> None:

@@ -32,7 +32,8 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from bayesfluo.inference.guide import guide_inputs
+from bayesfluo.inference.guide import GuideInputs, guide_inputs, peak_weights
+from bayesfluo.inference.guide.tower import tower_inputs
 from bayesfluo.instruments import get_instrument
 from bayesfluo.model import SifModel, inverse_knee_softplus
 from bayesfluo.physics.forward import bands_on_fine_grid, build_forward_model
@@ -43,7 +44,7 @@ from bayesfluo.scene.simulate import simulate_scene
 
 __all__ = ["WorldPool", "F760_FLOOR", "world_conditions", "world_grid",
            "perturbed_grid", "N_WORLD_GRIDS", "world_scene",
-           "world_targets",
+           "world_targets", "series_targets",
            "build_world_pool"]
 
 #: SIF (mW m-2 sr-1 nm-1) below which a true F760 counts as zero: the target is then
@@ -71,6 +72,14 @@ class WorldPool(NamedTuple):
         True F760 below :data:`F760_FLOOR` (the target is "at most ``u_f760``").
     scene : (N,) int32
         Index of the scene a patch comes from.
+    u_red : (N, P) float32
+        Where the window holds the O2-B band: the red SIF peak's coordinate that gives
+        the true F687 together with the far-red peak that gives the true F760 (the
+        model's two peaks fitted at the two wavelengths users read), floored at
+        :data:`F760_FLOOR`; 0 elsewhere.
+    censored_red : (N, P) bool
+        That red part of F687 below the floor, or no O2-B band (the target is "at most
+        ``u_red``").
     """
 
     features: np.ndarray
@@ -79,6 +88,8 @@ class WorldPool(NamedTuple):
     u_f760: np.ndarray
     censored: np.ndarray
     scene: np.ndarray
+    u_red: np.ndarray
+    censored_red: np.ndarray
 
     def take(self, idx) -> WorldPool:
         """The patches ``idx``."""
@@ -169,31 +180,56 @@ def world_scene(instrument: str, seed: int, size: tuple[int, int], ranges: dict,
 
 
 def world_targets(scene: xr.Dataset, model: SifModel) -> tuple[np.ndarray, ...]:
-    """Targets of every pixel (y, x) of a simulated scene in the guide's coordinates:
-    ``(u_reflectance (y, x, K), u_f760 (y, x), censored (y, x))`` (see
-    :class:`WorldPool`)."""
+    """Targets of every pixel (y, x) of a simulated scene (every time step of a tower's
+    series) in the guide's coordinates: ``(u_reflectance (y, x, K), u_f760 (y, x),
+    censored (y, x), u_red (y, x), censored_red (y, x))`` (see :class:`WorldPool`)."""
     basis = bspline_basis(np.asarray(scene["wavelength"].values, np.float64),
                           np.asarray(model.fm.knots_nm, np.float64))  # (B, K), any grid
-    refl = np.asarray(scene["true_reflectance"].transpose("y", "x", "band").values,
-                      np.float64)
+    refl = np.asarray(scene["true_reflectance"].transpose(..., "band").values, np.float64)
     coeffs = np.linalg.lstsq(basis, refl.reshape(-1, refl.shape[-1]).T, rcond=None)[0].T
     coeffs = np.clip(coeffs, 1e-3, 1.0 - 1e-3)
     mu, chol = (np.asarray(a, np.float64) for a in model.reflectance_prior())
     logit = np.log(coeffs / (1.0 - coeffs)) - mu
-    u_r = np.linalg.solve(chol, logit.T).T.reshape(refl.shape[:2] + (-1,))
+    u_r = np.linalg.solve(chol, logit.T).T.reshape(refl.shape[:-1] + (-1,))
     f = np.asarray(scene["true_f760"].values, np.float64)
     scale = np.asarray(model.sif_scale(jnp.asarray(scene["ndvi"].values, jnp.float32)),
                        np.float64)
     censored = f < F760_FLOOR
     u_f = np.asarray(inverse_knee_softplus(np.maximum(f, F760_FLOOR) / scale), np.float64)
-    return u_r.astype(np.float32), u_f.astype(np.float32), censored
+    u_red = np.zeros_like(u_f)
+    censored_red = np.ones_like(censored)
+    if model.has_red and "true_f687" in scene:
+        # F687 = scale (w_far ks(u_far) + ratio w_red ks(u_red)) with scale ks(u_far) =
+        # F760 (the guide's summaries): the red peak's share of the true F687
+        w_far, w_red = peak_weights(687.0)
+        red = (np.asarray(scene["true_f687"].values, np.float64) - w_far * np.maximum(f, 0.0))
+        red = red / (model.cfg.sif_red_ratio * w_red)
+        censored_red = red < F760_FLOOR
+        u_red = np.asarray(inverse_knee_softplus(np.maximum(red, F760_FLOOR) / scale),
+                           np.float64)
+    return (u_r.astype(np.float32), u_f.astype(np.float32), censored,
+            u_red.astype(np.float32), censored_red)
+
+
+def series_targets(inputs: GuideInputs, scene: xr.Dataset, model: SifModel
+                   ) -> tuple[np.ndarray, ...]:
+    """The targets of a simulated tower series (:func:`world_targets`) cut into the
+    patches of its ``inputs`` (:func:`bayesfluo.inference.guide.tower.tower_inputs`;
+    padding repeats the last scan): ``(u_reflectance (N, P, K), u_f760, censored,
+    u_red, censored_red (N, P))``."""
+    n_patch, p = inputs.input_flag.shape
+    rows = np.minimum(np.arange(n_patch * p), scene.sizes["time"] - 1)
+    return tuple(np.asarray(v)[rows].reshape((n_patch, p) + np.asarray(v).shape[1:])
+                 for v in world_targets(scene, model))
 
 
 def build_world_pool(model: SifModel, seeds, size: tuple[int, int], ranges: dict,
                      prosail_every: int, patch_size: int, feature_mean, feature_sd,
                      progress: bool = True) -> WorldPool:
     """Simulate the scenes ``seeds`` (every ``prosail_every``-th with PROSAIL surfaces; 0:
-    none) and return their usable patches with inputs and targets."""
+    none) and return their usable patches with inputs and targets. A tower's model
+    gets series of ``size[0] * size[1]`` scans (on PROSAIL surfaces one per scan), read
+    by :func:`bayesfluo.inference.guide.tower.tower_inputs`."""
     inst = get_instrument(model.instrument)
     parts = []
     seeds = list(seeds)
@@ -201,14 +237,19 @@ def build_world_pool(model: SifModel, seeds, size: tuple[int, int], ranges: dict
                                   unit="scene")):
         pros = bool(prosail_every) and i % prosail_every == prosail_every - 1
         sc = world_scene(model.instrument, int(seed), size, ranges, pros, model.fm)
-        grid = PatchGrid((sc.sizes["y"], sc.sizes["x"]), patch_size)
-        d = guide_inputs(sc, grid, slice(None), model, feature_mean, feature_sd,
-                         inst.reference_radiance, with_radiance=False)
-        u_r, u_f, cens = world_targets(sc, model)
+        if model.top_of_canopy:
+            d = tower_inputs(sc, model, feature_mean, feature_sd, inst.reference_radiance,
+                             patch_size)
+            targets = series_targets(d, sc, model)
+        else:
+            grid = PatchGrid((sc.sizes["y"], sc.sizes["x"]), patch_size)
+            d = guide_inputs(sc, grid, slice(None), model, feature_mean, feature_sd,
+                             inst.reference_radiance, with_radiance=False)
+            targets = tuple(grid.to_patches(v) for v in world_targets(sc, model))
         mask = np.asarray(d.patches.mask, np.float32)
         keep = mask.sum(1) > 0
-        parts.append(WorldPool(np.asarray(d.features, np.float32)[keep], mask[keep],
-                               grid.to_patches(u_r)[keep], grid.to_patches(u_f)[keep],
-                               grid.to_patches(cens)[keep],
-                               np.full(int(keep.sum()), i, np.int32)))
+        u_r, u_f, cens, u_red, cens_red = (np.asarray(v)[keep] for v in targets)
+        parts.append(WorldPool(np.asarray(d.features, np.float32)[keep], mask[keep], u_r,
+                               u_f, cens, np.full(int(keep.sum()), i, np.int32), u_red,
+                               cens_red))
     return WorldPool(*(np.concatenate(v) for v in zip(*parts, strict=True)))

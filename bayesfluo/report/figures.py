@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["plot_error_maps", "posterior_mean_fit", "plot_spectral_fit",
            "plot_convergence", "plot_guide_vs_nuts", "plot_rank_ecdf",
-           "plot_coverage_levels", "plot_training", "pick_pixels", "plot_f760_series"]
+           "plot_coverage_levels", "plot_training", "pick_pixels", "plot_f760_series",
+           "plot_sif_series"]
 
 
 def _plt():
@@ -110,25 +111,56 @@ def plot_f760_series(time, mean, lower=None, upper=None, truth=None,
     -------
     matplotlib.figure.Figure
     """
+    return plot_sif_series(time, {"F760": (mean, lower, upper, truth)}, None, title)
+
+
+def plot_sif_series(time, panels: dict, irradiance=None, title: str = "retrieval"):
+    """SIF of a top-of-canopy time series against time, one panel per quantity (F760,
+    F687, ...): posterior mean, 90 % interval as a band, the truth of a simulated series
+    where given; the measured irradiance beside them (a last panel), so that what the
+    SIF follows (light, clouds) can be seen.
+
+    Parameters
+    ----------
+    time : array-like
+        (T,) times (datetime64) or time-step indices.
+    panels : dict
+        ``{label: (mean, lower, upper, truth)}`` (each (T,) or None but ``mean``), in
+        mW m-2 sr-1 nm-1.
+    irradiance : array-like, optional
+        (T,) measured downwelling irradiance (mW m-2 nm-1; e.g. near 750 nm).
+    title : str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     plt = _plt()
     t = np.asarray(time)
     order = np.argsort(t, kind="stable")
     t = t[order]
-    fig, ax = plt.subplots(figsize=(8.0, 3.4))
+    n = len(panels) + (irradiance is not None)
+    fig, axes = plt.subplots(n, 1, figsize=(8.0, 2.4 * n + 0.6), sharex=True, squeeze=False)
+    axes = axes[:, 0]
     marker = "o" if t.size <= 60 else None
-    if lower is not None and upper is not None:
-        ax.fill_between(t, np.asarray(lower, float)[order], np.asarray(upper, float)[order],
-                        color="C0", alpha=0.25, lw=0, label="90 % interval")
-    ax.plot(t, np.asarray(mean, float)[order], color="C0", marker=marker, ms=3, lw=1.0,
-            label="posterior mean")
-    if truth is not None:
-        ax.plot(t, np.asarray(truth, float)[order], color="k", ls="--", marker=marker, ms=3,
-                lw=0.8, label="truth")
-    ax.set_xlabel("time" if np.issubdtype(t.dtype, np.datetime64) else "time step")
-    ax.set_ylabel("F760 (mW m-2 sr-1 nm-1)")
-    ax.set_title(title, fontsize=9)
-    ax.tick_params(axis="x", labelrotation=30)
-    ax.legend(fontsize=8)
+    for ax, (label, (mean, lo, hi, truth)) in zip(axes, panels.items(), strict=False):
+        if lo is not None and hi is not None:
+            ax.fill_between(t, np.asarray(lo, float)[order], np.asarray(hi, float)[order],
+                            color="C0", alpha=0.25, lw=0, label="90 % interval")
+        ax.plot(t, np.asarray(mean, float)[order], color="C0", marker=marker, ms=3, lw=1.0,
+                label="posterior mean")
+        if truth is not None:
+            ax.plot(t, np.asarray(truth, float)[order], color="k", ls="--", marker=marker,
+                    ms=3, lw=0.8, label="truth")
+        ax.set_ylabel(f"{label}\n(mW m-2 sr-1 nm-1)", fontsize=8)
+        ax.legend(fontsize=7, loc="upper left")
+    if irradiance is not None:
+        ax = axes[-1]
+        ax.plot(t, np.asarray(irradiance, float)[order], color="C1", lw=1.0)
+        ax.set_ylabel("irradiance 750 nm\n(mW m-2 nm-1)", fontsize=8)
+    axes[0].set_title(title, fontsize=9)
+    axes[-1].set_xlabel("time" if np.issubdtype(t.dtype, np.datetime64) else "time step")
+    axes[-1].tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
     return fig
 

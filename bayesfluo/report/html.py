@@ -288,7 +288,7 @@ def _retrieval_sections(res: xr.Dataset, scene, model_dir, checks, secs,
     from bayesfluo.report.figures import (
         pick_pixels,
         plot_error_maps,
-        plot_f760_series,
+        plot_sif_series,
         plot_spectral_fit,
         posterior_mean_fit,
     )
@@ -332,15 +332,24 @@ def _retrieval_sections(res: xr.Dataset, scene, model_dir, checks, secs,
     iv = _interval_vars(res)
     if _is_series(res["f760_mean"]):
         # a tower's time series: F760 against time, no image maps
-        s = secs.setdefault("series", _Section("series", "F760 time series"))
+        s = secs.setdefault("series", _Section("series", "SIF time series"))
         tdim = res["f760_mean"].dims[0]
         t = res[tdim].values if tdim in res.coords else np.arange(mean.size)
-        s.figure(plot_f760_series(t, mean, *((res[iv[0]].values, res[iv[1]].values)
-                                             if iv else (None, None)),
-                                  scene["true_f760"].values if has_truth else None,
-                                  "retrieval"),
-                 "F760 posterior mean" + (" and 90 % interval" if iv else "")
-                 + (" against time, with the truth" if has_truth else " against time"))
+        panels = {"F760": (mean, *((res[iv[0]].values, res[iv[1]].values) if iv
+                                   else (None, None)),
+                           scene["true_f760"].values if has_truth else None)}
+        if "f687_mean" in res:
+            panels["F687"] = (res["f687_mean"].values,
+                              *((res["f687_q05"].values, res["f687_q95"].values)
+                                if "f687_q05" in res else (None, None)),
+                              scene["true_f687"].values if has_truth and "true_f687" in scene
+                              else None)
+        irr = res["irradiance750"].values if "irradiance750" in res else None
+        s.figure(plot_sif_series(t, panels, irr, "retrieval"),
+                 " and ".join(panels) + " posterior mean"
+                 + (" and 90 % interval" if iv else "")
+                 + (" against time, with the truth" if has_truth else " against time")
+                 + (", and the measured irradiance at 750 nm" if irr is not None else ""))
     else:
         s = secs.setdefault("maps", _Section("maps", "F760 posterior maps"))
         s.figure(plot_retrieval(res, scene if has_truth else None),

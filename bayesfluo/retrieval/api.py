@@ -42,6 +42,7 @@ from bayesfluo.retrieval.chunk import (
     retrieve_chunk,
 )
 from bayesfluo.retrieval.result import QUALITY_FLAGS, result_attrs, result_dataset
+from bayesfluo.retrieval.series import is_series, retrieve_series
 from bayesfluo.retrieval.streaming import (
     FlagSummary,
     open_input,
@@ -67,7 +68,10 @@ def retrieve(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOptions 
     Parameters
     ----------
     scene : xarray.Dataset
-        A scene (y, x, band) of the guide's instrument, with ``ndvi`` and geometry.
+        A scene (y, x, band) of the guide's instrument, with ``ndvi`` and geometry; or a
+        top-of-canopy time series (time, band) with its measured irradiance, for a
+        tower's guide (:func:`bayesfluo.retrieval.series.retrieve_series`: a result over
+        time).
     guide : AmortizedGuide
         A trained guide (:func:`bayesfluo.inference.guide.load_guide`).
     options : RetrieveOptions
@@ -82,6 +86,9 @@ def retrieve(scene: xr.Dataset, guide: AmortizedGuide, options: RetrieveOptions 
         :func:`bayesfluo.scene.grid.check_radiance_level`).
     """
     opt = options or RetrieveOptions()
+    if is_series(scene) or guide.model.top_of_canopy:
+        return retrieve_series(scene, guide, opt, progress=progress, source=source,
+                               model_name=model_name)
     t0 = time.perf_counter()
     r = retriever or Retriever(guide)
     plan = plan_retrieval(scene, guide, opt, r.fm, r)

@@ -37,11 +37,10 @@ from bayesfluo.inference.guide import (
     FitCheck,
     GuideInputs,
     GuideOutput,
-    f760_inflation,
+    calibrate,
     fit_check,
     fit_chi2,
     guide_inputs,
-    inflate_f760,
     patch_relative_chi2,
     predicted_radiance,
     sample_draws,
@@ -175,8 +174,7 @@ def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, m
     c2 = None if fit is None else fit.chi2
     # the guide's F760 intervals as calibrated on held-out scenes where the pixel fits
     # worse than the model's own draws (a guide trained on the world; none otherwise)
-    q = inflate_f760(q, model, f760_inflation(ndvi, guide.info.get("f760_sd_inflation"),
-                                              c2))
+    q = calibrate(q, model, guide.info, ndvi, c2)
     not_refined = jnp.zeros(mask.shape[0], bool)
     if refine_batch:
         q_ref, info = laplace_refine(model, q, patches, batch_size=refine_batch)
@@ -384,8 +382,7 @@ class Retriever:
         (:func:`bayesfluo.inference.guide.guide_inputs`)."""
         q = self.encode(jnp.asarray(d.features), jnp.asarray(d.patches.mask))
         c2 = None if d.patches.radiance is None else self.chi2(q, d.patches)
-        return inflate_f760(q, self.model, f760_inflation(
-            d.patches.ndvi, self.guide.info.get("f760_sd_inflation"), c2))
+        return calibrate(q, self.model, self.guide.info, d.patches.ndvi, c2)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import xarray as xr
 from bayesfluo import __version__
 from bayesfluo.scene.grid import INPUT_FLAGS
 
-__all__ = ["QUALITY_FLAGS", "result_dataset", "result_attrs"]
+__all__ = ["QUALITY_FLAGS", "result_dataset", "result_attrs", "describe_variables"]
 
 #: Bits of ``quality_flag``
 QUALITY_FLAGS = {"masked_input": 1, "poor_fit": 2, "out_of_distribution": 4,
@@ -36,6 +36,10 @@ _ATTRS = {
     "f687": ("sun-induced chlorophyll fluorescence at 687 nm", "mW m-2 sr-1 nm-1", None),
     "sif_peak": ("sun-induced chlorophyll fluorescence at its far-red peak",
                  "mW m-2 sr-1 nm-1", None),
+    "sif_red_peak": ("sun-induced chlorophyll fluorescence at its red peak",
+                     "mW m-2 sr-1 nm-1", None),
+    "sif_integrated": ("sun-induced chlorophyll fluorescence integrated over 650-800 nm",
+                       "mW m-2 sr-1", None),
     "reflectance760": ("surface reflectance at 760 nm", "1",
                        "surface_bidirectional_reflectance"),
     "surface_pressure": ("surface air pressure of the pixel's patch", "hPa",
@@ -81,6 +85,12 @@ def result_dataset(pieces: dict[str, list[np.ndarray]], scene: xr.Dataset,
             ds[k].attrs.update(long_name="posterior draws of F760", units="mW m-2 sr-1 nm-1")
             continue
         ds[k] = (("y", "x"), v)
+    return describe_variables(ds, chi2_max)
+
+
+def describe_variables(ds: xr.Dataset, chi2_max: float | None) -> xr.Dataset:
+    """Set the CF attributes of a result's variables (summaries, flags, ``fit_chi2``
+    with its ``poor_fit`` threshold ``chi2_max``) in place; returns ``ds``."""
     for k in list(ds.data_vars):
         name, _, stat = k.rpartition("_")
         if name in _ATTRS and stat in _STATS:

@@ -39,6 +39,7 @@ from bayesfluo.io.writers import (
     output_format,
     write_geotiff,
     write_netcdf,
+    write_result,
     zarr_encoding,
 )
 from bayesfluo.retrieval.chunk import (
@@ -49,6 +50,7 @@ from bayesfluo.retrieval.chunk import (
     retrieve_chunk,
 )
 from bayesfluo.retrieval.result import QUALITY_FLAGS, result_attrs, result_dataset
+from bayesfluo.retrieval.series import is_series, retrieve_series
 from bayesfluo.scene.grid import INPUT_FLAGS, check_radiance_level
 
 try:
@@ -388,6 +390,9 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
     out = Path(out)
     t0 = time.perf_counter()
     guide = retriever.guide
+    if is_series(scene) or guide.model.top_of_canopy:
+        return _series_to_file(scene, out, fmt, guide, opt, scene_path, source, model_name,
+                               progress, flags)
     try:
         plan = plan_retrieval(scene, guide, opt, retriever.fm, retriever)
         check_radiance_level(scene)  # a unit mistake is refused before any work
@@ -425,6 +430,27 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
             flags.quality[k] += n
         for k, n in tally.inputs.items():
             flags.inputs[k] += n
+    return written
+
+
+def _series_to_file(scene, out: Path, fmt: str, guide, opt, scene_path, source, model_name,
+                    progress, flags) -> list[Path]:
+    """A tower's time series retrieved in memory (it is small: one spectrum per scan)
+    and written atomically (netCDF or Zarr; a series has no map for GeoTIFF)."""
+    try:
+        if fmt == "geotiff":
+            raise ValueError("a time series has no map to write as GeoTIFF: write .nc or "
+                             ".zarr")
+        ds = retrieve_series(scene, guide, opt, progress=progress,
+                             source=source or scene.encoding.get("source", ""),
+                             model_name=model_name)
+    except ValueError as err:  # name the input file where the check does not
+        if scene_path is None or str(scene_path) in str(err):
+            raise
+        raise type(err)(f"{scene_path}: {err}") from err
+    written = write_result(ds, out, chunk_rows=None)
+    if flags is not None:
+        flags.add(ds["quality_flag"].values, ds["input_flag"].values)
     return written
 
 

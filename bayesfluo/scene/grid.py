@@ -134,10 +134,9 @@ def check_scene_for_model(scene: xr.Dataset, instrument: str, band_centre_nm) ->
     inst = scene.attrs.get("instrument")
     if "y" not in scene["radiance"].dims or "x" not in scene["radiance"].dims:
         raise ValueError(
-            "the amortized retrieval needs an image (y, x, band); no guide for "
-            f"top-of-canopy time series ({inst or 'FloX'}, with measured irradiance) exists "
-            "yet: use 'bayesfluo nuts' (NUTS reference posteriors) or 'bayesfluo baseline' "
-            "(--method sfm, ifld, ...) on this file")
+            f"the {instrument!r} model retrieves images (y, x, band); a top-of-canopy "
+            f"time series ({inst or 'FloX'}, with measured irradiance) needs a tower's "
+            "model: --model flox")
     if not isinstance(inst, str) or not (inst == instrument
                                          or instrument.startswith(inst + "-")):
         raise ValueError(f"the scene is from {inst!r}, the model is for {instrument!r}")

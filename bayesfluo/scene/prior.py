@@ -35,6 +35,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import xarray as xr
 from numpyro import handlers
 
 from bayesfluo.instruments import get_instrument
@@ -43,7 +44,7 @@ from bayesfluo.physics.forward import BandOperator, Geometry, irradiance_exact
 from bayesfluo.scene.grid import patch_geometry, prior_pressure
 
 __all__ = ["prior_predictive", "simulate_patch", "tower_irradiance", "Atmospheres",
-           "simulate_batch"]
+           "simulate_batch", "noise_and_ndvi", "tower_series"]
 
 
 def prior_predictive(model: SifModel, key: jax.Array, patches: Patch, *,
@@ -132,8 +133,8 @@ def simulate_patch(model: SifModel, key: jax.Array, *, n_pixels: int = 64,
         ``irradiance``).
     truth : dict of numpy.ndarray
         Every site of the draw (latents, deterministics); for a tower also the
-        noise-free radiance ``radiance_clean`` and the true irradiance
-        ``irradiance_true`` (mW m-2 nm-1).
+        noise-free radiance ``radiance_clean``, the true irradiance
+        ``irradiance_true`` (mW m-2 nm-1) and each time step's sun zenith ``sza_deg``.
     """
     k_ndvi, k_draw, k_noise = jax.random.split(key, 3)
     u = np.asarray(jax.random.uniform(k_ndvi, (2, n_pixels)), np.float64)
@@ -206,7 +207,8 @@ def _simulate_tower(model: SifModel, patch: Patch, k_draw, k_noise, sza, surface
     e_meas = e + jnp.pi * jnp.sqrt(model.noise_variance(e / jnp.pi, patch.noise_a,
                                                         patch.noise_b)) * n[1]
     truth.update(radiance=np.asarray(rad, np.float64), radiance_clean=np.asarray(
-        clean, np.float64), irradiance_true=e_true)
+        clean, np.float64), irradiance_true=e_true,
+        sza_deg=np.broadcast_to(np.asarray(sza, np.float64), e_true.shape[:1]).copy())
     return patch.replace(radiance=rad, irradiance=e_meas), truth
 
 
@@ -237,6 +239,27 @@ class Atmospheres(NamedTuple):
 def _uniform(key, lohi, n):
     lo, hi = lohi
     return jax.random.uniform(key, (n,), jnp.float32, lo, hi)
+
+
+def noise_and_ndvi(keys, n_patches: int, n_pixels: int, ranges: dict, bare_fraction: float,
+                   reference_radiance: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Each patch's noise coefficients ``(noise_a, noise_b)`` (N,) (signal-to-noise
+    log-uniform in ``ranges["snr"]`` at ``reference_radiance``, the read-noise share
+    uniform in ``ranges["read_noise_fraction"]``) and each pixel's NDVI (N, P) (bare
+    with probability ``bare_fraction``, uniform in ``ranges["ndvi_bare"]``, else in
+    ``ranges["ndvi_vegetated"]``), from four PRNG keys."""
+    k_snr, k_rf, k_bare, k_nd = keys
+    lo, hi = np.log(ranges["snr"])
+    snr = jnp.exp(jax.random.uniform(k_snr, (n_patches,), minval=lo, maxval=hi))
+    rf = _uniform(k_rf, ranges["read_noise_fraction"], n_patches)
+    var_ref = (reference_radiance / snr) ** 2
+    noise_b = rf * var_ref
+    noise_a = (1.0 - rf) * var_ref / reference_radiance
+    bare = jax.random.uniform(k_bare, (n_patches, n_pixels)) < bare_fraction
+    u = jax.random.uniform(k_nd, (n_patches, n_pixels))
+    (bl, bh), (vl, vh) = ranges["ndvi_bare"], ranges["ndvi_vegetated"]
+    ndvi = jnp.where(bare, bl + (bh - bl) * u, vl + (vh - vl) * u).astype(jnp.float32)
+    return noise_a, noise_b, ndvi
 
 
 def simulate_batch(model: SifModel, key: jax.Array, atmospheres: Atmospheres,
@@ -273,16 +296,8 @@ def simulate_batch(model: SifModel, key: jax.Array, atmospheres: Atmospheres,
     k_idx, k_snr, k_rf, k_bare, k_nd, k_model = jax.random.split(key, 6)
     idx = jax.random.randint(k_idx, (n_patches,), 0, atmospheres.z.shape[0])
     pool = jax.tree.map(lambda v: v[idx], atmospheres)
-    lo, hi = np.log(ranges["snr"])
-    snr = jnp.exp(jax.random.uniform(k_snr, (n_patches,), minval=lo, maxval=hi))
-    rf = _uniform(k_rf, ranges["read_noise_fraction"], n_patches)
-    var_ref = (reference_radiance / snr) ** 2
-    noise_b = rf * var_ref
-    noise_a = (1.0 - rf) * var_ref / reference_radiance
-    bare = jax.random.uniform(k_bare, (n_patches, n_pixels)) < bare_fraction
-    u = jax.random.uniform(k_nd, (n_patches, n_pixels))
-    (bl, bh), (vl, vh) = ranges["ndvi_bare"], ranges["ndvi_vegetated"]
-    ndvi = jnp.where(bare, bl + (bh - bl) * u, vl + (vh - vl) * u).astype(jnp.float32)
+    noise_a, noise_b, ndvi = noise_and_ndvi((k_snr, k_rf, k_bare, k_nd), n_patches, n_pixels,
+                                            ranges, bare_fraction, reference_radiance)
     patches = Patch(radiance=None, mask=jnp.ones((n_patches, n_pixels), jnp.float32),
                     ndvi=ndvi, geometry=pool.geometry, noise_a=noise_a, noise_b=noise_b,
                     surface_pressure0=pool.surface_pressure0)
@@ -290,3 +305,50 @@ def simulate_batch(model: SifModel, key: jax.Array, atmospheres: Atmospheres,
                                       operator=pool.operator)
     truth.update(atmosphere=idx, shared_z=pool.z)
     return patches, truth
+
+
+def tower_series(model: SifModel, patches: list[Patch], sza_deg=None, time=None
+                 ) -> xr.Dataset:
+    """Tower patches (:func:`simulate_patch` of a top-of-canopy model) as one time series
+    in the scene format (``radiance`` and ``irradiance`` over (time, band), each scan's
+    sun zenith, NDVI, altitudes; the noise as attributes): what a FloX file holds.
+
+    Parameters
+    ----------
+    model : SifModel
+        The tower's model (its band grid names the bands).
+    patches : list of Patch
+        Patches with ``irradiance``; their scans are concatenated in order, at their
+        patch's surface and sensor altitude.
+    sza_deg : array-like, optional
+        Each scan's sun zenith angle, degrees (``simulate_patch``'s truth
+        ``sza_deg``; default its patch's mean).
+    time : array-like, optional
+        The scans' times (default their index).
+    """
+    def cat(f):
+        return np.concatenate([np.asarray(f(p)) for p in patches])
+
+    n = sum(int(p.ndvi.shape[0]) for p in patches)
+    sza = (np.concatenate([np.full(p.ndvi.shape[0], float(p.geometry.sza_deg))
+                           for p in patches]) if sza_deg is None
+           else np.asarray(sza_deg, np.float64))
+    surf = np.concatenate([np.full(p.ndvi.shape[0], float(p.geometry.surface_altitude_m))
+                           for p in patches])
+    sens = np.concatenate([np.full(p.ndvi.shape[0], float(p.geometry.sensor_altitude_m))
+                           for p in patches])
+    wl = np.asarray(model.fm.band_centre_nm, np.float64)
+    fwhm = np.broadcast_to(np.asarray(model.fm.band_fwhm_nm, np.float64), wl.shape)
+    return xr.Dataset(
+        {"radiance": (("time", "band"), cat(lambda p: p.radiance).astype(np.float32),
+                      {"units": "mW m-2 sr-1 nm-1"}),
+         "irradiance": (("time", "band"), cat(lambda p: p.irradiance).astype(np.float32),
+                        {"units": "mW m-2 nm-1"}),
+         "sza": ("time", sza, {"units": "degree"}), "ndvi": ("time", cat(lambda p: p.ndvi)),
+         "surface_altitude": ("time", surf, {"units": "m"}),
+         "sensor_altitude": ("time", sens, {"units": "m"})},
+        coords={"time": np.arange(n) if time is None else np.asarray(time),
+                "wavelength": ("band", wl, {"units": "nm", "medium": "air"}),
+                "fwhm": ("band", fwhm.copy(), {"units": "nm"})},
+        attrs={"instrument": model.instrument, "noise_a": float(patches[0].noise_a),
+               "noise_b": float(patches[0].noise_b)})

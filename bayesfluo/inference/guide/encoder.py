@@ -26,6 +26,8 @@ def _tril(raw: jax.Array, n: int) -> jax.Array:
     posterior scales here span 1e-3 to 3.
 
     Built from static slices and padding (no scatter: it fuses into its producer)."""
+    if n == 0:  # no shared latents (a tower's model)
+        return jnp.zeros(raw.shape[:-1] + (0, 0), raw.dtype)
     rows = []
     for i in range(n):
         t = i * (i + 1) // 2

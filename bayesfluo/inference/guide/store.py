@@ -15,7 +15,6 @@ from bayesfluo._version import __version__
 from bayesfluo.inference.guide.encoder import Encoder, new_encoder
 from bayesfluo.io.atomic import atomic_path
 from bayesfluo.model import ModelConfig, SifModel
-from bayesfluo.physics.forward import build_forward_model
 
 __all__ = ["AmortizedGuide", "load_guide", "FORMAT"]
 
@@ -63,7 +62,7 @@ class AmortizedGuide:
 
     def __post_init__(self):
         if self.model is None:
-            self.model = SifModel(build_forward_model(self.instrument), self.config)
+            self.model = SifModel.for_instrument(self.instrument, self.config)
         if self.model.instrument != self.instrument or self.model.cfg != self.config:
             raise ValueError(f"the guide's model ({self.model}) is not that of its "
                              f"instrument {self.instrument!r} and configuration")
@@ -120,7 +119,7 @@ def load_guide(path: str | Path) -> AmortizedGuide:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_file}: unknown model format {meta.get('format')!r}")
     cfg = ModelConfig.from_dict(meta["config"])
-    model = SifModel(build_forward_model(meta["instrument"]), cfg)
+    model = SifModel.for_instrument(meta["instrument"], cfg)
     if bool(meta["has_red"]) != model.has_red:
         raise ValueError(f"{meta_file}: has_red={meta['has_red']} does not match the "
                          f"{meta['instrument']} window")

@@ -9,6 +9,7 @@ reflectance at 760 nm and the patch's atmospheric and sensor terms need no sampl
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -17,13 +18,14 @@ import numpy as np
 import scipy.stats
 
 from bayesfluo.inference.guide.encoder import GuideOutput
-from bayesfluo.model import Patch, SifModel, knee_softplus, reflectance_weights
+from bayesfluo.model import Patch, SifModel, knee_softplus, reflectance_weights, toc_operator
 from bayesfluo.model.scene_expansion import SceneExpansion, expanded_operator
 from bayesfluo.physics.surface import SifParams, sif_spectrum
 from bayesfluo.scene.grid import running_median
 
 __all__ = ["summaries", "marginal_local", "sample_draws", "predicted_radiance", "fit_chi2",
            "fit_check", "FitCheck", "SPIKE_WIDTH", "patch_relative_chi2", "inflate_f760",
+           "peak_weights", "calibrate",
            "f760_inflation", "F760_INFLATION_EDGES"]
 
 
@@ -77,7 +79,8 @@ def marginal_local(q: GuideOutput) -> tuple[jax.Array, jax.Array]:
     return q.local_loc, cov
 
 
-def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0) -> dict:
+def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0,
+              both_peaks: bool = False) -> dict:
     """Posterior summaries of every pixel from the guide's output (arrays with the
     output's leading dims, then (P,) for pixel quantities).
 
@@ -91,6 +94,11 @@ def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0) -> dict:
         NDVI of the pixels (the SIF prior's scale).
     surface_pressure0 : array (...)
         Prior mean surface pressure of each patch, hPa.
+    both_peaks : bool
+        Where the window holds the O2-B band, also ``sif_red_peak`` (the SIF at the red
+        peak's centre, mW m-2 sr-1 nm-1) and ``sif_integrated`` (the SIF spectrum
+        integrated over 650-800 nm, mW m-2 sr-1), each from the pair of SIF
+        amplitudes' joint posterior.
 
     Returns
     -------
@@ -121,7 +129,11 @@ def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0) -> dict:
         # F687 = red part + far-red tail; quadrature over the two marginals would need their
         # correlation: use 2-D Gauss-Hermite on the pair
         cov2 = jnp.sum(lb[..., k:k + 2, None, :] * lb[..., None, k:k + 2, :], -1)
-        out["f687"] = _f687(mean[..., k:k + 2], cov2, scale, model.cfg.sif_red_ratio)
+        pair = partial(_sif_pair, mean[..., k:k + 2], cov2, scale, model.cfg.sif_red_ratio)
+        out["f687"] = pair(*peak_weights(687.0))
+        if both_peaks:
+            out["sif_red_peak"] = pair(*peak_weights(SifParams(0.0, 0.0).centre_red))
+            out["sif_integrated"] = pair(*_integral_weights())
     # reflectance at 760 nm: linearised (its posterior sd is ~1e-3, far inside the
     # sigmoid's linear range)
     mu, chol = model.reflectance_prior()
@@ -148,13 +160,31 @@ def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0) -> dict:
     return out
 
 
-def _f687(m2, c2, scale, red_ratio: float):
-    """Mean, sd and quantiles of F687 from the mean (..., 2) and covariance (..., 2, 2) of
-    the two SIF amplitudes' unconstrained coordinates (``red_ratio``: the red peak's
-    prior scale relative to the far-red one's)."""
-    shape = SifParams(1.0, 0.0)
-    r_red = sif_spectrum(687.0, shape) / sif_spectrum(760.0, SifParams(0.0, 1.0))
-    r_far = sif_spectrum(687.0, SifParams(0.0, 1.0)) / sif_spectrum(760.0, SifParams(0.0, 1.0))
+def peak_weights(wavelength_nm: float) -> tuple[float, float]:
+    """The far-red and red peaks' SIF at ``wavelength_nm`` per unit of the far-red
+    peak's at 760 nm (the SIF scale's unit)."""
+    with jax.ensure_compile_time_eval():  # constants, also inside a jitted caller
+        at760 = float(sif_spectrum(760.0, SifParams(0.0, 1.0)))
+        return (float(sif_spectrum(wavelength_nm, SifParams(0.0, 1.0))) / at760,
+                float(sif_spectrum(wavelength_nm, SifParams(1.0, 0.0))) / at760)
+
+
+def _integral_weights() -> tuple[float, float]:
+    """The far-red and red peaks' SIF integrated over 650-800 nm (nm) per unit of the
+    far-red peak's at 760 nm."""
+    wl = np.linspace(650.0, 800.0, 3001)
+    with jax.ensure_compile_time_eval():
+        at760 = float(sif_spectrum(760.0, SifParams(0.0, 1.0)))
+        return tuple(float(np.trapezoid(np.asarray(sif_spectrum(wl, p)), wl)) / at760
+                     for p in (SifParams(0.0, 1.0), SifParams(1.0, 0.0)))
+
+
+def _sif_pair(m2, c2, scale, red_ratio: float, w_far: float, w_red: float):
+    """Mean, sd and quantiles of ``scale (w_far A_far + red_ratio w_red A_red)`` (a SIF
+    value both peaks contribute to, e.g. F687) from the mean (..., 2) and covariance
+    (..., 2, 2) of the two SIF amplitudes' unconstrained coordinates (``red_ratio``:
+    the red peak's prior scale relative to the far-red one's)."""
+    r_far, r_red = w_far, w_red
     l2 = jnp.linalg.cholesky(c2 + 1e-9 * jnp.eye(2))
     x, w = np.polynomial.hermite_e.hermegauss(24)  # 2-D: 576 nodes
     x, w = jnp.asarray(x, jnp.float32), jnp.asarray(w / w.sum(), jnp.float32)
@@ -223,6 +253,10 @@ def predicted_radiance(model: SifModel, q: GuideOutput, patches: Patch,
     array (N, P, B)
         Or ``(radiance, inside)`` with ``with_inside``.
     """
+    if model.top_of_canopy:  # the measured irradiance is each scan's operator
+        coeffs, red, far = model.surface(q.local_loc, patches.ndvi)
+        pred = jax.vmap(model.predict)(toc_operator(patches.irradiance), coeffs, red, far)
+        return (pred, jnp.ones(pred.shape[0], bool)) if with_inside else pred
     # only what the operator needs goes through the map over patches
     geo = Patch(radiance=None, mask=None if patches.pixel_offset is None else patches.mask,
                 ndvi=None, geometry=patches.geometry, noise_a=None, noise_b=None,
@@ -295,7 +329,8 @@ def fit_check(model: SifModel, q: GuideOutput, patches: Patch,
     pred, inside = predicted_radiance(model, q, patches, expansion,
                                       exact_outside=exact_outside, with_inside=True)
     inside |= jnp.sum(patches.mask, -1) == 0   # padding: nothing to check
-    var = jax.vmap(model.noise_variance)(pred, patches.noise_a, patches.noise_b)
+    var = jax.vmap(model.noise_variance)(pred, patches.noise_a, patches.noise_b,
+                                         _irradiance_variance(model, q, patches))
     r = (patches.radiance - pred) / jnp.sqrt(var)
     spike = jnp.max(jnp.abs(r - running_median(r, SPIKE_WIDTH)), -1)
     return FitCheck(jnp.mean(r * r, -1), spike, inside)
@@ -305,7 +340,19 @@ def fit_chi2(model: SifModel, q: GuideOutput, patches: Patch) -> jax.Array:
     """Reduced chi-square (N, P) of each pixel's radiance at the guide's posterior mean
     (:func:`predicted_radiance`) under the model's noise (:meth:`SifModel.fit_chi2`)
     (:func:`fit_check` without the spike statistic)."""
-    return jax.vmap(model.fit_chi2)(patches, predicted_radiance(model, q, patches))
+    pred = predicted_radiance(model, q, patches)
+    var = jax.vmap(model.noise_variance)(pred, patches.noise_a, patches.noise_b,
+                                         _irradiance_variance(model, q, patches))
+    return jnp.mean((patches.radiance - pred) ** 2 / var, -1)
+
+
+def _irradiance_variance(model: SifModel, q: GuideOutput, patches: Patch):
+    """The variance a tower's measured irradiance adds to each band at the guide's
+    posterior mean (:meth:`SifModel.irradiance_variance`; (N, P, B)), 0 elsewhere."""
+    if not model.top_of_canopy:
+        return jnp.zeros(patches.noise_a.shape)
+    coeffs, _, _ = model.surface(q.local_loc, patches.ndvi)
+    return jax.vmap(model.irradiance_variance)(patches, coeffs)
 
 
 def patch_relative_chi2(c2: np.ndarray) -> np.ndarray:
@@ -342,12 +389,26 @@ def f760_inflation(ndvi, inflation: dict | None, chi2=None):
     return f
 
 
-def inflate_f760(q: GuideOutput, model: SifModel, factor) -> GuideOutput:
+def inflate_f760(q: GuideOutput, model: SifModel, factor, red_factor=None) -> GuideOutput:
     """The guide's output with each pixel's F760 coordinate's posterior sd (and its
-    coupling to the shared latents) scaled by ``factor`` (..., P): its mean and the
-    other coordinates unchanged; its correlations with them kept."""
+    coupling to the shared latents) scaled by ``factor`` (..., P), and the red peak's
+    coordinate's by ``red_factor`` where given (two-peak windows): the means and the
+    other coordinates unchanged; their correlations with them kept."""
     k = model.fm.n_basis
-    f = jnp.asarray(factor, q.local_tril.dtype)[..., None]
-    tril = q.local_tril.at[..., k, :].multiply(f)
-    coupling = q.coupling.at[..., k, :].multiply(f)
+    rows = [(k, factor)] + ([(k + 1, red_factor)] if red_factor is not None
+                            and model.has_red else [])
+    tril, coupling = q.local_tril, q.coupling
+    for i, fac in rows:
+        f = jnp.asarray(fac, tril.dtype)[..., None]
+        tril = tril.at[..., i, :].multiply(f)
+        coupling = coupling.at[..., i, :].multiply(f)
     return GuideOutput(q.shared_loc, q.shared_tril, q.local_loc, tril, coupling)
+
+
+def calibrate(q: GuideOutput, model: SifModel, info: dict, ndvi, chi2=None) -> GuideOutput:
+    """The guide's output with the sd factors of its ``info`` applied
+    (``f760_sd_inflation``, and ``f687_sd_inflation`` on the red peak's coordinate where
+    the guide has it; :func:`f760_inflation`, :func:`inflate_f760`)."""
+    red = info.get("f687_sd_inflation")
+    return inflate_f760(q, model, f760_inflation(ndvi, info.get("f760_sd_inflation"), chi2),
+                        f760_inflation(ndvi, red, chi2) if red else None)
