@@ -57,19 +57,13 @@ from bayesfluo.physics.surface import SifParams, sif_spectrum
 from bayesfluo.scene.bands import SceneBands, resampling_matrix, same_grid, scene_bands
 from bayesfluo.scene.grid import INPUT_FLAGS, patch_of_pixels
 
-__all__ = ["TOWER_ANCILLARY", "guide_ancillary", "linear_sif", "tower_ancillary",
+__all__ = ["TOWER_ANCILLARY", "linear_sif", "tower_ancillary",
            "tower_reference", "tower_inputs", "series_patches"]
 
 #: Ancillary inputs of a tower's scan (after the spectrum).
 TOWER_ANCILLARY = ANCILLARY + ("log_irradiance", "f760_linear", "log_f760_linear_se",
                                "f687_linear", "log_f687_linear_se")
 _E_FLOOR = 1e-3  # E/pi floor (mW m-2 sr-1 nm-1) before the logarithm
-
-
-def guide_ancillary(model: SifModel) -> tuple[str, ...]:
-    """Names of the ancillary inputs of a guide of ``model`` (a tower's have the
-    irradiance's level too)."""
-    return TOWER_ANCILLARY if model.top_of_canopy else ANCILLARY
 
 
 def tower_reference(irradiance: ArrayLike) -> jax.Array:
