@@ -104,11 +104,14 @@ def flox_guide():
     return load_guide(resolve_model("flox"))
 
 
-def test_shipped_flox_guide_is_calibrated_on_the_model_draws(flox_guide):
+@pytest.mark.parametrize("refine", [False, None], ids=["guide", "refined"])
+def test_shipped_flox_guide_is_calibrated_on_the_model_draws(flox_guide, refine):
     """1,024 scans from the tower model's own prior predictive (the NUTS validation's
     conditions: an afternoon at sun zenith 30-65 deg, SNR 300 with read noise, a quarter
-    bare; keys never used in training): the shortest 90 % F760 intervals hold the truth
-    within the binomial band at false-failure rate 1e-4."""
+    bare; keys never used in training): the shortest 90 % F760 intervals, of the guide
+    alone and refined (the default), hold the truth within the binomial band at
+    false-failure rate 1e-4."""
+    from bayesfluo.retrieval.chunk import RetrieveOptions
     from bayesfluo.retrieval.series import retrieve_series
     from bayesfluo.scene.prior import simulate_patch, tower_series
 
@@ -117,7 +120,7 @@ def test_shipped_flox_guide_is_calibrated_on_the_model_draws(flox_guide):
                             snr=None, shot_noise_only=False) for i in range(16)]
     scene = tower_series(model, [p for p, _ in draws],
                          np.concatenate([t["sza_deg"] for _, t in draws]))
-    res = retrieve_series(scene, flox_guide, progress=False)
+    res = retrieve_series(scene, flox_guide, RetrieveOptions(refine=refine), progress=False)
     truth = np.concatenate([t["f760"] for _, t in draws])
     hit = (truth >= res["f760_lo90"].values) & (truth <= res["f760_hi90"].values)
     c = coverage_test({0.9: hit}, 1e-4)[0]
@@ -129,8 +132,8 @@ def test_flox_table_on_its_own_grid_through_retrieve_and_report(flox_guide, tmp_
     """A FloX day simulated on a spectrometer's own grid (0.17 nm step, 0.3 nm FWHM,
     shifted 0.03 nm), written by write_flox_csv: ``retrieve --model flox`` reads it on
     its own bands, writes F760 and F687 over time, and ``report`` draws the series; an
-    image model, --refine and a GeoTIFF output are refused naming the file, leaving no
-    output."""
+    each scan is refined unless ``--no-refine``; an image model and a GeoTIFF output are refused
+    naming the file, leaving no output."""
     from bayesfluo.io.flox import write_flox_csv
     from bayesfluo.physics.forward import build_forward_model
     from bayesfluo.scene.simulate import simulate_scene
@@ -159,8 +162,20 @@ def test_flox_table_on_its_own_grid_through_retrieve_and_report(flox_guide, tmp_
     sections = re.search(r'<meta name="bayesfluo-sections" content="([^"]*)">', text).group(1)
     assert sections.split(",")[0] in ("summary", "series") and "series" in sections
     capsys.readouterr()
-    for extra, said in ((["--model", "hyplant-fluo-o2a"], "--model flox"),
-                        (["--model", "flox", "--refine"], "--refine is for images")):
+    # refined by default: each scan at the model's mode on the file's own bands, fitting
+    # at least as well as the guide's mean (--no-refine) and erring no more
+    assert "refined" in r.attrs["posterior"] and not (r["quality_flag"].values & 16).any()
+    alone = tmp_path / "guide.nc"
+    assert main(["retrieve", str(csv), "--model", "flox", "--no-refine", "--quiet", "--out",
+                 str(alone)]) == 0
+    with xr.open_dataset(alone) as g:
+        g = g.load()
+    assert "refined" not in g.attrs["posterior"]
+    assert np.nanmedian(r["fit_chi2"].values) <= np.nanmedian(g["fit_chi2"].values)
+    ok_g = g["quality_flag"].values == 0
+    err_g = (g["f760_mean"].values - truth)[ok_g]
+    assert np.sqrt(np.mean(err[ok] ** 2)) < 1.2 * np.sqrt(np.mean(err_g**2))
+    for extra, said in ((["--model", "hyplant-fluo-o2a"], "--model flox"),):
         bad = tmp_path / "bad.nc"
         assert main(["retrieve", str(csv), *extra, "--quiet", "--out", str(bad)]) == 2
         err_text = capsys.readouterr().err

@@ -191,7 +191,7 @@ def test_a_refinement_is_kept_only_where_it_fits_as_well_as_the_guide(scene_runs
     median chi-square 24.5 against 12.9, F760 error doubled): such a patch keeps the
     guide and is flagged ``not_refined``; every patch that keeps its refinement fits
     within REFINE_FIT_SLACK of the guide or better, and was moved by it."""
-    from bayesfluo.retrieval.chunk import REFINE_FIT_SLACK
+    from bayesfluo.retrieval.acceptance import REFINE_FIT_SLACK
     res, base = scene_runs
     flag = res["quality_flag"].values
     good = (flag & QUALITY_FLAGS["masked_input"]) == 0

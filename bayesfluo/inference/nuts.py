@@ -86,9 +86,8 @@ from scipy.linalg import solve_triangular
 
 from bayesfluo.model import ModelConfig, OperatorExpansion, Patch, SifModel
 from bayesfluo.model.laplace import (
-    LAMBDAS,
+    SEARCH_DAMPING,
     Blocks,
-    Damping,
     Layout,
     initial_values,
     laplace,
@@ -106,12 +105,6 @@ _MAX_WINDOWS = 64  # most windows of a warm-up adaptation schedule
 # Newton decrement (log-density units) at the mode: the step taken there leaves every
 # coordinate within a small fraction of its posterior sd of the mode
 _TOL = 0.1
-# Newton steps from a least-squares start (further from the mode than the guide's, where
-# the refinement starts): heavier dampings than the refinement's, no clipping coordinate
-# by coordinate (it bends a step away from descent, and the search crawls), and absolute
-# damping in flat directions (curvature below that of a standard-normal prior: a bare
-# pixel's SIF deep in the logarithmic part of its softplus coordinate)
-_DAMPING = Damping(lambdas=LAMBDAS + (1e2, 1e3, 1e4), max_step=np.inf, curvature_floor=1.0)
 
 
 @dataclass(frozen=True)
@@ -276,7 +269,7 @@ class _Compiled:
             # mode misleads the first steps), the Hessian at the mode through the
             # second-order expansion about it (exact there; NUTS samples with it)
             return laplace(model, patch, xl, xs, layout=layout, rounds=rounds, steps=1,
-                           tol=_TOL, order=0, damping=_DAMPING)
+                           tol=_TOL, order=0, damping=SEARCH_DAMPING)
 
         self.laplace = jax.jit(find)
 

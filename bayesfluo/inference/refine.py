@@ -43,7 +43,14 @@ from numpyro.distributions.transforms import biject_to
 
 from bayesfluo.inference.guide import GuideOutput
 from bayesfluo.model import Patch, SifModel, SoftplusHalfNormal
-from bayesfluo.model.laplace import Layout, eig_inverse, eig_scaled, laplace
+from bayesfluo.model.laplace import (
+    REFINE_DAMPING,
+    Damping,
+    Layout,
+    eig_inverse,
+    eig_scaled,
+    laplace,
+)
 
 __all__ = ["RefineOptions", "RefineInfo", "laplace_refine"]
 
@@ -66,6 +73,9 @@ class RefineOptions(NamedTuple):
         Expand the operator to second order in the Newton rounds too (~5x the cost of
         a first-order expansion; the mode is the same either way, and the Laplace
         Hessian always comes from a second-order expansion about the mode).
+    damping : Damping
+        How the Newton steps are damped (:class:`bayesfluo.model.laplace.Damping`;
+        clipped steps by default, for a start close to the mode).
     min_data_share : float
         A pixel's local posterior is the Laplace approximation where the data give at
         least this share of the curvature of its SIF coordinate(s) at the mode (else the
@@ -77,6 +87,7 @@ class RefineOptions(NamedTuple):
     tol: float = 0.5
     min_data_share: float = 0.5
     second_order: bool = False
+    damping: Damping = REFINE_DAMPING
 
 
 class RefineInfo(NamedTuple):
@@ -105,13 +116,14 @@ def _sif_prior_potential(u):
 
 
 def _refine_patch(model: SifModel, layout: Layout, opt: RefineOptions, q: GuideOutput,
-                  patch: Patch) -> tuple[GuideOutput, RefineInfo]:
+                  patch: Patch, start=None) -> tuple[GuideOutput, RefineInfo]:
     s = layout.n_shared
     # the mode by rounds of Newton steps on expansions of the operator, and the Hessian
     # there (the one Laplace engine, bayesfluo.model.laplace)
-    mode = laplace(model, patch, q.local_loc, q.shared_loc, layout=layout,
+    mode = laplace(model, patch, q.local_loc if start is None else start, q.shared_loc,
+                   layout=layout,
                    rounds=opt.expansions, steps=opt.newton_steps, tol=opt.tol,
-                   order=2 if opt.second_order else 1)
+                   order=2 if opt.second_order else 1, damping=opt.damping)
     xl, xs, dec = mode.local, mode.shared, mode.decrement
     _, _, h_ll, h_ls, h_ss = mode.blocks
     # the Laplace approximation in the guide's form
@@ -157,7 +169,8 @@ def _refine_patch(model: SifModel, layout: Layout, opt: RefineOptions, q: GuideO
 
 def laplace_refine(model: SifModel, q: GuideOutput, patches: Patch,
                    options: RefineOptions | None = None,
-                   batch_size: int | None = None) -> tuple[GuideOutput, RefineInfo]:
+                   batch_size: int | None = None,
+                   start_local: jax.Array | None = None) -> tuple[GuideOutput, RefineInfo]:
     """Refine the guide's output of a batch of patches into the Laplace approximation of
     each patch's posterior at its mode (see the module docstring).
 
@@ -174,6 +187,11 @@ def laplace_refine(model: SifModel, q: GuideOutput, patches: Patch,
     batch_size : int, optional
         Patches refined at once (``jax.lax.map`` over batches: bounded memory); all at
         once when None.
+    start_local : array (N, P, D), optional
+        Where the mode search starts in the pixels' latents (default: the guide's mean,
+        ``q.local_loc``); the guide's output stays what a pixel dominated by its prior
+        keeps. A tower's scans start from their own least squares
+        (:func:`bayesfluo.model.laplace.toc_start`) where that fits better.
 
     Returns
     -------
@@ -190,6 +208,17 @@ def laplace_refine(model: SifModel, q: GuideOutput, patches: Patch,
     def one(a):
         return _refine_patch(model, layout, opt, *a)
 
-    if batch_size is None:
-        return jax.vmap(one)((q, patches))
-    return jax.lax.map(one, (q, patches), batch_size=batch_size)
+    n = q.local_loc.shape[0]
+    start = q.local_loc if start_local is None else start_local
+    if batch_size is None or batch_size >= n:
+        return jax.vmap(one)((q, patches, start))
+    # batches by explicit shapes (jax.lax.map's own batching infers a -1 axis, which
+    # fails on the empty shared latents of a top-of-canopy patch)
+    n_pad = -(-n // batch_size) * batch_size
+
+    def split(v):
+        v = jnp.concatenate([v, jnp.repeat(v[-1:], n_pad - n, 0)]) if n_pad > n else v
+        return v.reshape((n_pad // batch_size, batch_size) + v.shape[1:])
+
+    out = jax.lax.map(jax.vmap(one), jax.tree.map(split, (q, patches, start)))
+    return jax.tree.map(lambda v: v.reshape((n_pad,) + v.shape[2:])[:n], out)

@@ -56,10 +56,11 @@ from bayesfluo.model.priors import SHAPE760
 from bayesfluo.model.sif_model import OperatorExpansion, SifModel
 from bayesfluo.physics.surface import SifParams, sif_spectrum, sif_taylor
 
-__all__ = ["Layout", "Blocks", "Mode", "Damping", "REFINE_DAMPING", "LAMBDAS", "MAX_STEP",
+__all__ = ["Layout", "Blocks", "Mode", "Damping", "REFINE_DAMPING", "SEARCH_DAMPING", "LAMBDAS",
+           "MAX_STEP",
            "hessian_blocks", "eig_scaled", "eig_inverse", "newton_direction", "newton_steps",
            "find_mode", "laplace", "patch_potential", "dense_hessian", "initial_values",
-           "ModeFit", "fit_at_mode"]
+           "toc_start", "ModeFit", "fit_at_mode"]
 
 #: Damping values tried at once in each Newton step (the best potential wins)
 LAMBDAS = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -92,6 +93,14 @@ class Damping(NamedTuple):
 
 #: The refinement's damping (:class:`Damping`'s defaults)
 REFINE_DAMPING = Damping()
+#: Newton steps from a least-squares start (further from the mode than the guide's mean:
+#: NUTS's preconditioning, a tower scan's refinement): heavier dampings than the
+#: refinement's, no clipping coordinate by coordinate (it bends a step away from descent,
+#: and the search crawls), and absolute damping in flat directions (curvature below that
+#: of a standard-normal prior: a bare pixel's SIF deep in the logarithmic part of its
+#: softplus coordinate)
+SEARCH_DAMPING = Damping(lambdas=LAMBDAS + (1e2, 1e3, 1e4), max_step=np.inf,
+                         curvature_floor=1.0)
 
 
 # --- the layout of a patch's latents -----------------------------------------------------
@@ -510,31 +519,34 @@ def initial_values(model: SifModel, patch: Patch) -> dict:
 
 
 def _toc_initial_values(model: SifModel, patch: Patch) -> dict:
-    """:func:`initial_values` of a top-of-canopy patch."""
+    """:func:`initial_values` of a top-of-canopy patch (traceable: JAX throughout, so a
+    jitted retrieval can start its mode search here, :func:`toc_start`)."""
     fm = model.fm
-    e = np.asarray(patch.irradiance, np.float64) / np.pi               # (P, B)
-    y = np.asarray(patch.radiance, np.float64) / e
-    b0 = np.asarray(fm.basis_band[0], np.float64)                      # (B, K)
+    e = jnp.asarray(patch.irradiance, jnp.float32) / jnp.pi            # (P, B)
+    y = jnp.asarray(patch.radiance, jnp.float32) / e
+    b0 = fm.basis_band[0]                                              # (B, K)
     c = fm.band_centre_nm
-    shapes = [np.asarray(sif_spectrum(c, SifParams(0.0, 1.0)), np.float64)]
+    shapes = [sif_spectrum(c, SifParams(0.0, 1.0))]
     if model.has_red:
-        shapes.append(np.asarray(sif_spectrum(c, SifParams(1.0, 0.0)), np.float64))
+        shapes.append(sif_spectrum(c, SifParams(1.0, 0.0)))
     n_pix, k = e.shape[0], fm.n_basis
-    design = np.concatenate([np.broadcast_to(b0, (n_pix,) + b0.shape),
-                             np.stack([sh[None] / e for sh in shapes], -1)], -1)
+    design = jnp.concatenate([jnp.broadcast_to(b0, (n_pix,) + b0.shape),
+                              jnp.stack([sh[None] / e for sh in shapes], -1)], -1)
     # weights: the inverse noise variance of y (the model's noise, at the measured
     # radiance floored at 1e-3)
-    var = np.asarray(model.noise_variance(np.maximum(y * e, 1e-3), patch.noise_a,
-                                          patch.noise_b), np.float64)
+    var = model.noise_variance(jnp.maximum(y * e, 1e-3), patch.noise_a, patch.noise_b)
     w = e**2 / var
-    a = np.einsum("pbi,pb,pbj->pij", design, w, design)
-    a += 1e-8 * np.trace(a, axis1=1, axis2=2)[:, None, None] * np.eye(a.shape[-1])
-    theta = np.linalg.solve(a, np.einsum("pbi,pb,pb->pi", design, w, y)[..., None])[..., 0]
-    coeffs = np.clip(theta[:, :k], 0.01, 0.99)
-    mu, chol = (np.asarray(v, np.float64) for v in model.reflectance_prior())
-    resid = np.log(coeffs / (1 - coeffs)) - mu
+    a = jnp.einsum("pbi,pb,pbj->pij", design, w, design)
+    rhs = jnp.einsum("pbi,pb,pb->pi", design, w, y)
+    # the columns scaled to unit norm (float32 normal equations), a small ridge
+    d = jnp.sqrt(jnp.maximum(jnp.diagonal(a, axis1=-2, axis2=-1), 1e-30))
+    g = a / (d[:, :, None] * d[:, None, :]) + 1e-6 * jnp.eye(a.shape[-1])
+    theta = jnp.linalg.solve(g, (rhs / d)[..., None])[..., 0] / d
+    coeffs = jnp.clip(theta[:, :k], 0.01, 0.99)
+    mu, chol = model.reflectance_prior()
+    resid = jnp.log(coeffs / (1 - coeffs)) - mu
     # ridge: z = L^T (L L^T + eps)^-1 r, row by row
-    z = resid @ np.linalg.solve(chol @ chol.T + 0.01 * np.eye(k), chol)
+    z = resid @ jnp.linalg.solve(chol @ chol.T + 0.01 * jnp.eye(k), chol)
     return _start_values(model, patch, z, theta[:, k:])
 
 
@@ -543,15 +555,25 @@ def _start_values(model: SifModel, patch: Patch, z, amplitudes) -> dict:
     prior coordinates ``z`` (P, K) and SIF peak amplitudes (P, 1 or 2: far-red, red) in
     mW m-2 sr-1 nm-1, turned into the model's raw amplitude coordinates (clipped to
     0.1-3 prior scales)."""
-    scale = np.asarray(model.sif_scale(patch.ndvi), np.float64) / SHAPE760
+    scale = model.sif_scale(patch.ndvi) / SHAPE760
     out = {"reflectance_z": jnp.asarray(z, jnp.float32),
-           "sif_far_red_raw": jnp.asarray(np.clip(amplitudes[:, 0] / scale, 0.1, 3.0),
-                                          jnp.float32)}
+           "sif_far_red_raw": jnp.clip(amplitudes[:, 0] / scale, 0.1, 3.0
+                                       ).astype(jnp.float32)}
     if model.has_red:
-        out["sif_red_raw"] = jnp.asarray(
-            np.clip(amplitudes[:, 1] / (model.cfg.sif_red_ratio * scale), 0.1, 3.0),
-            jnp.float32)
+        out["sif_red_raw"] = jnp.clip(amplitudes[:, 1] / (model.cfg.sif_red_ratio * scale),
+                                      0.1, 3.0).astype(jnp.float32)
     return out
+
+
+def toc_start(model: SifModel, patch: Patch, layout: Layout | None = None) -> jax.Array:
+    """The local start (P, D) of a top-of-canopy patch's mode search, in the
+    :class:`Layout`'s unconstrained coordinates: each scan's weighted linear least
+    squares (:func:`initial_values`). Traceable (vmap it over patches)."""
+    if not model.top_of_canopy:
+        raise ValueError("toc_start is for a top-of-canopy model (measured irradiance)")
+    layout = layout or Layout.of(model, patch)
+    z = unconstrain_fn(model.program, (patch, None), {}, _toc_initial_values(model, patch))
+    return layout.pack(z)[0]
 
 
 # --- a patch fitted at its mode -----------------------------------------------------------

@@ -339,9 +339,11 @@ def _retrieval_sections(res: xr.Dataset, scene, model_dir, checks, secs,
                                    else (None, None)),
                            scene["true_f760"].values if has_truth else None)}
         if "f687_mean" in res:
+            lo687, hi687 = (("f687_lo90", "f687_hi90") if "f687_lo90" in res
+                            else ("f687_q05", "f687_q95"))
             panels["F687"] = (res["f687_mean"].values,
-                              *((res["f687_q05"].values, res["f687_q95"].values)
-                                if "f687_q05" in res else (None, None)),
+                              *((res[lo687].values, res[hi687].values)
+                                if lo687 in res else (None, None)),
                               scene["true_f687"].values if has_truth and "true_f687" in scene
                               else None)
         irr = res["irradiance750"].values if "irradiance750" in res else None

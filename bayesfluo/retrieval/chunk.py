@@ -57,6 +57,7 @@ from bayesfluo.model.scene_expansion import (
     scene_expansion,
 )
 from bayesfluo.physics.forward import ForwardModel
+from bayesfluo.retrieval.acceptance import out_of_distribution, refinement_accepted
 from bayesfluo.retrieval.devices import default_chunk_pixels
 from bayesfluo.retrieval.result import QUALITY_FLAGS
 from bayesfluo.scene.bands import SceneBands, model_on_scene_grid, same_grid, scene_bands
@@ -96,14 +97,17 @@ class RetrieveOptions:
     min_patch_pixels : int
         Patches with fewer usable pixels are flagged ``few_pixels_in_patch`` (their
         atmosphere rests on little data).
-    refine : bool
+    refine : bool or None
         Refine each patch's posterior from the guide's to the Laplace approximation at
         the model's mode (:mod:`bayesfluo.inference.refine`): agrees with NUTS where the
         guide alone pays an amortization gap, at a fraction of its speed. Patches where
         the refinement does not converge, moves the atmosphere more than
-        :data:`REFINE_MAX_MOVE` guide sd or (with ``quality``) fits the radiance worse
-        than the guide's mean (:data:`REFINE_FIT_SLACK`) keep the guide's posterior and
-        are flagged ``not_refined``.
+        :data:`bayesfluo.retrieval.acceptance.REFINE_MAX_MOVE` guide sd or (with
+        ``quality``) fits the radiance worse than the guide's mean
+        (:data:`~bayesfluo.retrieval.acceptance.REFINE_FIT_SLACK`) keep the guide's
+        posterior and are flagged ``not_refined``. None (the default): images are not
+        refined (~800x the guide's cost), a tower's scans are (~6x, still hundreds of
+        scans per second; :func:`bayesfluo.retrieval.series.retrieve_series`).
     refine_batch : int
         Patches refined at once (memory: ~20 MB each for HyPlant FLUO).
     """
@@ -115,20 +119,8 @@ class RetrieveOptions:
     poor_fit_rate: float = 1e-3
     ood_sigma: float = 8.0
     min_patch_pixels: int = 8
-    refine: bool = False
+    refine: bool | None = None
     refine_batch: int = 16
-
-
-#: Largest move of a patch's shared latents by the refinement, in the guide's posterior
-#: sd (Mahalanobis distance), that is accepted: the 0.999 quantile of a chi distribution
-#: with 3 degrees of freedom (atmosphere and sensor latents), so a guide calibrated on the
-#: patch rejects 0.1 % of correct refinements.
-REFINE_MAX_MOVE = 4.03
-#: A refined patch whose median fit chi-square exceeds the guide's by more than this
-#: (relative, plus as much absolute) is not at the model's mode: the guide is kept. At a
-#: mode the fit is as good as the guide's or better; on the model's own draws both sit
-#: near 1 with a spread of about 0.02 over a patch's 64 pixels.
-REFINE_FIT_SLACK = 0.05
 
 
 def _f760_draws(model: SifModel, q: GuideOutput, ndvi, keys, n: int) -> jax.Array:
@@ -137,23 +129,6 @@ def _f760_draws(model: SifModel, q: GuideOutput, ndvi, keys, n: int) -> jax.Arra
     _, u = jax.vmap(lambda qq, k: sample_draws(qq, k, n))(q, keys)   # (N, n, P, D)
     return jnp.moveaxis(model.sif_scale(ndvi[:, None])
                         * knee_softplus(u[..., model.fm.n_basis]), 1, 0)
-
-
-def _ood(guide: AmortizedGuide, feats, ood_sigma):
-    """Pixels whose inputs leave the training distribution (N, P) bool (JAX or numpy
-    features (N, P, F), normalised)."""
-    xp = np if isinstance(feats, np.ndarray) else jnp
-    nb = feats.shape[-1] - len(ANCILLARY)
-    bad = xp.max(xp.abs(feats[..., :nb]), -1) > ood_sigma
-    raw = feats[..., nb:] * guide.feature_sd[nb:] + guide.feature_mean[nb:]
-    for name, (lo, hi) in guide.ranges.items():
-        if name in ANCILLARY:
-            v = raw[..., ANCILLARY.index(name)]
-            # 2 % of the range, and 0.5 % of the value: a satellite's height above the
-            # ground (trained at its orbit's altitude) varies with the terrain by ~0.3 %
-            tol = 0.02 * (hi - lo) + 0.005 * max(abs(lo), abs(hi)) + 1e-3
-            bad |= (v < lo - tol) | (v > hi + tol)
-    return bad
 
 
 def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, mask, ndvi,
@@ -178,20 +153,10 @@ def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, m
     not_refined = jnp.zeros(mask.shape[0], bool)
     if refine_batch:
         q_ref, info = laplace_refine(model, q, patches, batch_size=refine_batch)
-        # the refinement finds the mode of the model's posterior; where the model does
-        # not describe the data (terrain, smile, aerosol it has no term for) that mode
-        # can sit far from what the guide, trained on such data, reads: a patch whose
-        # shared latents move beyond REFINE_MAX_MOVE of the guide's sd keeps the guide
-        accept = info.converged & (info.moved <= REFINE_MAX_MOVE)
-        if with_fit:
-            # nor does a refinement that fits the radiance worse than the guide's mean
-            # (converged on the operator's expansion, not at the model's mode: its
-            # wrong answer would look trustworthy)
-            fit_ref = fit_check(model, q_ref, patches, expansion,
-                                exact_outside=exact_outside)
-            accept &= (_patch_median(fit_ref.chi2, mask)
-                       <= (1 + REFINE_FIT_SLACK) * _patch_median(fit.chi2, mask)
-                       + REFINE_FIT_SLACK)
+        fit_ref = (fit_check(model, q_ref, patches, expansion, exact_outside=exact_outside)
+                   if with_fit else None)
+        accept = refinement_accepted(info, None if fit_ref is None else fit_ref.chi2,
+                                     None if fit is None else fit.chi2, mask)
 
         def pick(new, old):
             return jnp.where(accept.reshape(accept.shape + (1,) * (new.ndim - 1)), new, old)
@@ -209,18 +174,12 @@ def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, m
                 v = jnp.broadcast_to(v[:, None], mask.shape)
             out[f"{name}_{stat}"] = jnp.where(ok, v.astype(jnp.float32), jnp.nan)
     flag = jnp.where(ok, 0, QUALITY_FLAGS["masked_input"])
-    flag |= jnp.where(_ood(guide, feats, ood_sigma) & ok,
+    flag |= jnp.where(out_of_distribution(guide, feats, ood_sigma, ANCILLARY) & ok,
                       QUALITY_FLAGS["out_of_distribution"], 0)
     few = jnp.sum(mask, 1) < min_patch_pixels
     flag |= jnp.where(few[:, None] & ok, QUALITY_FLAGS["few_pixels_in_patch"], 0)
     flag |= jnp.where(not_refined[:, None] & ok, QUALITY_FLAGS["not_refined"], 0)
     return q, out, flag, fit
-
-
-def _patch_median(v, mask):
-    """Median (N,) over each patch's usable pixels of ``v`` (N, P); +inf without any."""
-    med = jnp.nanmedian(jnp.where(mask > 0, v, jnp.nan), axis=1)
-    return jnp.where(jnp.isnan(med), jnp.inf, med)
 
 
 def _model_of(guide: AmortizedGuide, fm: ForwardModel | None) -> SifModel:

@@ -23,7 +23,8 @@ from bayesfluo.model.scene_expansion import SceneExpansion, expanded_operator
 from bayesfluo.physics.surface import SifParams, sif_spectrum
 from bayesfluo.scene.grid import running_median
 
-__all__ = ["summaries", "marginal_local", "sample_draws", "predicted_radiance", "fit_chi2",
+__all__ = ["HDI_RESOLUTION", "summaries", "marginal_local", "sample_draws", "predicted_radiance",
+           "fit_chi2",
            "fit_check", "FitCheck", "SPIKE_WIDTH", "patch_relative_chi2", "inflate_f760",
            "peak_weights", "calibrate",
            "f760_inflation", "F760_INFLATION_EDGES"]
@@ -42,16 +43,24 @@ _Z05 = 1.6448536269514722
 _HDI_P = np.linspace(0.0, 0.1, 41)[:-1]
 _HDI_ZLO = np.concatenate([[-40.0], scipy.stats.norm.ppf(_HDI_P[1:])])
 _HDI_ZHI = scipy.stats.norm.ppf(_HDI_P + 0.9)
+#: SIF intervals (mW m-2 sr-1 nm-1) no longer than the shortest by more than this are
+#: ties, and the one starting at zero wins: a posterior piled up near zero is reported
+#: as "0 to ...", holding a true zero (bare soil, a cloud), where the strictly shortest
+#: could start a few 1e-4 above it (measured on bare PROSAIL scans of the FloX guide:
+#: lower ends of 1e-4 to 1e-3). A tie changes the width by at most this, far below
+#: any SIF noise; the interval still holds exactly 90 % of the posterior.
+HDI_RESOLUTION = 1e-3
 
 
-def _quantity(mean, sd, f, hdi: bool = False, lower: float = 0.0):
+def _quantity(mean, sd, f, hdi: bool = False, lower: float = 0.0, tie: float = 0.0):
     """Mean, sd and 5/50/95 % quantiles of ``f(v)``, ``v ~ N(mean, sd)``, ``f``
     increasing: quantiles exactly, moments by quadrature. With ``hdi``, also the bounds
     ``lo90``, ``hi90`` of the shortest interval holding 90 % of the posterior (the
     highest-density interval of a unimodal posterior): for SIF whose posterior piles up
     at zero it is ``[0, Q(0.9)]`` and holds a true zero, which no equal-tailed interval
     of a positive quantity can (``lower``: the quantity's lower bound, the value of
-    ``f`` at minus infinity)."""
+    ``f`` at minus infinity; ``tie``: the interval from ``lower`` is taken when it is at
+    most this longer than the shortest)."""
     v = mean[..., None] + sd[..., None] * jnp.asarray(_GH_X, jnp.float32)
     fv = f(v)
     w = jnp.asarray(_GH_W, jnp.float32)
@@ -63,7 +72,9 @@ def _quantity(mean, sd, f, hdi: bool = False, lower: float = 0.0):
         lo = f(mean[..., None] + sd[..., None] * jnp.asarray(_HDI_ZLO, jnp.float32))
         hi = f(mean[..., None] + sd[..., None] * jnp.asarray(_HDI_ZHI, jnp.float32))
         lo = lo.at[..., 0].set(lower)
-        best = jnp.argmin(hi - lo, -1)[..., None]
+        width = hi - lo
+        best = jnp.where(width[..., 0] <= jnp.min(width, -1) + tie, 0,
+                         jnp.argmin(width, -1))[..., None]
         out["lo90"] = jnp.take_along_axis(lo, best, -1)[..., 0]
         out["hi90"] = jnp.take_along_axis(hi, best, -1)[..., 0]
     return out
@@ -122,7 +133,7 @@ def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0,
                                                                                   shape_far)
     out = {}
     f760 = _quantity(mean[..., k], sd[..., k], lambda v: scale[..., None] * knee_softplus(v),
-                     hdi=True)
+                     hdi=True, tie=HDI_RESOLUTION)
     out["f760"] = f760
     out["sif_peak"] = {s: v * peak_ratio for s, v in f760.items()}
     if model.has_red:
@@ -202,7 +213,34 @@ def _sif_pair(m2, c2, scale, red_ratio: float, w_far: float, w_red: float):
     cw = jnp.cumsum(ww[order], -1)
     qs = [jnp.take_along_axis(fs, jnp.argmax(cw >= p, -1)[..., None], -1)[..., 0]
           for p in (0.05, 0.5, 0.95)]
-    return dict(mean=m, sd=sd, q05=qs[0], q50=qs[1], q95=qs[2])
+    lo, hi = _shortest_of_nodes(fs, ww[order], HDI_RESOLUTION)
+    return dict(mean=m, sd=sd, q05=qs[0], q50=qs[1], q95=qs[2], lo90=lo, hi90=hi)
+
+
+def _shortest_of_nodes(fs, ws, tie: float):
+    """Bounds (...) of the shortest interval holding 90 % of a weighted set of values
+    ``fs`` (..., n), sorted, weights ``ws`` (..., n) summing to one; ``[0, Q(0.9)]``
+    (the quantity is positive) where it is at most ``tie`` longer (as in
+    :func:`_quantity`)."""
+    # each node's mass split at its value (the midpoint rule): an interval between two
+    # nodes holds half of each end node's weight
+    mid = jnp.cumsum(ws, -1) - 0.5 * ws
+    lead = fs.shape[:-1]
+    n = fs.shape[-1]
+    fs2, mid2 = fs.reshape(-1, n), mid.reshape(-1, n)
+    # for each lower node, the first node at which 90 % of the mass is reached
+    j = jax.vmap(lambda c, t: jnp.searchsorted(c, t, side="left"))(mid2, mid2 + 0.9)
+    ok = j < n
+    hi = jnp.take_along_axis(fs2, jnp.minimum(j, n - 1), -1)
+    width = jnp.where(ok, hi - fs2, jnp.inf)
+    best = jnp.argmin(width, -1)
+    q90 = jnp.take_along_axis(fs2, jnp.minimum(jax.vmap(jnp.searchsorted)(
+        mid2, jnp.full(mid2.shape[0], 0.9)), n - 1)[:, None], -1)[:, 0]
+    w_best = jnp.take_along_axis(width, best[:, None], -1)[:, 0]
+    zero = q90 <= w_best + tie
+    lo = jnp.where(zero, 0.0, jnp.take_along_axis(fs2, best[:, None], -1)[:, 0])
+    hi = jnp.where(zero, q90, jnp.take_along_axis(hi, best[:, None], -1)[:, 0])
+    return lo.reshape(lead), hi.reshape(lead)
 
 
 def sample_draws(q: GuideOutput, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
