@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "approximation at the model's mode (bayesfluo.inference.refine): agrees "
                         "with NUTS (HyPlant: median 0.08 sd against the guide's 0.36, about "
                         "800x slower than the guide alone). A tower's scans are refined by "
-                        "default (0.02 sd against 0.40, about 6x slower; the red peak stays "
+                        "default (0.02 sd against 0.40, about 7x slower; the red peak stays "
                         "the guide's)")
     r.add_argument("--no-refine", dest="refine", action="store_const", const=False,
                    help="the guide alone, also for a tower's scans")

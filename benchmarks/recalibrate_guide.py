@@ -25,7 +25,7 @@ from bayesfluo.inference.train import TrainConfig, world_holdout_calibration
 from bayesfluo.io.atomic import atomic_path
 
 KEYS = ("fit_chi2_quantiles", "fit_chi2_ratio_quantiles", "fit_spike_quantiles",
-        "f760_sd_inflation")
+        "f760_sd_inflation", "f687_sd_inflation")
 
 
 def main() -> None:
@@ -38,13 +38,14 @@ def main() -> None:
     t0 = time.perf_counter()
     new = world_holdout_calibration(guide, tc)
     print(f"{a.model_dir.name}: held-out world calibration in {time.perf_counter() - t0:.0f} s")
-    for k in KEYS:
+    keys = [k for k in KEYS if k in new]   # F687's only for a window with the O2-B band
+    for k in keys:
         print(f"  {k}: {guide.info.get(k)}\n   -> {new[k]}")
     if a.dry_run:
         return
     meta_file = a.model_dir / "model.json"
     meta = json.loads(meta_file.read_text())
-    meta["info"].update({k: new[k] for k in KEYS})
+    meta["info"].update({k: new[k] for k in keys})
     with atomic_path(meta_file) as tmp:
         Path(tmp).write_text(json.dumps(meta, indent=1))
     print(f"wrote {meta_file}")

@@ -145,6 +145,7 @@ def test_flox_table_on_its_own_grid_through_retrieve_and_report(flox_guide, tmp_
     csv = write_flox_csv(sim, tmp_path / "t.csv")
     out = tmp_path / "r.nc"
     assert main(["retrieve", str(csv), "--model", "flox", "--quiet", "--out", str(out)]) == 0
+    assert "not_refined of 128 scans" in capsys.readouterr().out
     with xr.open_dataset(out) as r:
         r = r.load()
     assert r["f760_mean"].dims == ("time",) and r.sizes["time"] == 128

@@ -56,11 +56,10 @@ from bayesfluo.model.priors import SHAPE760
 from bayesfluo.model.sif_model import OperatorExpansion, SifModel
 from bayesfluo.physics.surface import SifParams, sif_spectrum, sif_taylor
 
-__all__ = ["Layout", "Blocks", "Mode", "Damping", "REFINE_DAMPING", "SEARCH_DAMPING", "LAMBDAS",
-           "MAX_STEP",
-           "hessian_blocks", "eig_scaled", "eig_inverse", "newton_direction", "newton_steps",
-           "find_mode", "laplace", "patch_potential", "dense_hessian", "initial_values",
-           "toc_start", "ModeFit", "fit_at_mode"]
+__all__ = ["Layout", "Blocks", "Mode", "Damping", "REFINE_DAMPING", "SEARCH_DAMPING",
+           "LAMBDAS", "MAX_STEP", "hessian_blocks", "eig_scaled", "eig_inverse",
+           "newton_direction", "newton_steps", "find_mode", "laplace", "patch_potential",
+           "dense_hessian", "initial_values", "toc_start", "ModeFit", "fit_at_mode"]
 
 #: Damping values tried at once in each Newton step (the best potential wins)
 LAMBDAS = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0)

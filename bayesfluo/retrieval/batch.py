@@ -68,7 +68,7 @@ class BatchReport:
         (:meth:`FlagSummary.line`), then each failed input with its reason."""
         lines = [f"{len(self.done)} written, {len(self.skipped)} already done, "
                  f"{len(self.failed)} failed"]
-        if self.flags.pixels:
+        if self.flags.pixels or self.flags.scans:
             lines.append(f"  {self.flags.line()} (outputs written by this run)")
         lines += [f"  FAILED {name}: {reason}" for name, reason in self.failed]
         return "\n".join(lines)

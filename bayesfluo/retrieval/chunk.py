@@ -106,7 +106,7 @@ class RetrieveOptions:
         ``quality``) fits the radiance worse than the guide's mean
         (:data:`~bayesfluo.retrieval.acceptance.REFINE_FIT_SLACK`) keep the guide's
         posterior and are flagged ``not_refined``. None (the default): images are not
-        refined (~800x the guide's cost), a tower's scans are (~6x, still hundreds of
+        refined (~800x the guide's cost), a tower's scans are (~7x, still hundreds of
         scans per second; :func:`bayesfluo.retrieval.series.retrieve_series`).
     refine_batch : int
         Patches refined at once (memory: ~20 MB each for HyPlant FLUO).

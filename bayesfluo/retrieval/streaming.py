@@ -243,6 +243,8 @@ class FlagSummary:
     ----------
     pixels : int
         Pixels retrieved.
+    scans : int
+        Scans of time series (towers) retrieved.
     quality : dict of str to int
         Pixels with each bit of :data:`bayesfluo.retrieval.result.QUALITY_FLAGS`.
     inputs : dict of str to int
@@ -250,14 +252,19 @@ class FlagSummary:
     """
 
     pixels: int = 0
+    scans: int = 0
     quality: dict = field(default_factory=lambda: dict.fromkeys(QUALITY_FLAGS, 0))
     inputs: dict = field(default_factory=lambda: dict.fromkeys(INPUT_FLAGS, 0))
 
-    def add(self, quality_flag, input_flag) -> None:
-        """Count the pixels of flag maps (any shape)."""
+    def add(self, quality_flag, input_flag, scans: bool = False) -> None:
+        """Count the pixels of flag maps (any shape), or with ``scans`` the scans of a
+        time series."""
         q = np.asarray(quality_flag).astype(np.int64)
         i = np.asarray(input_flag).astype(np.int64)
-        self.pixels += int(q.size)
+        if scans:
+            self.scans += int(q.size)
+        else:
+            self.pixels += int(q.size)
         for k, bit in QUALITY_FLAGS.items():
             self.quality[k] += int(np.count_nonzero(q & bit))
         for k, bit in INPUT_FLAGS.items():
@@ -267,7 +274,8 @@ class FlagSummary:
     def of(cls, result: xr.Dataset) -> FlagSummary:
         """The summary of a retrieval result (``quality_flag``, ``input_flag``)."""
         out = cls()
-        out.add(result["quality_flag"].values, result["input_flag"].values)
+        out.add(result["quality_flag"].values, result["input_flag"].values,
+                scans="time" in result["quality_flag"].dims)
         return out
 
     def line(self) -> str:
@@ -281,7 +289,9 @@ class FlagSummary:
                 if why:
                     text += f" ({', '.join(why)})"
             parts.append(text)
-        return f"flags: {', '.join(parts)} of {self.pixels} pixels"
+        units = [f"{n} {u}" for n, u in ((self.pixels, "pixels"), (self.scans, "scans"))
+                 if n] or ["0 pixels"]
+        return f"flags: {', '.join(parts)} of {' and '.join(units)}"
 
 
 class ChunkExecutor(Protocol):
@@ -426,6 +436,7 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
             shutil.rmtree(store, ignore_errors=True)
     if flags is not None:
         flags.pixels += tally.pixels
+        flags.scans += tally.scans
         for k, n in tally.quality.items():
             flags.quality[k] += n
         for k, n in tally.inputs.items():
@@ -450,7 +461,7 @@ def _series_to_file(scene, out: Path, fmt: str, guide, opt, scene_path, source, 
         raise type(err)(f"{scene_path}: {err}") from err
     written = write_result(ds, out, chunk_rows=None)
     if flags is not None:
-        flags.add(ds["quality_flag"].values, ds["input_flag"].values)
+        flags.add(ds["quality_flag"].values, ds["input_flag"].values, scans=True)
     return written
 
 
