@@ -166,6 +166,7 @@ def test_flox_table_on_its_own_grid_through_retrieve_and_report(flox_guide, tmp_
     # refined by default: each scan at the model's mode on the file's own bands, fitting
     # at least as well as the guide's mean (--no-refine) and erring no more
     assert "refined" in r.attrs["posterior"] and not (r["quality_flag"].values & 16).any()
+    assert "f687" in r.attrs["posterior"].split(";")[1]
     alone = tmp_path / "guide.nc"
     assert main(["retrieve", str(csv), "--model", "flox", "--no-refine", "--quiet", "--out",
                  str(alone)]) == 0

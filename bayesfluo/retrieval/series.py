@@ -309,4 +309,7 @@ def retrieve_series(scene: xr.Dataset, guide: AmortizedGuide, options=None, *,
                                  bands=bands, n_scene_bands=scene.sizes["band"],
                                  refined=refine))
     ds.attrs["featureType"] = "timeSeries"
+    if refine:
+        ds.attrs["posterior"] += ("; " + ", ".join(GUIDE_QUANTITIES)
+                                  + " from the amortized guide (calibrated)")
     return ds
