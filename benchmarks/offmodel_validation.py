@@ -99,7 +99,7 @@ def crb_sample(guide, scene, n_patches: int, rng) -> tuple[np.ndarray, np.ndarra
     grid = PatchGrid((scene.sizes["y"], scene.sizes["x"]), guide.patch_size)
     d = guide_inputs(scene, grid, slice(None), model, guide.feature_mean,
                      guide.feature_sd, inst.reference_radiance, with_radiance=False)
-    u_r, _, _ = world_targets(scene, model)
+    u_r = world_targets(scene, model)[0]
     mu, chol = (np.asarray(a) for a in model.reflectance_prior())
     coeffs_img = 1.0 / (1.0 + np.exp(-(mu + u_r @ chol.T)))
     f760 = np.asarray(scene["true_f760"].values)
