@@ -15,9 +15,15 @@ Run (sizes in GB on disk)::
     python benchmarks/bench_large_scene.py --size-gb 0.2 --dir /tmp/bench
     python benchmarks/bench_large_scene.py --size-gb 4.2 --dir /work/bench --configs 0,1,2
 
-``--configs``: 0 = one process (streamed), N = a local dask cluster of N workers.
+``--configs``: 0 = one process (streamed; reading the next chunk and writing the last
+in threads while one is computed), 0s = the same one after the other (the baseline of
+that overlap, ``retrieve_file(..., overlap=False)``; the outputs are compared bit for
+bit), N = a local dask cluster of N workers. ``--out nc`` writes netCDF (as
+``bayesfluo retrieve scene.nc --out sif.nc``), else Zarr.
 Timings include process start, guide loading and compilation (``wall``); ``retrieval``
-is the time inside the streamed retrieval (the result's ``retrieval_time_s``).
+is the time inside the streamed retrieval (the result's ``retrieval_time_s``: from the
+plan, compilation included, to the last chunk written; a netCDF output is written from
+the streamed Zarr after it, inside ``wall``).
 """
 
 from __future__ import annotations
@@ -87,21 +93,39 @@ def _tree_rss(pid: int) -> tuple[int, int]:
     return sum(rss), max(rss, default=0)
 
 
-def run_retrieval(scene: Path, out: Path, workers: int, chunk_pixels: int,
+#: The baseline of config ``0s``: the CLI's retrieval without the overlap
+_SERIAL = """
+import sys
+from bayesfluo.retrieval.api import retrieve_file
+from bayesfluo.retrieval.chunk import RetrieveOptions
+from bayesfluo.shipped import resolve_model
+retrieve_file(sys.argv[1], resolve_model("hyplant-fluo-o2a"), sys.argv[2],
+              RetrieveOptions(chunk_pixels=int(sys.argv[3]), quality=sys.argv[4] == "1"),
+              progress=False, overlap=False)
+"""
+
+
+def run_retrieval(scene: Path, out: Path, workers: int | str, chunk_pixels: int,
                   quality: bool) -> dict:
-    """One ``bayesfluo retrieve`` process; wall time and peak memory of its tree."""
+    """One ``bayesfluo retrieve`` process (``workers``: 0 one process, ``"0s"`` the same
+    without the overlap, N a dask cluster); wall time and peak memory of its tree."""
     import shutil
 
     import xarray as xr
 
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "bayesfluo.cli", "retrieve", str(scene), "--model",
-           "hyplant-fluo-o2a", "--out", str(out), "--quiet", "--chunk-pixels",
-           str(chunk_pixels)]
-    if not quality:
-        cmd.append("--no-quality")
-    if workers:
-        cmd += ["--workers", str(workers)]
+    out.unlink(missing_ok=True)
+    if workers == "0s":
+        cmd = [sys.executable, "-c", _SERIAL, str(scene), str(out), str(chunk_pixels),
+               "1" if quality else "0"]
+    else:
+        cmd = [sys.executable, "-m", "bayesfluo.cli", "retrieve", str(scene), "--model",
+               "hyplant-fluo-o2a", "--out", str(out), "--quiet", "--chunk-pixels",
+               str(chunk_pixels)]
+        if not quality:
+            cmd.append("--no-quality")
+        if workers:
+            cmd += ["--workers", str(workers)]
     peak = {"sum": 0, "max": 0}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -121,7 +145,7 @@ def run_retrieval(scene: Path, out: Path, workers: int, chunk_pixels: int,
     th.join()
     if proc.returncode:
         raise RuntimeError(f"retrieve failed ({proc.returncode}):\n{text[-3000:]}")
-    with xr.open_zarr(out) as res:
+    with (xr.open_zarr(out) if out.suffix == ".zarr" else xr.open_dataset(out)) as res:
         t_ret = float(res.attrs["retrieval_time_s"])
         ok = int(np.isfinite(res["f760_mean"].values).sum())
     return dict(wall_s=wall, retrieval_s=t_ret, peak_tree_gb=peak["sum"] / 1e9,
@@ -133,7 +157,9 @@ def main(argv=None) -> int:
     ap.add_argument("--size-gb", type=float, default=0.1, help="radiance on disk, GB")
     ap.add_argument("--dir", default="bench-large-scene", help="where scene and outputs go")
     ap.add_argument("--configs", default="0,1,2",
-                    help="comma-separated: 0 = one process, N = dask cluster of N workers")
+                    help="comma-separated: 0 = one process, 0s = one process without "
+                         "the read/write overlap, N = dask cluster of N workers")
+    ap.add_argument("--out", choices=("zarr", "nc"), default="zarr", help="output format")
     ap.add_argument("--chunk-pixels", type=int, default=32768)
     ap.add_argument("--quality", action="store_true", help="also the fit check")
     ap.add_argument("--keep", action="store_true", help="keep the scene and outputs")
@@ -155,19 +181,32 @@ def main(argv=None) -> int:
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
           f"quality check {'on' if args.quality else 'off'}")
     print(f"{'config':>12s} {'wall s':>8s} {'retr. s':>8s} {'px/s':>8s} "
-          f"{'peak tree GB':>13s} {'peak proc GB':>13s} {'load':>5s}")
-    for c in (int(v) for v in args.configs.split(",")):
-        out = d / f"result_{c}.zarr"
+          f"{'wall px/s':>9s} {'peak tree GB':>13s} {'peak proc GB':>13s} {'load':>5s}")
+    outs, times = {}, {}
+    for c in (v if v == "0s" else int(v) for v in args.configs.split(",")):
+        out = d / f"result_{c}.{args.out}"
         r = run_retrieval(scene, out, c, args.chunk_pixels, args.quality)
-        name = "1 process" if c == 0 else f"{c} workers"
+        name = {0: "1 process", "0s": "1 p. serial"}.get(c, f"{c} workers")
         print(f"{name:>12s} {r['wall_s']:8.1f} {r['retrieval_s']:8.1f} "
-              f"{npix / r['retrieval_s']:8.0f} {r['peak_tree_gb']:13.2f} "
-              f"{r['peak_process_gb']:13.2f} {os.getloadavg()[0]:5.1f}", flush=True)
+              f"{npix / r['retrieval_s']:8.0f} {npix / r['wall_s']:9.0f} "
+              f"{r['peak_tree_gb']:13.2f} {r['peak_process_gb']:13.2f} "
+              f"{os.getloadavg()[0]:5.1f}", flush=True)
         assert r["finite_pixels"] > 0.9 * npix, r
-        if not args.keep:
-            import shutil
-            shutil.rmtree(out, ignore_errors=True)
+        outs[c], times[c] = out, r
+    if 0 in times and "0s" in times:
+        print(f"overlap: {times['0s']['retrieval_s'] / times[0]['retrieval_s']:.2f}x the "
+              f"serial path's retrieval speed, {times['0s']['wall_s'] / times[0]['wall_s']:.2f}"
+              "x its wall", end="")
+        import xarray as xr
+        opener = xr.open_zarr if args.out == "zarr" else xr.open_dataset
+        with opener(outs[0]) as a, opener(outs["0s"]) as b:
+            same = all(np.array_equal(a[k].values, b[k].values, equal_nan=True)
+                       for k in a.data_vars)
+        print(f"; outputs {'identical bit for bit' if same else 'DIFFERENT'}")
     if not args.keep:
+        import shutil
+        for out in outs.values():
+            shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink()
         scene.unlink()
     return 0
 

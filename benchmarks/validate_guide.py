@@ -228,7 +228,13 @@ def _write_card(mdir: Path, guide, summ: dict) -> None:
     w = info.get("world")
     world_text = ""
     if w:
+        from bayesfluo.inference.train import CALIBRATION_SEED, TrainConfig
+
         infl = info.get("f760_sd_inflation", {})
+        n_cal = (TrainConfig.from_toml(mdir / "train.toml").calibration_scenes
+                 if (mdir / "train.toml").exists() else 0)
+        cal = (f", and {n_cal} scenes of the simulator (seeds from {CALIBRATION_SEED}, "
+               "half at its defaults, half on PROSAIL surfaces)" if n_cal else "")
         world_text = (
             f" Then {w['steps']} steps of the world phase (`bayesfluo.inference.world`): "
             f"each step adds 16 patches of {w['scenes'] - w['holdout']} scenes of "
@@ -236,8 +242,8 @@ def _write_card(mdir: Path, guide, summ: dict) -> None:
             "everything varying (terrain, aerosol, Angstrom exponent, diffuse path, smile), "
             f"every {w['prosail_every']}rd on PROSAIL canopies with SIF of other shapes, "
             "half on perturbed band grids, a third with bad bands (seeds from "
-            f"{w['seed']}). {w['holdout']} more scenes, held out, set the F760 sd factors "
-            f"per NDVI class (edges {infl.get('ndvi_edges')}: {infl.get('factors')}) and "
+            f"{w['seed']}). {w['holdout']} more scenes, held out{cal}, set the F760 sd "
+            f"factors per NDVI class (edges {infl.get('ndvi_edges')}: {infl.get('factors')}) and "
             "the `poor_fit` reference (fit chi-square and its ratio to the patch median).")
     nuisance = info.get("nuisance") or {}
     nuisance_text = ""

@@ -28,10 +28,11 @@ def test_every_notebook_is_tested_and_asserts():
         assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), name
 
 
-# measured on 2 shared cores: quickstart and calibration run by default; the two that
-# compile the fit check, the draws, the fine-grid Fisher information of three instruments
-# or two guides run with -m slow
-_SLOW: set[str] = set()
+# one at a time on an idle 2-core machine: instruments 118 s, posterior_analysis 54 s,
+# calibration 47 s, quickstart 42 s. quickstart and calibration run by default; the two
+# that compile the fit check, the draws, the fine-grid Fisher information of three
+# instruments or two guides run with -m slow (the default run stays under 20 minutes)
+_SLOW: set[str] = {"instruments", "posterior_analysis"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW

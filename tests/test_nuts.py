@@ -46,6 +46,9 @@ def mode(o2a_model, patch):
     return c, c.laplace(xl, xs, data, jnp.int32(NutsConfig().newton_steps))
 
 
+# 56 s: tests/test_refine.py checks the same blocks against JAX's dense Hessian on every
+# default run (through an operator expansion); this one, on the exact operator, with -m slow
+@pytest.mark.slow
 def test_hessian_blocks_equal_dense_hessian(o2a_model, patch):
     """D + S Hessian-vector products give the exact Hessian of the patch's potential
     (exact operator), pixels coupled only through the shared latents."""

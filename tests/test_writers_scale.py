@@ -84,7 +84,7 @@ def test_netcdf_and_zarr_are_cf_georeferenced_chunked_compressed(tmp_path, resul
     assert back.attrs["Conventions"] == "CF-1.10"
     enc = back["f760_mean"].encoding
     if ext == ".nc":
-        assert enc["zlib"] and enc["chunksizes"] == (8, 16)
+        assert enc["zlib"] and enc["shuffle"] and enc["chunksizes"] == (8, 16)
     else:
         assert enc["chunks"] == (8, 16) and enc["compressors"]
     assert_same_maps(result, back)
@@ -170,6 +170,34 @@ def test_streaming_never_reads_the_whole_cube(geo_scene, retriever, result, tmp_
     row_bytes = geo_scene["radiance"][0].nbytes
     assert sizes and max(sizes) <= 8 * row_bytes
     assert_same_maps(result, xr.open_zarr(tmp_path / "r.zarr"))
+
+
+def test_read_ahead_gives_the_same_maps_and_a_failed_read_leaves_nothing(
+        tmp_path, scene_path, retriever, result, monkeypatch):
+    """The next chunk read by a thread while one is computed: the maps bit for bit those
+    of reading each chunk when computed (and of the in-memory retrieval); a read that
+    fails in the thread stops the retrieval with its error, and no output is left."""
+    from bayesfluo.retrieval import streaming
+    from bayesfluo.retrieval.streaming import LocalExecutor, open_input, retrieve_to_file
+    for ahead, name in ((True, "a.zarr"), (False, "b.zarr")):
+        retrieve_to_file(open_input(scene_path), tmp_path / name, retriever, OPTS,
+                         executor=LocalExecutor(retriever, read_ahead=ahead),
+                         progress=False)
+    a, b = xr.open_zarr(tmp_path / "a.zarr"), xr.open_zarr(tmp_path / "b.zarr")
+    assert_same_maps(b, a)
+    assert_same_maps(result, a)
+    real = streaming.read_chunk
+
+    def failing(scene, pr0, plan, r):
+        if pr0 > 0:
+            raise OSError("disk gone while reading the second chunk")
+        return real(scene, pr0, plan, r)
+
+    monkeypatch.setattr(streaming, "read_chunk", failing)
+    with pytest.raises(OSError, match="second chunk"):
+        retrieve_to_file(open_input(scene_path), tmp_path / "c.nc", retriever, OPTS,
+                         progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr", "b.zarr"]
 
 
 def test_dask_executor_in_process_gives_identical_maps(tmp_path, scene_path, model_dir,

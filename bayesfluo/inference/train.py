@@ -912,47 +912,35 @@ def _world_pool(model: SifModel, tc: TrainConfig, mean, sd, out: Path,
     return pool
 
 
-def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
-    """The guide's references on the held-out world scenes
-    (:func:`bayesfluo.inference.world.world_scene`, never trained on):
+#: The F760 (and F687) sd factors tried by :func:`world_holdout_calibration`
+INFLATION_FACTORS = np.round(np.arange(0.5, 6.001, 0.05), 2)
 
-    ``fit_chi2_quantiles``, ``fit_chi2_ratio_quantiles``
-        Quantiles of the reduced chi-square of the fit at the guide's posterior mean
-        (:func:`bayesfluo.inference.guide.fit_chi2`, on each scene's own bands) and of its
-        ratio to the patch's median (:func:`~bayesfluo.inference.guide.patch_relative_chi2`):
-        the references of the ``poor_fit`` flag; ``fit_spike_quantiles`` those of the
-        spike statistic (:class:`~bayesfluo.inference.guide.FitCheck`). A pixel that fits
-        as well as the simulator's scenes (terrain, smile, aerosol, canopies the model
-        does not describe exactly) passes; spikes, broken bands and pixels unlike their
-        neighbours do not.
-    ``f760_sd_inflation``
-        Factors on the F760 posterior sd in the guide's coordinate per NDVI class, for
-        pixels whose fit chi-square exceeds the 0.99 quantile on the model's own draws
-        (``chi2_min``; the others keep the guide's intervals, calibrated on the prior)
-        (:func:`~bayesfluo.inference.guide.f760_inflation`,
-        :func:`~bayesfluo.inference.guide.inflate_f760`): for each class the smallest
-        factor (0.5 to 6, steps of 0.05) whose shortest 90 % intervals hold the
-        truth for >= 90 % of its held-out pixels in each holdout family (the world's
-        scenes, and with ``calibration_scenes`` the simulator's defaults and PROSAIL
-        surfaces; families of fewer than 50 such pixels do not count; 1 where none does).
-        Amortization and the misfit the guide cannot see leave its F760 intervals too
-        narrow (or too wide) on scenes the model did not generate; this is their
-        temperature scaling, fitted on scenes apart from both the training and the
-        validation (``benchmarks/offmodel_validation.py``) scenes.
-    ``f687_sd_inflation``
-        Windows with the O2-B band: the same for the red peak's coordinate, judged by
-        F687's shortest 90 % intervals (:func:`~bayesfluo.inference.guide.calibrate`),
-        for every pixel of its class (``chi2_min`` None): the guide's F687 is not
-        calibrated where the model fits either (held-out FloX series that the model fits
-        as its own draws: about 80 % coverage), the red peak being weak and its shape
-        outside the model's family.
-    """
+
+class HoldoutPixels(NamedTuple):
+    """The held-out calibration scenes' usable pixels (:func:`holdout_pixels`), flat (n,).
+
+    ``hits`` (and ``hits687``, two-peak windows, else None) are (factors, n): whether the
+    shortest 90 % interval with the F760 (F687) coordinate's sd scaled by each of
+    :data:`INFLATION_FACTORS` holds the truth. ``family``: 0 the world's held-out scenes,
+    1 the simulator's defaults, 2 PROSAIL surfaces at nominal conditions."""
+    chi2: np.ndarray
+    ratio: np.ndarray
+    spike: np.ndarray
+    hits: np.ndarray
+    hits687: np.ndarray | None
+    ndvi: np.ndarray
+    family: np.ndarray
+
+
+def holdout_pixels(guide: AmortizedGuide, tc: TrainConfig) -> HoldoutPixels:
+    """The guide's fit check and intervals on every usable pixel of the held-out world
+    scenes and the calibration scenes (:func:`world_holdout_calibration` reduces them)."""
     model = guide.model
     inst = get_instrument(tc.instrument)
     params, static = eqx.partition(guide.encoder, eqx.is_inexact_array)
     encode = jax.jit(lambda p, f, m: eqx.combine(p, static).encode(f, m))
     chi2 = jax.jit(fit_check)
-    factors = np.round(np.arange(0.5, 6.001, 0.05), 2)
+    factors = INFLATION_FACTORS
 
     @jax.jit
     def hdi(q, ndvi, p0, c):
@@ -1020,14 +1008,61 @@ def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
         # surfaces at nominal conditions (2)
         j = k - len(seeds)
         family.append(np.full(int(ok.sum()), 0 if j < 0 else 1 + j % 2))
-    c2, ratio, spike = np.concatenate(c2), np.concatenate(ratio), np.concatenate(spike)
-    hits, ndvi = np.concatenate(hits, 1), np.concatenate(ndvis)
-    family = np.concatenate(family)
-    qs = (0.5, 0.9, 0.95, 0.99, 0.999)
-    cls = np.digitize(ndvi, F760_INFLATION_EDGES)
+    return HoldoutPixels(np.concatenate(c2), np.concatenate(ratio), np.concatenate(spike),
+                         np.concatenate(hits, 1),
+                         np.concatenate(hits687, 1) if red else None,
+                         np.concatenate(ndvis), np.concatenate(family))
+
+
+def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
+    """The guide's references on the held-out world scenes
+    (:func:`bayesfluo.inference.world.world_scene`, never trained on):
+
+    ``fit_chi2_quantiles``, ``fit_chi2_ratio_quantiles``
+        Quantiles of the reduced chi-square of the fit at the guide's posterior mean
+        (:func:`bayesfluo.inference.guide.fit_chi2`, on each scene's own bands) and of its
+        ratio to the patch's median (:func:`~bayesfluo.inference.guide.patch_relative_chi2`):
+        the references of the ``poor_fit`` flag; ``fit_spike_quantiles`` those of the
+        spike statistic (:class:`~bayesfluo.inference.guide.FitCheck`). A pixel that fits
+        as well as the simulator's scenes (terrain, smile, aerosol, canopies the model
+        does not describe exactly) passes; spikes, broken bands and pixels unlike their
+        neighbours do not.
+    ``f760_sd_inflation``
+        Factors on the F760 posterior sd in the guide's coordinate per NDVI class, for
+        pixels whose fit chi-square exceeds the 0.99 quantile on the model's own draws
+        (``chi2_min``; the others keep the guide's intervals, calibrated on the prior)
+        (:func:`~bayesfluo.inference.guide.f760_inflation`,
+        :func:`~bayesfluo.inference.guide.inflate_f760`): for each class the smallest
+        factor (0.5 to 6, steps of 0.05) whose shortest 90 % intervals hold the
+        truth for >= 90 % of its held-out pixels in each holdout family (the world's
+        scenes, and with ``calibration_scenes`` the simulator's defaults and PROSAIL
+        surfaces; families of fewer than 50 such pixels do not count; 1 where none does).
+        Amortization and the misfit the guide cannot see leave its F760 intervals too
+        narrow (or too wide) on scenes the model did not generate; this is their
+        temperature scaling, fitted on scenes apart from both the training and the
+        validation (``benchmarks/offmodel_validation.py``) scenes.
+    ``f687_sd_inflation``
+        Windows with the O2-B band: the same for the red peak's coordinate, judged by
+        F687's shortest 90 % intervals (:func:`~bayesfluo.inference.guide.calibrate`),
+        for every pixel of its class (``chi2_min`` None): the guide's F687 is not
+        calibrated where the model fits either (held-out FloX series that the model fits
+        as its own draws: about 80 % coverage), the red peak being weak and its shape
+        outside the model's family.
+    """
     # the factors are for pixels that fit worse than the model's own draws (above their
     # 0.99 quantile): below it the guide is calibrated as it is (factor 1)
     chi2_min = (guide.info.get("fit_chi2_quantiles_prior") or {}).get("0.99")
+    return holdout_calibration(holdout_pixels(guide, tc), chi2_min)
+
+
+def holdout_calibration(px: HoldoutPixels, chi2_min: float | None) -> dict:
+    """The references and sd factors of :func:`world_holdout_calibration` from its
+    held-out pixels ``px``; the F760 factors act on pixels whose fit chi-square exceeds
+    ``chi2_min`` (every pixel where None)."""
+    c2, ratio, spike, hits, h687, ndvi, family = px
+    factors = INFLATION_FACTORS
+    qs = (0.5, 0.9, 0.95, 0.99, 0.999)
+    cls = np.digitize(ndvi, F760_INFLATION_EDGES)
     misfit = c2 > chi2_min if chi2_min is not None else np.ones(c2.size, bool)
 
     def smallest(sel, hits=hits):
@@ -1045,8 +1080,7 @@ def world_holdout_calibration(guide: AmortizedGuide, tc: TrainConfig) -> dict:
     n_cls = len(F760_INFLATION_EDGES) + 1
     inflation = [smallest((cls == k) & misfit) for k in range(n_cls)]
     out = {}
-    if red:  # F687's shortest intervals, the red peak's coordinate scaled, every pixel
-        h687 = np.concatenate(hits687, 1)
+    if h687 is not None:  # F687's shortest intervals, the red peak's coordinate scaled
         out["f687_sd_inflation"] = {
             "ndvi_edges": list(F760_INFLATION_EDGES),
             "factors": [smallest(cls == k, h687) for k in range(n_cls)],

@@ -54,7 +54,8 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 from bayesfluo.model.patch import Patch
 from bayesfluo.model.priors import SHAPE760
 from bayesfluo.model.sif_model import OperatorExpansion, SifModel
-from bayesfluo.physics.surface import SifParams, sif_spectrum, sif_taylor
+from bayesfluo.model.toc_least_squares import scan_least_squares
+from bayesfluo.physics.surface import SifParams, sif_taylor
 
 __all__ = ["Layout", "Blocks", "Mode", "Damping", "REFINE_DAMPING", "SEARCH_DAMPING",
            "LAMBDAS", "MAX_STEP", "hessian_blocks", "eig_scaled", "eig_inverse",
@@ -520,27 +521,13 @@ def initial_values(model: SifModel, patch: Patch) -> dict:
 def _toc_initial_values(model: SifModel, patch: Patch) -> dict:
     """:func:`initial_values` of a top-of-canopy patch (traceable: JAX throughout, so a
     jitted retrieval can start its mode search here, :func:`toc_start`)."""
-    fm = model.fm
     e = jnp.asarray(patch.irradiance, jnp.float32) / jnp.pi            # (P, B)
-    y = jnp.asarray(patch.radiance, jnp.float32) / e
-    b0 = fm.basis_band[0]                                              # (B, K)
-    c = fm.band_centre_nm
-    shapes = [sif_spectrum(c, SifParams(0.0, 1.0))]
-    if model.has_red:
-        shapes.append(sif_spectrum(c, SifParams(1.0, 0.0)))
-    n_pix, k = e.shape[0], fm.n_basis
-    design = jnp.concatenate([jnp.broadcast_to(b0, (n_pix,) + b0.shape),
-                              jnp.stack([sh[None] / e for sh in shapes], -1)], -1)
-    # weights: the inverse noise variance of y (the model's noise, at the measured
-    # radiance floored at 1e-3)
-    var = model.noise_variance(jnp.maximum(y * e, 1e-3), patch.noise_a, patch.noise_b)
-    w = e**2 / var
-    a = jnp.einsum("pbi,pb,pbj->pij", design, w, design)
-    rhs = jnp.einsum("pbi,pb,pb->pi", design, w, y)
-    # the columns scaled to unit norm (float32 normal equations), a small ridge
-    d = jnp.sqrt(jnp.maximum(jnp.diagonal(a, axis1=-2, axis2=-1), 1e-30))
-    g = a / (d[:, :, None] * d[:, None, :]) + 1e-6 * jnp.eye(a.shape[-1])
-    theta = jnp.linalg.solve(g, (rhs / d)[..., None])[..., 0] / d
+    rad = jnp.asarray(patch.radiance, jnp.float32)
+    k = model.fm.n_basis
+    # weights: the inverse noise variance of the model's noise at the measured radiance
+    # (floored at 1e-3)
+    w = 1.0 / model.noise_variance(jnp.maximum(rad, 1e-3), patch.noise_a, patch.noise_b)
+    theta, _ = scan_least_squares(model, rad, e, w)
     coeffs = jnp.clip(theta[:, :k], 0.01, 0.99)
     mu, chol = model.reflectance_prior()
     resid = jnp.log(coeffs / (1 - coeffs)) - mu

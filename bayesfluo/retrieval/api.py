@@ -109,7 +109,8 @@ def retrieve_file(scene_path: str | Path, model_dir: str | Path, out: str | Path
                   options: RetrieveOptions | None = None, progress: bool = True, *,
                   retriever: Retriever | None = None, reader_kwargs: dict | None = None,
                   executor=None, variables=None, separate: bool = False,
-                  flags: FlagSummary | None = None, lock: bool = True) -> Path:
+                  flags: FlagSummary | None = None, lock: bool = True,
+                  overlap: bool = True) -> Path:
     """Read a scene (any format :func:`bayesfluo.io.readers.open_scene` knows, lazily),
     retrieve it with the model in ``model_dir`` chunk by chunk and stream the maps to
     ``out`` (netCDF ``.nc``, Zarr ``.zarr`` or GeoTIFF ``.tif``, atomically; see
@@ -133,6 +134,9 @@ def retrieve_file(scene_path: str | Path, model_dir: str | Path, out: str | Path
         Hold ``out``'s lock while writing (:func:`bayesfluo.retrieval.streaming.output_lock`;
         temporaries of ``out`` left by killed runs are removed first). False where the
         caller holds it (a batch).
+    overlap : bool
+        Read and write in threads while chunks are computed (the same output; see
+        :func:`bayesfluo.retrieval.streaming.retrieve_to_file`).
 
     Returns
     -------
@@ -157,7 +161,8 @@ def retrieve_file(scene_path: str | Path, model_dir: str | Path, out: str | Path
                                      scene_path=str(scene_path),
                                      source=Path(scene_path).name,
                                      model_name=Path(model_dir).name, progress=progress,
-                                     variables=variables, separate=separate, flags=flags)
+                                     variables=variables, separate=separate, flags=flags,
+                                     overlap=overlap)
         finally:
             scene.close()
     return paths[0]

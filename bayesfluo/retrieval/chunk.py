@@ -43,6 +43,7 @@ from bayesfluo.inference.guide import (
     guide_inputs,
     patch_relative_chi2,
     predicted_radiance,
+    read_guide_rows,
     sample_draws,
     summaries,
 )
@@ -61,10 +62,10 @@ from bayesfluo.retrieval.acceptance import out_of_distribution, refinement_accep
 from bayesfluo.retrieval.devices import default_chunk_pixels
 from bayesfluo.retrieval.result import QUALITY_FLAGS
 from bayesfluo.scene.bands import SceneBands, model_on_scene_grid, same_grid, scene_bands
-from bayesfluo.scene.grid import PatchGrid, check_scene_for_model, reference_centre
+from bayesfluo.scene.grid import PatchGrid, PixelRows, check_scene_for_model, reference_centre
 
 __all__ = ["RetrieveOptions", "Retriever", "RetrievalPlan", "plan_retrieval",
-           "chunk_inputs", "retrieve_chunk"]
+           "read_chunk", "chunk_inputs", "retrieve_chunk"]
 
 
 @dataclass(frozen=True)
@@ -495,15 +496,27 @@ def fit_expansion_centre(scene: xr.Dataset, plan: RetrievalPlan, r: Retriever
     return tuple(float(v) for v in np.asarray(expansion_centre(r.model, u)))
 
 
+def read_chunk(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retriever
+               ) -> PixelRows:
+    """The rows of the chunk starting at patch row ``pr0``, read from ``scene`` as
+    :func:`chunk_inputs` reads them (:func:`bayesfluo.inference.guide.read_guide_rows`):
+    a reading thread runs it for the next chunk while this one is computed
+    (:class:`bayesfluo.retrieval.streaming.LocalExecutor`)."""
+    return read_guide_rows(scene.isel(y=plan.rows(pr0)), slice(None), r.guide.model,
+                           plan.bands)
+
+
 def chunk_inputs(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retriever,
-                 options: RetrieveOptions, *, sliced: bool = False) -> GuideInputs:
+                 options: RetrieveOptions, *, sliced: bool = False,
+                 pixels: PixelRows | None = None) -> GuideInputs:
     """The patches of the chunk starting at patch row ``pr0`` and the guide's inputs for
     them, as the retrieval reads them (padded to ``plan.n_chunk_patches`` patches; the
     radiance included where the options check the fit or refine; JAX arrays).
 
     Only the chunk's rows of ``scene`` are read (``scene.isel(y=rows)``, lazy for a file
     opened lazily or a dask-backed scene); with ``sliced``, ``scene`` is already just
-    those rows (``plan.rows(pr0)``).
+    those rows (``plan.rows(pr0)``); with ``pixels`` (:func:`read_chunk`), nothing is
+    read here.
     """
     guide = r.guide
     return guide_inputs(scene if sliced else scene.isel(y=plan.rows(pr0)), plan.grid,
@@ -511,17 +524,18 @@ def chunk_inputs(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retriever,
                         plan.reference_radiance, plan.centre,
                         n_patches=plan.n_chunk_patches,
                         with_radiance=options.quality or options.refine, device=True,
-                        bands=plan.bands)
+                        bands=plan.bands, pixels=pixels)
 
 
 def retrieve_chunk(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retriever,
-                   options: RetrieveOptions, *, sliced: bool = False
-                   ) -> dict[str, np.ndarray]:
+                   options: RetrieveOptions, *, sliced: bool = False,
+                   pixels: PixelRows | None = None) -> dict[str, np.ndarray]:
     """Posterior summaries of one chunk of patch rows (starting at patch row ``pr0``).
 
     Only the chunk's rows of ``scene`` are read (``scene.isel(y=rows)``, lazy for a file
     opened lazily or a dask-backed scene); with ``sliced``, ``scene`` is already just
-    those rows (``plan.rows(pr0)``).
+    those rows (``plan.rows(pr0)``); with ``pixels``, the rows already read
+    (:func:`read_chunk`).
 
     Returns
     -------
@@ -535,7 +549,7 @@ def retrieve_chunk(scene: xr.Dataset, pr0: int, plan: RetrievalPlan, r: Retrieve
     rows = plan.rows(pr0)
     ny = rows.stop - rows.start
     n = -(-ny // s) * grid.n_cols  # the chunk's patches (then padding up to a full chunk)
-    d = chunk_inputs(scene, pr0, plan, r, opt, sliced=sliced)
+    d = chunk_inputs(scene, pr0, plan, r, opt, sliced=sliced, pixels=pixels)
     q, maps, flag, fit = r.chunk_maps(d, opt.ood_sigma, opt.min_patch_pixels,
                                       opt.refine_batch if opt.refine else None,
                                       with_fit=opt.quality, fit_centre=plan.fit_centre)

@@ -24,6 +24,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -47,6 +48,7 @@ from bayesfluo.retrieval.chunk import (
     RetrieveOptions,
     Retriever,
     plan_retrieval,
+    read_chunk,
     retrieve_chunk,
 )
 from bayesfluo.retrieval.result import QUALITY_FLAGS, result_attrs, result_dataset
@@ -305,16 +307,38 @@ class ChunkExecutor(Protocol):
 
 
 class LocalExecutor:
-    """Chunks computed one after the other in this process."""
+    """Chunks computed one after the other in this process, the next chunk's rows read
+    by a thread while one is computed (``read_ahead``; the same rows read the same way,
+    so the results are the same bit for bit; at most two chunks' rows in memory).
 
-    def __init__(self, retriever: Retriever):
+    Parameters
+    ----------
+    retriever : Retriever
+        The compiled guide.
+    read_ahead : bool
+        Read the next chunk in a thread (a file's reading and decompression overlap the
+        computation); False reads each chunk when it is computed.
+    """
+
+    def __init__(self, retriever: Retriever, read_ahead: bool = True):
         self.retriever = retriever
+        self.read_ahead = read_ahead
 
     def chunks(self, scene: xr.Dataset, plan: RetrievalPlan, options: RetrieveOptions,
                scene_path: str | None = None) -> Iterator[tuple[int, dict]]:
         """Pieces of every chunk of ``plan``, in order."""
-        for pr0 in plan.starts:
-            yield pr0, retrieve_chunk(scene, pr0, plan, self.retriever, options)
+        starts, r = list(plan.starts), self.retriever
+        if not self.read_ahead or len(starts) < 2:
+            for pr0 in starts:
+                yield pr0, retrieve_chunk(scene, pr0, plan, r, options)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="bayesfluo-read") as pool:
+            ahead = pool.submit(read_chunk, scene, starts[0], plan, r)
+            for i, pr0 in enumerate(starts):
+                pixels = ahead.result()
+                if i + 1 < len(starts):
+                    ahead = pool.submit(read_chunk, scene, starts[i + 1], plan, r)
+                yield pr0, retrieve_chunk(scene, pr0, plan, r, options, pixels=pixels)
 
 
 def open_input(path: str | os.PathLike, **reader_kwargs) -> xr.Dataset:
@@ -355,7 +379,8 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
                      executor: ChunkExecutor | None = None, scene_path: str | None = None,
                      source: str | None = None, model_name: str | None = None,
                      progress: bool = True, variables: Sequence[str] | None = None,
-                     separate: bool = False, flags: FlagSummary | None = None) -> list[Path]:
+                     separate: bool = False, flags: FlagSummary | None = None,
+                     overlap: bool = True) -> list[Path]:
     """Retrieve a scene chunk by chunk and stream the maps to ``out`` (atomically).
 
     Temporaries beside ``out`` carry this process's id and host in their name
@@ -382,6 +407,10 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
         (:func:`bayesfluo.io.writers.write_geotiff`).
     flags : FlagSummary, optional
         Add the written pixels' flags to it (for a one-line report).
+    overlap : bool
+        Read the next chunk (:class:`LocalExecutor`'s ``read_ahead``) and write the last
+        one in threads while a chunk is computed; False does one after the other (the
+        same output bit for bit; ``benchmarks/bench_large_scene.py`` compares them).
 
     Returns
     -------
@@ -410,7 +439,7 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
         if scene_path is None or str(scene_path) in str(err):
             raise
         raise type(err)(f"{scene_path}: {err}") from err
-    executor = executor or LocalExecutor(retriever)
+    executor = executor or LocalExecutor(retriever, read_ahead=overlap)
     attrs = result_attrs(guide, source=source or scene.encoding.get("source", ""),
                          model_name=model_name, elapsed_s=0.0, refined=opt.refine,
                          bands=plan.bands, n_scene_bands=scene.sizes["band"])
@@ -418,7 +447,7 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
     if fmt == "zarr":
         with atomic_dir(out) as store:
             _stream(scene, store, plan, opt, executor, scene_path, progress, attrs, t0,
-                    tally)
+                    tally, overlap)
         written = [out]
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -426,7 +455,7 @@ def retrieve_to_file(scene: xr.Dataset, out: str | os.PathLike, retriever: Retri
                                  suffix=".zarr.tmp")
         try:
             _stream(scene, store, plan, opt, executor, scene_path, progress, attrs, t0,
-                    tally)
+                    tally, overlap)
             with xr.open_zarr(store, consolidated=True) as ds:
                 if fmt == "geotiff":
                     written = write_geotiff(ds.load(), out, variables, separate)
@@ -465,15 +494,25 @@ def _series_to_file(scene, out: Path, fmt: str, guide, opt, scene_path, source, 
     return written
 
 
+def _write_rows(arrays: dict, rows: slice, pieces: dict) -> None:
+    """Raw values of one chunk into its rows of the Zarr arrays (the variables need no
+    CF encoding: float NaN is their fill value, flags are int8)."""
+    for k, v in pieces.items():
+        arrays[k][rows.start:rows.stop] = np.asarray(v, arrays[k].dtype)
+
+
 def _stream(scene, store, plan, opt, executor, scene_path, progress, attrs, t0,
-            tally: FlagSummary) -> None:
+            tally: FlagSummary, overlap: bool = True) -> None:
     """Write every chunk of ``plan`` into its region of the Zarr ``store`` (and count
-    its flags into ``tally``)."""
+    its flags into ``tally``; with ``overlap`` in a thread, while the next chunk is
+    computed)."""
     import zarr
 
-    group = None
+    group = pending = None
     bar = tqdm(total=len(plan.starts), desc="retrieve", disable=not progress, unit="chunk")
-    with bar:
+    # a thread writes (compresses) one chunk while the next is computed; at most one
+    # chunk waits to be written, and a failed write stops the retrieval
+    with bar, ThreadPoolExecutor(1, thread_name_prefix="bayesfluo-write") as writer:
         for pr0, pieces in executor.chunks(scene, plan, opt, scene_path):
             rows = plan.rows(pr0)
             if group is None:  # the store's metadata, from the first chunk done
@@ -486,12 +525,16 @@ def _stream(scene, store, plan, opt, executor, scene_path, progress, attrs, t0,
                              encoding=zarr_encoding(tmpl, plan.chunk_rows))
                 group = zarr.open_group(store, mode="r+", zarr_format=2)
                 arrays = {k: group[k] for k in pieces}
-            # raw values into the chunk's rows (the variables need no CF encoding: float
-            # NaN is their fill value, flags are int8)
-            for k, v in pieces.items():
-                arrays[k][rows.start:rows.stop] = np.asarray(v, arrays[k].dtype)
+            if pending is not None:
+                pending.result()
+            if overlap:
+                pending = writer.submit(_write_rows, arrays, rows, pieces)
+            else:
+                _write_rows(arrays, rows, pieces)
             tally.add(pieces["quality_flag"], pieces["input_flag"])
             bar.update()
+        if pending is not None:
+            pending.result()
     if group is None:
         raise ValueError("the scene has no rows to retrieve")
     group.attrs.update(retrieval_time_s=round(time.perf_counter() - t0, 3),

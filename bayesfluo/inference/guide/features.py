@@ -37,6 +37,7 @@ from bayesfluo.scene.bands import (
 from bayesfluo.scene.grid import (
     INPUT_FLAGS,
     PatchGrid,
+    PixelRows,
     assemble_patches,
     cut_patches,
     flag_pixels,
@@ -45,7 +46,8 @@ from bayesfluo.scene.grid import (
     sun_distance,
 )
 
-__all__ = ["ANCILLARY", "ancillary_inputs", "pixel_features", "geometry_coordinates",
+__all__ = ["ANCILLARY", "read_guide_rows", "ancillary_inputs", "pixel_features",
+           "geometry_coordinates",
            "ReferenceExpansion", "reference_function", "reference_log_radiance",
            "reference_expansion", "expand_reference", "ratio_resample", "GuideInputs",
            "guide_inputs"]
@@ -298,11 +300,24 @@ def _reference_expansion_jit(model: SifModel):
     return _EXPANSIONS[key][1]
 
 
+def read_guide_rows(scene: xr.Dataset, rows: slice, model: SifModel,
+                    bands: SceneBands | None = None) -> PixelRows:
+    """The image rows ``rows`` of a scene as :func:`guide_inputs` reads them: on the
+    scene's usable bands (``bands``, :func:`bayesfluo.scene.bands.scene_bands`), pixel by
+    pixel (:func:`bayesfluo.scene.grid.read_rows`). The only part of the guide's inputs
+    that reads the file: a reading thread can run it ahead of the computation."""
+    bands = scene_bands(scene, model.instrument) if bands is None else bands
+    if not same_grid(bands, model, scene.sizes["band"]):
+        scene = scene.isel(band=bands.index)
+    return read_rows(scene, rows)
+
+
 def guide_inputs(scene: xr.Dataset, grid: PatchGrid, rows: slice, model: SifModel,
                  feature_mean: ArrayLike, feature_sd: ArrayLike, reference_radiance: float,
                  centre: tuple | None = None, *, n_patches: int | None = None,
                  with_radiance: bool = True, device: bool = False,
-                 bands: SceneBands | None = None) -> GuideInputs:
+                 bands: SceneBands | None = None, pixels: PixelRows | None = None
+                 ) -> GuideInputs:
     """The patches of the image rows ``rows`` (whole patch rows) of a scene and the
     guide's inputs for them, flagging the pixels whose input is unusable.
 
@@ -340,6 +355,10 @@ def guide_inputs(scene: xr.Dataset, grid: PatchGrid, rows: slice, model: SifMode
         when not given). On a grid other than the model's, the guide reads the spectra
         resampled onto its grid and the radiance of the patches (the likelihood's) is
         the scene's usable bands.
+    pixels : PixelRows, optional
+        The rows already read (:func:`read_guide_rows` of the same ``scene``, ``rows`` and
+        ``bands``; for example by a thread reading the next chunk while this one is
+        computed): then nothing is read from ``scene`` here.
 
     Returns
     -------
@@ -352,7 +371,7 @@ def guide_inputs(scene: xr.Dataset, grid: PatchGrid, rows: slice, model: SifMode
         resample = jnp.asarray(resampling_matrix(bands.centre_nm, model.fm.band_centre_nm),
                                jnp.float32)
         model_s = model_on_scene_grid(model, bands)
-    px = read_rows(scene, rows)
+    px = read_rows(scene, rows) if pixels is None else pixels
     ny = px.radiance.shape[0]
     n_patches = n_patches or -(-ny // grid.patch_size) * grid.n_cols
     centre = reference_centre(scene) if centre is None else centre

@@ -52,8 +52,8 @@ from bayesfluo.inference.guide.features import (
     pixel_features,
 )
 from bayesfluo.model import Patch, SifModel
+from bayesfluo.model.toc_least_squares import scan_least_squares, sif_shapes
 from bayesfluo.physics.forward import Geometry
-from bayesfluo.physics.surface import SifParams, sif_spectrum
 from bayesfluo.scene.bands import SceneBands, resampling_matrix, same_grid, scene_bands
 from bayesfluo.scene.grid import INPUT_FLAGS, patch_of_pixels
 
@@ -92,49 +92,21 @@ def linear_sif(model: SifModel, radiance: ArrayLike, irradiance: ArrayLike,
     noise_a, noise_b : array_like (...)
         Noise variance coefficients of each scan (radiance and ``E/pi``).
     """
-    fm = model.fm
-    c = fm.band_centre_nm
     rad = jnp.asarray(radiance, jnp.float32)
     e = jnp.maximum(jnp.asarray(irradiance, jnp.float32) / jnp.pi, _E_FLOOR)
     a = jnp.asarray(noise_a, jnp.float32)[..., None]
     b = jnp.asarray(noise_b, jnp.float32)[..., None]
     rho = rad / e
     w = 1.0 / (a * jnp.maximum(rad, 0.0) + b + rho**2 * (a * e + b))       # (..., B)
-    shapes = [sif_spectrum(c, SifParams(0.0, 1.0))]
-    if model.has_red:
-        shapes.append(sif_spectrum(c, SifParams(1.0, 0.0)))
-    s = jnp.stack(shapes, -1)                                                # (B, S)
-    basis = fm.basis_band[0]                                                 # (B, K)
-    k, n_s = basis.shape[1], s.shape[1]
-    # the design's columns are e * basis (K) and s (S): each block of the normal
-    # equations is a plain matrix product of per-band weights with a fixed (B, .) table
-    # (batched small products are several times slower on a CPU)
-    lead = e.shape[:-1]
-
-    def gram_of(v, p, q):  # sum_b v_b p_bi q_bj -> (..., I, J)
-        table = (p[:, :, None] * q[:, None, :]).reshape(p.shape[0], -1)
-        return (v.reshape(-1, v.shape[-1]) @ table).reshape(lead + (p.shape[1], q.shape[1]))
-
-    we = w * e
-    g_rr = gram_of(we * e, basis, basis)
-    g_rs = gram_of(we, basis, s)
-    g_ss = gram_of(w, s, s)
-    gram = jnp.concatenate([jnp.concatenate([g_rr, g_rs], -1),
-                            jnp.concatenate([jnp.swapaxes(g_rs, -1, -2), g_ss], -1)], -2)
-    rhs = jnp.concatenate([(we * rad) @ basis, (w * rad) @ s], -1)[..., None]  # (..., D, 1)
-    d = jnp.sqrt(jnp.maximum(jnp.diagonal(gram, axis1=-2, axis2=-1), 1e-30))  # scaling
-    g = gram / (d[..., :, None] * d[..., None, :]) + 1e-6 * jnp.eye(gram.shape[-1])
-    cov = jnp.linalg.inv(g) / (d[..., :, None] * d[..., None, :])
-    theta = (cov @ rhs)[..., 0]
+    # without refinement steps: the features the shipped tower guide was trained on
+    theta, cov = scan_least_squares(model, rad, e, w, refine_steps=0)
+    k = model.fm.n_basis
     out = []
     for wl in (760.0, 687.0):
-        gv = jnp.zeros(k + n_s).at[k:].set(jnp.stack(
-            [sif_spectrum(jnp.float32(wl), SifParams(0.0, 1.0))]
-            + ([sif_spectrum(jnp.float32(wl), SifParams(1.0, 0.0))] if model.has_red
-               else [])))
         if wl == 687.0 and not model.has_red:
             out += [jnp.zeros(theta.shape[:-1]), jnp.zeros(theta.shape[:-1])]
             continue
+        gv = jnp.zeros(theta.shape[-1]).at[k:].set(sif_shapes(model, wl))
         out += [theta @ gv, jnp.sqrt(jnp.maximum(jnp.einsum("i,...ij,j->...", gv, cov, gv),
                                                  0.0))]
     return jnp.stack(out, -1)
