@@ -96,6 +96,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     assert not (tmp_path / "model.json").exists()
 
 
+# 68 s (two training processes); the GPU/multi-device path, run with -m slow
+@pytest.mark.slow
 def test_two_devices_match_one(tmp_path):
     """Data parallelism over two forced host devices gives the one-device losses."""
     script = textwrap.dedent("""
