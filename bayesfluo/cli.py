@@ -47,6 +47,11 @@ def _cli_wording(message: str) -> str:
         return "--geometry " + ",".join(f"{k}=..." for k in keys) if keys else "--geometry"
 
     message = re.sub(r"\bgeometry=\{([^}]*)\}", geometry, message)
+    m = re.search(r"retrieve it with a model for '([\w-]+)'$", message)
+    if m:
+        from bayesfluo.shipped import shipped_models
+        if m.group(1) in shipped_models():
+            message += f" (the shipped one: --model {m.group(1)})"
     return re.sub(r" to (read_\w+/)?open_scene\b", "", message)
 
 

@@ -86,8 +86,9 @@ def test_resampling_reproduces_linear_spectra():
 
 @pytest.mark.parametrize("shift, fwhm, step, lin_min, ratio_max", [
     (0.05, 1.0, None, 1.5, 0.7),    # half a band: measured 1.77 linear, 0.53 ratio
-    (0.0, 1.1, None, 1.1, 0.55),    # 10 % wider bands: 1.35, 0.39
-    (0.0, 1.0, 0.17, 2.5, 1.1),     # every 0.17 nm: 2.92, 0.82
+    # 10 % wider bands (1.35, 0.39) and every 0.17 nm (2.92, 0.82): 28 and 22 s, slow
+    pytest.param(0.0, 1.1, None, 1.1, 0.55, marks=pytest.mark.slow),
+    pytest.param(0.0, 1.0, 0.17, 2.5, 1.1, marks=pytest.mark.slow),
 ])
 def test_ratio_resampling_keeps_the_o2_lines(shift, fwhm, step, lin_min, ratio_max):
     """The guide reads a scene on another grid resampled through the reference spectrum

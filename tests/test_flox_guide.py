@@ -104,7 +104,9 @@ def flox_guide():
     return load_guide(resolve_model("flox"))
 
 
-@pytest.mark.parametrize("refine", [False, None], ids=["guide", "refined"])
+# the refined run (35 s) with -m slow: tests/test_tower_refine.py checks the refinement
+@pytest.mark.parametrize("refine", [False, pytest.param(None, marks=pytest.mark.slow)],
+                         ids=["guide", "refined"])
 def test_shipped_flox_guide_is_calibrated_on_the_model_draws(flox_guide, refine):
     """1,024 scans from the tower model's own prior predictive (the NUTS validation's
     conditions: an afternoon at sun zenith 30-65 deg, SNR 300 with read noise, a quarter

@@ -29,10 +29,11 @@ def test_every_notebook_is_tested_and_asserts():
 
 
 # one at a time on an idle 2-core machine: instruments 118 s, posterior_analysis 54 s,
-# calibration 47 s, quickstart 42 s. quickstart and calibration run by default; the two
-# that compile the fit check, the draws, the fine-grid Fisher information of three
-# instruments or two guides run with -m slow (the default run stays under 20 minutes)
-_SLOW: set[str] = {"instruments", "posterior_analysis"}
+# calibration 47 s, quickstart 42 s. quickstart runs by default; the three that compile
+# the fit check, the draws, the fine-grid Fisher information of three instruments, two
+# guides or the calibration checks run with -m slow (the default run stays under 20
+# minutes)
+_SLOW: set[str] = {"instruments", "posterior_analysis", "calibration"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW

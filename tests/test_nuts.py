@@ -236,7 +236,7 @@ def test_nuts_reference_datatree_and_cli(tmp_path, model_o2a):
     path = write_dataset(scene, tmp_path / "scene.nc")
     out = tmp_path / "ref.nc"
     rc = main(["nuts", str(path), "--pixels", "0:2,1:3", "--patch-size", "2", "--warmup",
-               "150", "--samples", "100", "--chains", "2", "--predictive-draws", "5",
+               "60", "--samples", "40", "--chains", "2", "--predictive-draws", "5",
                "--out", str(out)])
     assert rc == 0 and out.exists()
     import xarray as xr
@@ -246,7 +246,7 @@ def test_nuts_reference_datatree_and_cli(tmp_path, model_o2a):
                   "constant_data", "convergence"):
         assert group in dt.children, group
     post = dt["posterior"]
-    assert dict(post["f760"].sizes) == {"chain": 2, "draw": 100, "pixel": 4}
+    assert dict(post["f760"].sizes) == {"chain": 2, "draw": 40, "pixel": 4}
     assert post["surface_pressure"].dims == ("chain", "draw", "patch")
     assert post["reflectance_coeffs"].dims == ("chain", "draw", "pixel", "basis")
     assert dt["posterior_predictive"]["radiance"].sizes["band"] == model_o2a.n_bands

@@ -155,6 +155,7 @@ def test_bad_spectroscopy_files_are_refused_with_the_file_named(data):
     assert table.scale == 1e-46 and table.wavelength_vacuum_nm.min() < 730
 
 
+@pytest.mark.slow  # 50 s; the transmittance checks above run by default
 def test_spectra_with_mixing_and_cia_fit_only_a_model_that_has_them(model_o2a):
     """Issue 16's check: HyPlant O2-A spectra simulated with line mixing and CIA, fitted at
     the posterior mode, leave a mean residual within 1 noise sd in every band of 755-775

@@ -84,6 +84,9 @@ def test_wheel_carries_models_and_data(wheel):
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
+# 52 s (building and installing a wheel); `.ci/run` makes the same check with a fresh
+# virtual environment after the default tests, so here it runs with -m slow
+@pytest.mark.slow
 def test_installed_wheel_runs_a_retrieval(installed, tmp_path):
     """From an empty folder, with only the installed wheel on the path: the package is the
     installed one, its registry finds the shipped models, and the command line simulates an

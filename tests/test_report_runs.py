@@ -159,3 +159,31 @@ def test_spectral_fit_on_a_scene_of_its_own_grid(guide):
     assert fit["observed"].shape == fit["predicted"].shape == (2, c.size)
     np.testing.assert_allclose(fit["observed"], sc["radiance"].values[[1, 5], [1, 6]],
                                rtol=1e-6)
+
+
+def test_two_peak_window_gives_both_peaks_their_correlation_and_a_red_peak_figure(
+        tmp_path, capsys):
+    """A window with the O2-B band (DESIS, 655-795 nm) through the CLI as users run it:
+    the result holds F687, the red peak, the integrated SIF and the posterior
+    correlation of F687 and F760 with their units, and its report maps the red peak."""
+    import xarray as xr
+
+    assert main(["simulate", "--instrument", "desis", "--size", "8x8", "--seed", "2",
+                 "--quiet", "--out", str(tmp_path / "d.nc")]) == 0
+    assert main(["retrieve", str(tmp_path / "d.nc"), "--model", "desis", "--quiet",
+                 "--out", str(tmp_path / "r.nc")]) == 0
+    res = xr.open_dataset(tmp_path / "r.nc", engine="h5netcdf")
+    for v, units in (("f687_mean", "mW m-2 sr-1 nm-1"), ("sif_red_peak_mean",
+                                                         "mW m-2 sr-1 nm-1"),
+                     ("sif_integrated_mean", "mW m-2 sr-1"), ("f687_f760_corr", "1")):
+        assert res[v].attrs["units"] == units, v
+        assert np.all(np.isfinite(res[v].values)), v
+    corr = res["f687_f760_corr"].values
+    assert np.all(np.abs(corr) <= 1.0 + 1e-6)
+    # the integral over 650-800 nm holds both peaks: tens of times the F760 value
+    ratio = res["sif_integrated_mean"].values / res["f760_mean"].values
+    assert np.all(ratio[res["f760_mean"].values > 0.3] > 20.0)
+    text = _report(capsys, tmp_path / "r.nc", tmp_path / "r.html", "--scene",
+                   tmp_path / "d.nc", "--model", "desis")
+    assert "the red peak: F687 posterior mean and truth" in text
+    assert "posterior correlation of F687 and F760" in text

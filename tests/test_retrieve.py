@@ -97,6 +97,22 @@ def test_wrong_scene_is_refused_with_the_reason(guide, model_o2a, scene):
         retrieve(scene.drop_vars("ndvi"), guide, progress=False)
 
 
+def test_narrower_scene_is_refused_with_the_model_that_fits_it(tmp_path, scene, capsys):
+    """A HyPlant O2-A scene (750-780 nm) for the DESIS model (655-795 nm): the command
+    line says the scene is narrower than the model's window and names the shipped model
+    of the scene's window."""
+    from bayesfluo.cli import main
+    from bayesfluo.io import write_dataset
+
+    path = write_dataset(scene, tmp_path / "o2a.nc")
+    assert main(["retrieve", str(path), "--model", "desis", "--quiet", "--out",
+                 str(tmp_path / "r.nc")]) == 2
+    err = capsys.readouterr().err
+    assert "(750-780 nm), which does not hold the window of the model for 'desis'" in err
+    assert err.rstrip().endswith("(the shipped one: --model hyplant-fluo-o2a)")
+    assert not (tmp_path / "r.nc").exists()
+
+
 def test_calibrated_at_nominal_conditions(guide, model_o2a):
     """90 % intervals of F760 on 16 fresh patches (1024 pixels) drawn from the prior at
     nominal conditions. Pixels of a patch share its atmosphere, so they are not

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["plot_error_maps", "posterior_mean_fit", "plot_spectral_fit",
            "plot_convergence", "plot_guide_vs_nuts", "plot_rank_ecdf",
            "plot_coverage_levels", "plot_training", "pick_pixels", "plot_f760_series",
-           "plot_sif_series"]
+           "plot_sif_series", "plot_two_peaks"]
 
 
 def _plt():
@@ -53,12 +53,29 @@ def pick_pixels(result: xr.Dataset, n: int = 3) -> list[tuple[int, int]]:
     return out
 
 
+def _map_row(panels: list, lines: dict[int, float] | None = None):
+    """One row of maps: each panel ``(values, title, cmap, (vmin, vmax), units)`` with its
+    colour bar; ``lines`` {panel index: value} marks a value on that panel's bar."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.4), squeeze=False)
+    for i, (ax, (v, title, cmap, lim, units)) in enumerate(zip(axes[0], panels,
+                                                               strict=True)):
+        im = ax.imshow(v, cmap=cmap, vmin=lim[0], vmax=lim[1], interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        cb = fig.colorbar(im, ax=ax, shrink=0.85, label=units)
+        if lines and i in lines:
+            cb.ax.axhline(lines[i], color="k", lw=1)
+    fig.tight_layout()
+    return fig
+
+
 def plot_error_maps(result: xr.Dataset, scene: xr.Dataset | None = None):
     """Maps of the quality flag and ``fit_chi2`` and, with a scene's truth, of the error
     of the posterior mean (mean - truth, mW m-2 sr-1 nm-1) and the standardised error
     (mean - truth) / sd; each panel where its variables are there (``None`` when none
     is, e.g. GeoTIFF maps of the mean alone)."""
-    plt = _plt()
     panels = []
     if scene is not None and "true_f760" in scene:
         err = result["f760_mean"].values - scene["true_f760"].values
@@ -77,15 +94,34 @@ def plot_error_maps(result: xr.Dataset, scene: xr.Dataset | None = None):
                        "tab10", (0, 9), "1"))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.4), squeeze=False)
-    for ax, (v, title, cmap, lim, units) in zip(axes[0], panels, strict=True):
-        im = ax.imshow(v, cmap=cmap, vmin=lim[0], vmax=lim[1], interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.colorbar(im, ax=ax, shrink=0.85, label=units)
-    fig.tight_layout()
-    return fig
+    return _map_row(panels)
+
+
+def plot_two_peaks(result: xr.Dataset, scene: xr.Dataset | None = None):
+    """Maps of the red peak beside the far-red one (windows with the O2-B band): F687's
+    posterior mean (and its truth where the scene has it), F687's posterior mean over
+    its sd (where it is below 2, F687 is not told apart from zero: the red peak is
+    weaker and the O2-B band narrower than the O2-A), and the posterior correlation of
+    F687 and F760 (``f687_f760_corr``). ``None`` without ``f687_mean``."""
+    if "f687_mean" not in result:
+        return None
+    lines = {}
+    m = result["f687_mean"].values
+    hi = float(np.nanpercentile(m, 99)) if np.isfinite(m).any() else 1.0
+    panels = [(m, "F687 posterior mean", "viridis", (0.0, hi or 1.0), "mW m-2 sr-1 nm-1")]
+    if scene is not None and "true_f687" in scene:
+        panels.append((scene["true_f687"].values, "true F687", "viridis", (0.0, hi or 1.0),
+                       "mW m-2 sr-1 nm-1"))
+    if "f687_sd" in result:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            snr = m / result["f687_sd"].values
+        lines = {len(panels): 2.0}
+        panels.append((snr, "F687 mean / sd (< 2: not told from 0)", "cividis", (0.0, 6.0),
+                       "1"))
+    if "f687_f760_corr" in result:
+        panels.append((result["f687_f760_corr"].values, "correlation of F687 and F760",
+                       "RdBu_r", (-1.0, 1.0), "1"))
+    return _map_row(panels, lines)
 
 
 def plot_f760_series(time, mean, lower=None, upper=None, truth=None,

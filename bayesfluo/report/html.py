@@ -290,6 +290,7 @@ def _retrieval_sections(res: xr.Dataset, scene, model_dir, checks, secs,
         plot_error_maps,
         plot_sif_series,
         plot_spectral_fit,
+        plot_two_peaks,
         posterior_mean_fit,
     )
     from bayesfluo.report.plotting import plot_retrieval
@@ -364,6 +365,15 @@ def _retrieval_sections(res: xr.Dataset, scene, model_dir, checks, secs,
                            if has_truth else "")
                      + "fit quality (fit_chi2) and quality flag bits "
                      + ", ".join(f"{b} {n}" for n, b in QUALITY_FLAGS.items()))
+        fig = plot_two_peaks(res, scene if has_truth else None)
+        if fig is not None:
+            s.figure(fig, "the red peak: F687 posterior mean"
+                     + (" and truth" if has_truth and "true_f687" in scene else "")
+                     + ", mean over sd (below 2, the line on the colour bar, F687 is not "
+                     "told apart from zero: the red peak is weaker and the O2-B band "
+                     "narrower than the O2-A)"
+                     + (", and the posterior correlation of F687 and F760"
+                        if "f687_f760_corr" in res else ""))
     if has_truth:
         t = scene["true_f760"].values
         good = usable & np.isfinite(mean)

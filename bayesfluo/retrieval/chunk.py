@@ -166,7 +166,7 @@ def _chunk_maps(guide: AmortizedGuide, model: SifModel, static, params, feats, m
         if with_fit:
             fit = jax.tree.map(pick, fit_ref, fit)
         not_refined = ~accept
-    summ = summaries(q, model, ndvi, p0)
+    summ = summaries(q, model, ndvi, p0, both_peaks=model.has_red)
     ok = input_flag == 0
     out = {}
     for name, st in summ.items():
@@ -232,7 +232,7 @@ class Retriever:
 
         @jax.jit
         def summarise(q, ndvi, p0):
-            return summaries(q, model, ndvi, p0)
+            return summaries(q, model, ndvi, p0, both_peaks=model.has_red)
 
         def draws(q, ndvi, key, n):
             return _f760_draws(model, q, ndvi, key, n)

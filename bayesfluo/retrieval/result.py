@@ -1,9 +1,11 @@
 """The result of a retrieval: its variables, flags and attributes
 (``shared/SCENE_FORMAT.md`` section 4).
 
-For ``f760``, ``sif_peak``, ``reflectance760`` (and ``f687`` where the window has the O2-B
-band) and each free atmospheric or sensor latent: ``Q_mean``, ``Q_sd``, ``Q_q05``,
-``Q_q50``, ``Q_q95`` over (y, x); ``quality_flag`` (bits: :data:`QUALITY_FLAGS`),
+For ``f760``, ``sif_peak``, ``reflectance760`` (and ``f687``, ``sif_red_peak``,
+``sif_integrated`` where the window has the O2-B band) and each free atmospheric or sensor
+latent: ``Q_mean``, ``Q_sd``, ``Q_q05``, ``Q_q50``, ``Q_q95`` over (y, x);
+``f687_f760_corr``, the posterior correlation of F687 and F760 (O2-B windows);
+``quality_flag`` (bits: :data:`QUALITY_FLAGS`),
 ``input_flag`` (what was wrong with a masked input pixel, bits of
 :data:`bayesfluo.scene.grid.INPUT_FLAGS`), ``fit_chi2`` (reduced chi-square of the fit,
 when checked), and optionally ``f760_draws`` (y, x, draw). CF attributes and units on every
@@ -40,6 +42,7 @@ _ATTRS = {
                      "mW m-2 sr-1 nm-1", None),
     "sif_integrated": ("sun-induced chlorophyll fluorescence integrated over 650-800 nm",
                        "mW m-2 sr-1", None),
+    "f687_f760": ("sun-induced chlorophyll fluorescence at 687 and at 760 nm", "1", None),
     "reflectance760": ("surface reflectance at 760 nm", "1",
                        "surface_bidirectional_reflectance"),
     "surface_pressure": ("surface air pressure of the pixel's patch", "hPa",
@@ -54,7 +57,8 @@ _STATS = {"mean": "posterior mean", "sd": "posterior standard deviation",
           "q05": "posterior 5 % quantile", "q50": "posterior median",
           "q95": "posterior 95 % quantile",
           "lo90": "lower bound of the shortest 90 % posterior interval",
-          "hi90": "upper bound of the shortest 90 % posterior interval"}
+          "hi90": "upper bound of the shortest 90 % posterior interval",
+          "corr": "posterior correlation"}
 
 
 def result_dataset(pieces: dict[str, list[np.ndarray]], scene: xr.Dataset,

@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 from jax.typing import ArrayLike
 
-from bayesfluo.instruments import get_instrument
+from bayesfluo.instruments import INSTRUMENTS, get_instrument
 from bayesfluo.model import Patch
 from bayesfluo.physics.forward import Geometry, standard_pressure_hpa
 from bayesfluo.physics.solar import (
@@ -139,6 +139,15 @@ def check_scene_for_model(scene: xr.Dataset, instrument: str, band_centre_nm) ->
             "model: --model flox")
     if not isinstance(inst, str) or not (inst == instrument
                                          or instrument.startswith(inst + "-")):
+        known = {n: get_instrument(n).window_nm for n in (inst, instrument)
+                 if isinstance(n, str) and n in INSTRUMENTS}
+        if len(known) == 2 and (known[inst][0] > known[instrument][0]
+                                or known[inst][1] < known[instrument][1]):
+            (a, b), (c, d) = known[inst], known[instrument]
+            raise ValueError(
+                f"the scene is from {inst!r} ({a:g}-{b:g} nm), which does not hold the "
+                f"window of the model for {instrument!r} ({c:g}-{d:g} nm): retrieve it "
+                f"with a model for {inst!r}")
         raise ValueError(f"the scene is from {inst!r}, the model is for {instrument!r}")
     scene_bands(scene, instrument)
     if scene["wavelength"].attrs.get("medium", "air") != "air":

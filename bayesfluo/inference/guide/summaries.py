@@ -109,7 +109,8 @@ def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0,
         Where the window holds the O2-B band, also ``sif_red_peak`` (the SIF at the red
         peak's centre, mW m-2 sr-1 nm-1) and ``sif_integrated`` (the SIF spectrum
         integrated over 650-800 nm, mW m-2 sr-1), each from the pair of SIF
-        amplitudes' joint posterior.
+        amplitudes' joint posterior, and ``f687_f760`` ``{corr}``: the posterior
+        correlation of F687 and F760.
 
     Returns
     -------
@@ -145,6 +146,9 @@ def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0,
         if both_peaks:
             out["sif_red_peak"] = pair(*peak_weights(SifParams(0.0, 0.0).centre_red))
             out["sif_integrated"] = pair(*_integral_weights())
+            out["f687_f760"] = {"corr": _pair_correlation(
+                mean[..., k:k + 2], cov2, scale, model.cfg.sif_red_ratio,
+                peak_weights(687.0), (1.0, 0.0))}
     # reflectance at 760 nm: linearised (its posterior sd is ~1e-3, far inside the
     # sigmoid's linear range)
     mu, chol = model.reflectance_prior()
@@ -190,12 +194,12 @@ def _integral_weights() -> tuple[float, float]:
                      for p in (SifParams(0.0, 1.0), SifParams(1.0, 0.0)))
 
 
-def _sif_pair(m2, c2, scale, red_ratio: float, w_far: float, w_red: float):
-    """Mean, sd and quantiles of ``scale (w_far A_far + red_ratio w_red A_red)`` (a SIF
-    value both peaks contribute to, e.g. F687) from the mean (..., 2) and covariance
-    (..., 2, 2) of the two SIF amplitudes' unconstrained coordinates (``red_ratio``:
+def _pair_nodes(m2, c2, scale, red_ratio: float):
+    """2-D Gauss-Hermite nodes of the two SIF amplitudes' joint posterior: the far-red
+    and the red peak's SIF at the nodes (..., n) in units of the far-red peak's at 760
+    nm (mW m-2 sr-1 nm-1), and the nodes' weights (n,), from the mean (..., 2) and
+    covariance (..., 2, 2) of the amplitudes' unconstrained coordinates (``red_ratio``:
     the red peak's prior scale relative to the far-red one's)."""
-    r_far, r_red = w_far, w_red
     l2 = jnp.linalg.cholesky(c2 + 1e-9 * jnp.eye(2))
     x, w = np.polynomial.hermite_e.hermegauss(24)  # 2-D: 576 nodes
     x, w = jnp.asarray(x, jnp.float32), jnp.asarray(w / w.sum(), jnp.float32)
@@ -203,8 +207,30 @@ def _sif_pair(m2, c2, scale, red_ratio: float, w_far: float, w_red: float):
     nodes = jnp.stack([gx.ravel(), gy.ravel()], -1)                   # (n2, 2)
     ww = (w[:, None] * w[None, :]).ravel()
     v = m2[..., None, :] + jnp.einsum("...ij,nj->...ni", l2, nodes)
-    f = scale[..., None] * (r_far * knee_softplus(v[..., 0])
-                            + red_ratio * r_red * knee_softplus(v[..., 1]))
+    return (scale[..., None] * knee_softplus(v[..., 0]),
+            scale[..., None] * red_ratio * knee_softplus(v[..., 1]), ww)
+
+
+def _pair_correlation(m2, c2, scale, red_ratio: float, wa: tuple[float, float],
+                      wb: tuple[float, float]):
+    """Posterior correlation (...) of two SIF values both peaks contribute to, with the
+    peaks' weights ``wa`` and ``wb`` (far-red, red; :func:`peak_weights`), e.g. F687 and
+    F760, by the quadrature of :func:`_pair_nodes`; 0 where either has no spread."""
+    far, red, ww = _pair_nodes(m2, c2, scale, red_ratio)
+    a, b = wa[0] * far + wa[1] * red, wb[0] * far + wb[1] * red
+    da, db = a - (a @ ww)[..., None], b - (b @ ww)[..., None]
+    var_a, var_b = (da * da) @ ww, (db * db) @ ww
+    den = jnp.sqrt(var_a * var_b)
+    return jnp.where(den > 0, ((da * db) @ ww) / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def _sif_pair(m2, c2, scale, red_ratio: float, w_far: float, w_red: float):
+    """Mean, sd and quantiles of ``scale (w_far A_far + red_ratio w_red A_red)`` (a SIF
+    value both peaks contribute to, e.g. F687) from the mean (..., 2) and covariance
+    (..., 2, 2) of the two SIF amplitudes' unconstrained coordinates (``red_ratio``:
+    the red peak's prior scale relative to the far-red one's)."""
+    far, red, ww = _pair_nodes(m2, c2, scale, red_ratio)
+    f = w_far * far + w_red * red
     m = f @ ww
     sd = jnp.sqrt(jnp.maximum(((f - m[..., None]) ** 2) @ ww, 0.0))
     # quantiles: weighted empirical quantiles of the quadrature nodes
