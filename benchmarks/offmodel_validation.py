@@ -22,6 +22,8 @@ for the Laplace refinement). Printed per set, over pixels with usable input:
   pixels whose true F760 is exactly zero (water, roofs, soil: a boundary value, which any
   interval reaching zero holds) and for the fluorescing rest, per class;
 * flags by reason (fraction of pixels);
+* windows with the O2-B band: F687's RMSE, bias and 90 % interval coverage, and the
+  posterior correlation of F687 and F760;
 * the Cramer-Rao bound of F760 of the guide's model at the same conditions, on a sample
   of patches, at the truth projected onto the model's family (the patch's atmosphere
   estimated from the patch): the RMS bound and the RMSE over the same pixels.
@@ -207,7 +209,8 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(0)
     for kind in [k for k in a.sets.split(",") if k]:
         t0 = time.perf_counter()
-        cols = {k: [] for k in ("t", "m", "lo", "hi", "q05", "q95", "ndvi", "flag", "inp")}
+        cols = {k: [] for k in ("t", "m", "lo", "hi", "q05", "q95", "ndvi", "flag", "inp",
+                                "t687", "m687", "lo687", "hi687", "corr")}
         scene_mean_err, crb, crb_err, scene_bias = [], [], [], []
         for sc in scenes(kind, guide.instrument, a.scenes, a.size, fm):
             r = retrieve(sc, guide, RetrieveOptions(refine=a.refine), progress=False)
@@ -217,6 +220,11 @@ def main(argv=None) -> dict:
                          ("ndvi", sc.ndvi), ("flag", r.quality_flag),
                          ("inp", r.input_flag)):
                 cols[k].append(np.asarray(v).ravel())
+            if "f687_mean" in r and "true_f687" in sc:  # windows with the O2-B band
+                for k, v in (("t687", sc["true_f687"]), ("m687", r.f687_mean),
+                             ("lo687", r.f687_lo90), ("hi687", r.f687_hi90),
+                             ("corr", r.f687_f760_corr)):
+                    cols[k].append(np.asarray(v).ravel())
             ok = (np.asarray(r.quality_flag).ravel() & QUALITY_FLAGS["masked_input"]) == 0
             tt = t.ravel()[ok]
             scene_mean_err.append(tt - tt.mean())
@@ -225,7 +233,7 @@ def main(argv=None) -> dict:
                 b, pix = crb_sample(guide, sc, a.crb_patches, rng)
                 crb.append(b)
                 crb_err.append(np.asarray(r.f760_mean).ravel()[pix] - t.ravel()[pix])
-        c = {k: np.concatenate(v) for k, v in cols.items()}
+        c = {k: np.concatenate(v) for k, v in cols.items() if v}
         ok = (c["flag"] & QUALITY_FLAGS["masked_input"]) == 0
         err = (c["m"] - c["t"])[ok]
         hit = ((c["t"] >= c["lo"]) & (c["t"] <= c["hi"]))[ok]
@@ -262,6 +270,19 @@ def main(argv=None) -> dict:
                         QUALITY_FLAGS.items()}
         res["flagged_any_but_masked"] = float(np.mean(
             (c["flag"] & ~QUALITY_FLAGS["masked_input"]) != 0))
+        if "t687" in c:
+            t7, e7 = c["t687"][ok], (c["m687"] - c["t687"])[ok]
+            h7 = ((c["t687"] >= c["lo687"]) & (c["t687"] <= c["hi687"]))[ok]
+            pos = t7 > 0
+            res["f687"] = dict(rmse=float(np.sqrt(np.mean(e7**2))), bias=float(e7.mean()),
+                               coverage90=float(h7.mean()),
+                               coverage90_true_positive=float(h7[pos].mean())
+                               if pos.any() else None,
+                               corr_f760_median=float(np.median(c["corr"][ok])),
+                               corr_f760_q05_q95=[float(x) for x in
+                                                  np.quantile(c["corr"][ok], [0.05, 0.95])],
+                               rmse_scene_mean=float(np.sqrt(np.mean(
+                                   (t7 - t7.mean())**2))))
         if crb:
             b, e = np.concatenate(crb), np.concatenate(crb_err)
             res["crb"] = dict(pixels=int(b.size), rms_bound=float(np.sqrt(np.mean(b**2))),
@@ -289,6 +310,14 @@ def main(argv=None) -> dict:
             tp = res["true_positive"]
             print(f"    true F760 > 0: {tp['pixels']} px, coverage {tp['coverage90']:.1%} ("
                   + ", ".join(f"{k} {tp[k]:.1%}" for k in CLASSES if k in tp) + ")")
+        if "f687" in res:
+            f7 = res["f687"]
+            print(f"  F687 RMSE {f7['rmse']:.3f} (predicting the mean of all: "
+                  f"{f7['rmse_scene_mean']:.3f}), bias {f7['bias']:+.3f}; 90 % interval "
+                  f"coverage {f7['coverage90']:.1%} (true F687 > 0: "
+                  f"{f7['coverage90_true_positive']:.1%}); correlation with F760: median "
+                  f"{f7['corr_f760_median']:+.2f}, 5-95 % {f7['corr_f760_q05_q95'][0]:+.2f} "
+                  f"to {f7['corr_f760_q05_q95'][1]:+.2f}")
         print("  flags: " + ", ".join(f"{k} {v:.1%}" for k, v in res["flags"].items()))
         if "crb" in res:
             cr = res["crb"]

@@ -123,6 +123,7 @@ def test_a_bad_scan_does_not_move_the_other_scans_refined_posteriors(flox_guide,
     assert abs(float(again["f760_mean"].values[10] - refined["f760_mean"].values[10])) > 0
 
 
+@pytest.mark.slow  # 52-86 s on 2 cores; the refined scans' checks above run by default
 def test_tower_refinement_in_batches_is_the_refinement_at_once(flox_guide, series):
     """Two tower patches (no shared latents: empty arrays) refined one at a time equal
     both at once."""

@@ -312,3 +312,28 @@ def test_world_pool_holds_each_scenes_inputs_and_targets(inst, size):
                                u_r.reshape(64, -1), rtol=1e-6)
     np.testing.assert_array_equal(pool.censored_red.ravel(), cens_red.ravel())
     assert np.all(np.isfinite(pool.features))
+
+
+def test_world_pool_resumes_at_the_next_scene(tmp_path, monkeypatch):
+    """With ``parts_dir`` each simulated scene is kept as it is done: building the pool
+    again reads it (no scene simulated; the same pool), and a part of another
+    configuration (``tag``) is simulated again, not read."""
+    from bayesfluo.inference import world
+    from bayesfluo.inference.train import default_ranges
+
+    model = SifModel.for_instrument("flox")
+    ranges = default_ranges("flox")
+    nf = model.fm.n_bands + 13
+    args = (model, [1_000_003, 1_000_004], (4, 16), ranges, 0, 8, np.zeros(nf), np.ones(nf))
+    first = world.build_world_pool(*args, progress=False, parts_dir=tmp_path, tag="a")
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+
+    def refuse(*a, **k):
+        raise AssertionError("a scene was simulated again")
+
+    monkeypatch.setattr(world, "world_scene", refuse)
+    again = world.build_world_pool(*args, progress=False, parts_dir=tmp_path, tag="a")
+    for u, v in zip(first, again, strict=True):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(AssertionError, match="simulated again"):
+        world.build_world_pool(*args, progress=False, parts_dir=tmp_path, tag="b")

@@ -38,6 +38,7 @@ import dataclasses
 import hashlib
 import json
 import pickle
+import shutil
 import time
 import tomllib
 from collections.abc import Sequence
@@ -896,7 +897,8 @@ def _pool(model: SifModel, tc: TrainConfig, key: jax.Array, progress: bool
 def _world_pool(model: SifModel, tc: TrainConfig, mean, sd, out: Path,
                 progress: bool) -> WorldPool:
     """The world phase's training patches, simulated once and kept in ``out`` (a killed
-    run resumes without simulating them again)."""
+    run resumes without simulating them again; one killed while simulating them, at the
+    next scene: ``world_pool.parts/`` keeps each scene's until the pool is written)."""
     path = out / "world_pool.npz"
     fp = tc.fingerprint()
     if path.exists():
@@ -905,10 +907,13 @@ def _world_pool(model: SifModel, tc: TrainConfig, mean, sd, out: Path,
             if str(z["fingerprint"]) == fp and all(f in z for f in WorldPool._fields):
                 return WorldPool(*(z[f] for f in WorldPool._fields))
     train_seeds, _ = _world_seeds(tc)
+    parts = out / "world_pool.parts"
     pool = build_world_pool(model, train_seeds, (tc.world_size, tc.world_size), tc.ranges,
-                            tc.world_prosail_every, tc.patch_size, mean, sd, progress)
+                            tc.world_prosail_every, tc.patch_size, mean, sd, progress,
+                            parts_dir=parts, tag=fp)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, fingerprint=fp, **pool._asdict())
+    shutil.rmtree(parts, ignore_errors=True)
     return pool
 
 

@@ -90,8 +90,8 @@ def scan_least_squares(model: SifModel, radiance: ArrayLike, e: ArrayLike,
     g = gram / (d[..., :, None] * d[..., None, :]) + 1e-6 * jnp.eye(gram.shape[-1])
     cov = jnp.linalg.inv(g) / (d[..., :, None] * d[..., None, :])
     theta = (cov @ rhs)[..., 0]
+    k = basis.shape[1]
     for _ in range(refine_steps):
-        k = basis.shape[1]
         resid = rad - e * (theta[..., :k] @ basis.T) - theta[..., k:] @ s.T   # (..., B)
         grad = jnp.concatenate([(w * e * resid) @ basis, (w * resid) @ s], -1)
         theta = theta + (cov @ grad[..., None])[..., 0]

@@ -512,7 +512,9 @@ def _stream(scene, store, plan, opt, executor, scene_path, progress, attrs, t0,
     bar = tqdm(total=len(plan.starts), desc="retrieve", disable=not progress, unit="chunk")
     # a thread writes (compresses) one chunk while the next is computed; at most one
     # chunk waits to be written, and a failed write stops the retrieval
-    with bar, ThreadPoolExecutor(1, thread_name_prefix="bayesfluo-write") as writer:
+    writer = (ThreadPoolExecutor(1, thread_name_prefix="bayesfluo-write") if overlap
+              else contextlib.nullcontext())
+    with bar, writer:
         for pr0, pieces in executor.chunks(scene, plan, opt, scene_path):
             rows = plan.rows(pr0)
             if group is None:  # the store's metadata, from the first chunk done
