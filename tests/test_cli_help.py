@@ -147,17 +147,16 @@ def test_readme_links_stay_inside_the_repository():
     assert not re.search(r"(^|[\s`(])(\.\./|shared/)", text)
 
 
-def test_flox_csv_written_by_simulate_feeds_baseline_and_nuts(tmp_path, capsys):
+def test_flox_csv_written_by_simulate_feeds_baseline(tmp_path, capsys):
     """`simulate --out x.csv` writes a FloX table (not netCDF under a .csv name), and
-    `baseline` and `nuts` read it; an image instrument cannot go to CSV."""
+    `baseline` reads it (`nuts` on such a table: tests/test_flox_cli.py's fixture); an
+    image instrument cannot go to CSV."""
     from bayesfluo.cli import main
     csv = tmp_path / "t.csv"
     assert main(["simulate", "--instrument", "flox", "--size", "6", "--seed", "1",
                  "--out", str(csv), "--quiet"]) == 0
     assert csv.read_bytes()[:1] != b"\x89"            # not an HDF5 file
     assert main(["baseline", str(csv), "--out", str(tmp_path / "b.nc")]) == 0
-    assert main(["nuts", str(csv), "--pixels", "0:1", "--warmup", "20", "--samples", "20",
-                 "--chains", "1", "--out", str(tmp_path / "n.nc")]) == 0
     assert main(["simulate", "--instrument", "hyplant-fluo-o2a", "--size", "4x4",
                  "--out", str(tmp_path / "img.csv"), "--quiet"]) == 2
     assert "use .nc or .zarr" in capsys.readouterr().err

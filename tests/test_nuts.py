@@ -227,6 +227,9 @@ def test_parse_pixels():
         parse_pixels("a,b", (10, 10))
 
 
+# 64-148 s on 2 cores (compilation); by default, tests/test_report_runs.py::
+# test_airborne_nuts_report runs the same command on an airborne scene and reports it
+@pytest.mark.slow
 def test_nuts_reference_datatree_and_cli(tmp_path, model_o2a):
     from bayesfluo.cli import main
     from bayesfluo.io import write_dataset

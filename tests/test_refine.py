@@ -52,6 +52,7 @@ def _exact_potential(model, patch, expansion=None):
     return pot
 
 
+@pytest.mark.slow  # 53-78 s; the refinement tests below use the blocks by default
 def test_hessian_blocks_equal_dense_hessian(setup):
     """D + S Hessian-vector products give every block of the Hessian of a patch
     potential (here through an operator expansion about another point, as during the
