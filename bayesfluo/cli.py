@@ -36,23 +36,35 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def _cli_wording(message: str) -> str:
-    """An error message of the Python API in the command line's terms: ``pass
-    instrument=...`` -> ``--instrument NAME``, ``geometry={'sza': ...}`` -> ``--geometry
-    sza=...``."""
-    message = re.sub(r"\binstrument=\.\.\.", "--instrument NAME", message)
+def _cli_wording(err: Exception) -> str:
+    """An error's message in the command line's terms: ``pass instrument=...`` ->
+    ``--instrument NAME``, ``geometry={'sza': ...}`` -> ``--geometry sza=...``; a scene
+    narrower than the model's window names the shipped model of its own window."""
+    message = re.sub(r"\binstrument=\.\.\.", "--instrument NAME", str(err))
 
     def geometry(m: re.Match) -> str:
         keys = re.findall(r"'(\w+)'\s*:", m.group(1))
         return "--geometry " + ",".join(f"{k}=..." for k in keys) if keys else "--geometry"
 
     message = re.sub(r"\bgeometry=\{([^}]*)\}", geometry, message)
-    m = re.search(r"retrieve it with a model for '([\w-]+)'$", message)
-    if m:
+    fits = _fitting_instrument(err)
+    if fits is not None:
         from bayesfluo.shipped import shipped_models
-        if m.group(1) in shipped_models():
-            message += f" (the shipped one: --model {m.group(1)})"
+        if fits in shipped_models():
+            message += f" (the shipped one: --model {fits})"
     return re.sub(r" to (read_\w+/)?open_scene\b", "", message)
+
+
+def _fitting_instrument(err: BaseException | None) -> str | None:
+    """The instrument whose model would take the scene, from a
+    :class:`~bayesfluo.scene.grid.SceneWindowError` in ``err``'s chain of causes."""
+    from bayesfluo.scene.grid import SceneWindowError
+
+    while err is not None:
+        if isinstance(err, SceneWindowError) and err.fits:
+            return err.fits
+        err = err.__cause__
+    return None
 
 
 def _parse_size(text: str, instrument: str) -> str | tuple[int, int]:
@@ -287,10 +299,15 @@ def _cmd_nuts(args: argparse.Namespace) -> int:
         rows, cols = parse_pixels(args.pixels, (scene.sizes["y"], scene.sizes["x"]))
     cfg = NutsConfig(num_warmup=args.warmup, num_samples=args.samples,
                      num_chains=args.chains, predictive_draws=args.predictive_draws)
+    model = None
+    if args.atmosphere:
+        model = _table_model(args.atmosphere, scene, rows, cols)
     t0 = time.perf_counter()
     dt = nuts_reference(scene, rows, cols, patch_size=args.patch_size, nuts=cfg,
-                        seed=args.seed)
+                        seed=args.seed, model=model)
     dt.attrs["input"] = str(args.scene)
+    if args.atmosphere:
+        dt.attrs["atmosphere"] = f"external table: {args.atmosphere}"
     write_datatree(dt, args.out)
     conv = dt["convergence"].to_dataset()
     print(f"wrote {args.out}: {rows.size} pixels in {int(dt['sample_stats'].sizes['patch'])} "
@@ -299,6 +316,23 @@ def _cmd_nuts(args: argparse.Namespace) -> int:
           f"{int(conv.converged.sum())} of {rows.size} pixels; worst R-hat "
           f"{float(conv.r_hat_max.max()):.3f}, median bulk ESS {float(conv.ess_bulk.median()):.0f}")
     return 0
+
+
+def _table_model(path: str, scene, rows, cols):
+    """The scene instrument's model through the transfer-function table at ``path``
+    (perturbations free, :class:`~bayesfluo.model.PerturbationPrior`); warns where the
+    table's geometry is not that of the pixels ``rows, cols`` (their mean)."""
+    from bayesfluo.io.tables import external_atmosphere, read_table
+    from bayesfluo.model import ExternalModel, PerturbationPrior, SifModel
+    from bayesfluo.scene.grid import patch_of_pixels
+
+    if "time" in scene["radiance"].dims:
+        raise ValueError(f"{path}: a top-of-canopy time series has its measured "
+                         "irradiance; --atmosphere is for images")
+    model = SifModel.for_instrument(scene.attrs["instrument"])
+    geometry = patch_of_pixels(scene, rows, cols).geometry
+    ext = external_atmosphere(model.fm, read_table(path), geometry=geometry)
+    return model.replace(table=ExternalModel(ext, PerturbationPrior()))
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
@@ -498,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--predictive-draws", type=int, default=50,
                    help="posterior-predictive draws kept per chain")
     n.add_argument("--seed", type=int, default=0, help="random seed of the chains")
+    n.add_argument("--atmosphere", help="transfer-function table (netCDF, or MODTRAN-style "
+                   "text; `bayesfluo atmosphere` writes one) used in place of the built-in "
+                   "atmosphere, its optical depths, upward transmittance and path radiance "
+                   "perturbed per patch")
     _add_reader_options(n, "input file")
     n.add_argument("--out", required=True, help="output netCDF (DataTree groups)")
     n.set_defaults(func=_cmd_nuts)
@@ -596,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"bayesfluo {args.command}: error: {_cli_wording(str(err))}", file=sys.stderr)
+        print(f"bayesfluo {args.command}: error: {_cli_wording(err)}", file=sys.stderr)
         return 2
     except ImportError as err:  # an optional extra not installed (its message names it)
         if 'pip install "bayesfluo[' not in str(err):

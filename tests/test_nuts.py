@@ -119,13 +119,14 @@ def _made_up_expansion(model, patch, z0, key):
             next(keys), v.shape + (s, s)), op))
 
 
-@pytest.mark.parametrize("case", ["o2a", "o2a-masked", "red-peak"])
+@pytest.mark.parametrize("case", ["o2a", "o2a-masked", "red-peak", "table"])
 def test_expanded_potential_equals_the_models(case, model_o2a, model_full):
     """The potential NUTS samples with through the operator's expansion
     (:meth:`SifModel.expanded_potential`, written out) equals NumPyro's potential energy
     of the model's program, value and gradient, at random points far from the mode:
-    O2-A window, masked pixels carrying radiance that is not theirs, and a window with
-    the red peak (a second SIF latent)."""
+    O2-A window, masked pixels carrying radiance that is not theirs, a window with the
+    red peak (a second SIF latent), and an external table (its perturbations, one of them
+    per band group, as shared latents)."""
     fm = model_full if case == "red-peak" else model_o2a
     model = SifModel(fm, ModelConfig())
     assert model.has_red == (case == "red-peak")
@@ -133,9 +134,23 @@ def test_expanded_potential_equals_the_models(case, model_o2a, model_full):
     if case == "o2a-masked":
         data = data.replace(mask=jnp.asarray([1.0, 0.0, 1.0, 0.0, 1.0]),
                             radiance=data.radiance.at[1].set(1e3).at[3].set(-5.0))
+    if case == "table":
+        from bayesfluo.io.tables import export_atmosphere, external_atmosphere
+        from bayesfluo.model import ExternalModel
+        from bayesfluo.physics.atmosphere import AtmosphereParams
+
+        atm = AtmosphereParams(*(jnp.float32(v) for v in (1000.0, 0.12, 1.3, 1.5)))
+        ext = external_atmosphere(fm, export_atmosphere(fm, atm, data.geometry),
+                                  group_edges_nm=(765.0,))
+        model = model.replace(table=ExternalModel(ext))
+        assert [n for n, _ in model.shared_sites()] == [
+            "spectral_shift_z", "table_tau_scale_z", "table_up_scale_z",
+            "table_path_scale_z"]
     layout = Layout.of(model, data)
+    assert layout.n_shared == model.shared_size == (5 if case == "table" else 3)
     rng = np.random.default_rng(3)
-    exp = _made_up_expansion(model, data, jnp.asarray([0.3, -0.2, 0.1]),
+    exp = _made_up_expansion(model, data, jnp.asarray(rng.normal(size=layout.n_shared)
+                                                      * 0.3, jnp.float32),
                              jax.random.PRNGKey(1))
 
     def ours(xl, xs):

@@ -536,7 +536,7 @@ def sample_patch(model: SifModel, patch: Patch, key: jax.Array,
     Parameters
     ----------
     model : SifModel
-        Built-in atmosphere or measured irradiance (top of canopy).
+        Built-in atmosphere, external table or measured irradiance (top of canopy).
     patch : Patch
         One patch, radiance given (mW m-2 sr-1 nm-1).
     key : jax.Array
@@ -591,9 +591,10 @@ _ERR_FNS: dict = {}
 
 
 def _surrogate_error_fn(model: SifModel):
-    key = (id(model.fm), repr(model.cfg))
-    if key in _ERR_FNS and _ERR_FNS[key][0] is model.fm:
-        return _ERR_FNS[key][1]
+    key = (id(model.fm), repr(model.cfg), id(model.table))
+    hit = _ERR_FNS.get(key)
+    if hit is not None and hit[0][0] is model.fm and hit[0][1] is model.table:
+        return hit[1]
 
     @jax.jit
     def err(zv, coeffs, far, red, patch, expansion):
@@ -602,7 +603,7 @@ def _surrogate_error_fn(model: SifModel):
         sd = jnp.sqrt(model.noise_variance(le, patch.noise_a, patch.noise_b))
         return jnp.max(jnp.abs(le - la) / sd)
 
-    _ERR_FNS[key] = (model.fm, err)
+    _ERR_FNS[key] = ((model.fm, model.table), err)
     return err
 
 
@@ -618,8 +619,7 @@ def surrogate_error(model: SifModel, patch: Patch, expansion: OperatorExpansion,
     err = _surrogate_error_fn(model)
     worst = 0.0
     for i in idx:
-        zv = (jnp.stack([jnp.asarray(flat[f"{n}_z"][i]) for n in model.free]) if model.free
-              else jnp.zeros(0))
+        zv = model.shared_vector({n: flat[n][i] for n, _ in model.shared_sites()})
         red = flat["sif_red"][i] if "sif_red" in flat else np.zeros_like(flat["sif_far_red"][i])
         worst = max(worst, float(err(zv, flat["reflectance_coeffs"][i],
                                      flat["sif_far_red"][i], red, patch, expansion)))
@@ -733,14 +733,18 @@ def to_datatree(results: list[PatchPosterior], patches: list[Patch], model: SifM
     patch_of = np.repeat(np.arange(len(n_per)), n_per)
     posterior = {}
     dims = {}
+    # patch-level: the shared sites and their values (an external table's up_scale has
+    # one value per band group)
+    shared = {n for n, _ in Layout.of(model, patches[0]).shared}
+    shared |= {n.removesuffix("_z") for n in shared}
     for name in results[0].samples:
         vals = [r.samples[name] for r in results]
-        if vals[0].ndim >= 3:  # (chain, draw, pixel, ...); shared latents are scalars
+        if name not in shared:  # (chain, draw, pixel[, basis])
             posterior[name] = np.concatenate(vals, axis=2)
             dims[name] = ["pixel"] + (["basis"] if vals[0].ndim == 4 else [])
-        else:
+        else:  # (chain, draw[, group])
             posterior[name] = np.stack(vals, axis=2)
-            dims[name] = ["patch"]
+            dims[name] = ["patch"] + (["band_group"] if vals[0].ndim == 3 else [])
     stats = {k: np.stack([r.stats[k] for r in results], axis=2) for k in results[0].stats}
     sdims = {k: ["patch"] for k in stats}
     groups = {"posterior": posterior, "sample_stats": stats}

@@ -27,12 +27,12 @@ the mode (:func:`find_mode`, :func:`laplace`)
     where they ended, until a round starts with a Newton decrement below ``tol``: there
     the fresh expansion is exact to first order, so the mode is the model's own. The
     Hessian at the mode comes from a second-order expansion about it (exact at the
-    mode). A top-of-canopy patch (no shared operator) and a patch through an external
-    table use the exact potential. The refinement of the guide starts close to the mode
-    (the guide's mean) and uses first-order expansions and clipped steps; NUTS starts
-    from least squares, further away, where an expansion misleads the first steps and
-    clipping a step coordinate by coordinate bends it away from descent: it takes
-    unclipped steps on the exact operator.
+    mode). A top-of-canopy patch (no shared operator) uses the exact potential. The
+    refinement of the guide starts close to the mode (the guide's mean) and uses
+    first-order expansions and clipped steps; NUTS starts from least squares, further
+    away, where an expansion misleads the first steps and clipping a step coordinate by
+    coordinate bends it away from descent: it takes unclipped steps on the exact
+    operator.
 
 The start of a mode search without a guide is :func:`initial_values`; :func:`fit_at_mode`
 does the whole fit of a patch (start, mode, residuals in noise units, the program's
@@ -400,7 +400,7 @@ class Mode(NamedTuple):
         Gradient and Hessian of the potential at the mode.
     expansion : OperatorExpansion or None
         Second-order expansion of the band operator about the mode (None without a
-        shared operator: top of canopy, external table).
+        shared operator: top of canopy).
     """
 
     local: jax.Array
@@ -412,8 +412,9 @@ class Mode(NamedTuple):
 
 
 def _expands(model: SifModel) -> bool:
-    """Whether the model's patch operator has an expansion in the shared latents."""
-    return not model.top_of_canopy and model.table is None and bool(model.free)
+    """Whether the model's patch operator has an expansion in the shared latents
+    (built-in atmosphere or external table, with shared latents)."""
+    return model.shared_size > 0
 
 
 def laplace(model: SifModel, patch: Patch, xl: jax.Array, xs: jax.Array, *,
@@ -476,17 +477,12 @@ def initial_values(model: SifModel, patch: Patch) -> dict:
     the reflectance turned into prior coordinates by a ridge fit (``z`` stays of order
     one where the fitted coefficients are rougher than the prior allows).
 
-    Raises
-    ------
-    ValueError
-        For a model through an external table (no start is defined for its
-        perturbations).
+    External table: the same least squares through the table unperturbed, the
+    perturbations and the sensor at their prior means (every ``z`` 0).
     """
     fm = model.fm
     if model.top_of_canopy:
         return _toc_initial_values(model, patch)
-    if model.table is not None:
-        raise ValueError("a mode search through an external table has no start: give one")
     op = model.operator(patch)
     c = fm.band_centre_nm
     cols = [np.asarray(jnp.einsum("dbk,db->kb", fm.basis_band, op.reflected)).T,
@@ -513,8 +509,8 @@ def initial_values(model: SifModel, patch: Patch) -> dict:
     for name, v in out.items():
         out[name] = jnp.where(used.reshape((-1,) + (1,) * (v.ndim - 1)), v,
                               0.0 if name == "reflectance_z" else 0.5)
-    for name in model.free:
-        out[f"{name}_z"] = jnp.float32(0.0)
+    for name, shape in model.shared_sites():
+        out[name] = jnp.zeros(shape, jnp.float32)
     return out
 
 

@@ -277,20 +277,69 @@ class SifModel(eqx.Module):
         z = {n: zvec[..., i] for i, n in enumerate(self.free)}
         return self.shared(surface_pressure0, z)[2]
 
+    def shared_sites(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """The patch-level sample sites whose standard-normal coordinates, flattened and
+        concatenated in this order, are the shared vector ``zvec`` of :meth:`operator`:
+        ``<name>_z`` of each free latent (``cfg.free`` order); through an external table
+        its sensor latents, then ``table_<name>_z`` of each free perturbation (``up_scale``
+        one per band group). None at top of canopy."""
+        if self.top_of_canopy:
+            return ()
+        if self.table is None:
+            return tuple((f"{n}_z", ()) for n in self.free)
+        shapes = {"tau_scale": (), "up_scale": (self.table.atmosphere.n_groups,),
+                  "path_scale": ()}
+        return (tuple((f"{n}_z", ()) for n in self.cfg.free if n in SENSOR_LATENTS)
+                + tuple((f"table_{n}_z", shapes[n]) for n in PERTURBATION_SITES
+                        if n in self.table.prior.free))
+
+    @property
+    def shared_size(self) -> int:
+        """Length of the shared vector ``zvec`` (:meth:`shared_sites`)."""
+        return int(sum(np.prod(shape, dtype=int) for _, shape in self.shared_sites()))
+
+    def shared_vector(self, z: dict) -> jax.Array:
+        """The shared vector ``zvec`` (:meth:`shared_sites` order) from the sites'
+        values ``{site: z}``."""
+        sites = self.shared_sites()
+        if not sites:
+            return jnp.zeros(0, jnp.float32)
+        return jnp.concatenate([jnp.ravel(jnp.asarray(z[n], jnp.float32)) for n, _ in sites])
+
+    def _table_parts(self, zvec) -> tuple[dict, Perturbation]:
+        """The sensor latents ``{name: z}`` and the table's :class:`Perturbation` of a
+        table model's shared vector (:meth:`shared_sites`)."""
+        prior = self.table.prior
+        sds = {"tau_scale": prior.tau_log_sd, "up_scale": prior.up_log_sd,
+               "path_scale": prior.path_log_sd}
+        sensor, pert, o = {}, {}, 0
+        for name, shape in self.shared_sites():
+            k = int(np.prod(shape, dtype=int))
+            v = zvec[o] if shape == () else zvec[o:o + k].reshape(shape)
+            o += k
+            if name.startswith("table_"):
+                key = name.removeprefix("table_").removesuffix("_z")
+                pert[key] = jnp.exp(sds[key] * v)
+            else:
+                sensor[name.removesuffix("_z")] = v
+        n_groups = self.table.atmosphere.n_groups
+        pert.setdefault("up_scale", jnp.ones((n_groups,), jnp.float32))
+        return sensor, Perturbation(**pert)
+
     # --- the patch operator -----------------------------------------------------------
 
     def operator(self, patch: Patch, zvec=None) -> BandOperator:
         """The patch's band operator at the coordinates ``zvec`` (S,) of the free shared
-        latents (``cfg.free`` order; default: the prior mean, zeros), at the patch's mean
-        pixel offsets where it has them (:meth:`patch_delta`). Measured irradiance: one
-        operator per pixel (leading dim P)."""
+        latents (:meth:`shared_sites` order; default: the prior mean, zeros), at the
+        patch's mean pixel offsets where it has them (:meth:`patch_delta`). Measured
+        irradiance: one operator per pixel (leading dim P). Through an external table:
+        its sensor latents and perturbations (the table's own geometry)."""
         if self.top_of_canopy:
             return toc_operator(patch.irradiance)
-        if self.table is not None:
-            raise ValueError("a table model's operator depends on its perturbations: use "
-                             "table_operator")
         if zvec is None:
-            zvec = jnp.zeros(len(self.free), jnp.float32)
+            zvec = jnp.zeros(self.shared_size, jnp.float32)
+        if self.table is not None:  # the table's geometry: one operator for the patch
+            return self.table_operator(*self._table_parts(zvec))
         dbar = self.patch_delta(patch)
         if dbar is not None:  # at the patch's mean pixel offsets
             return self._operator_at(patch, zvec, dbar)
@@ -374,10 +423,10 @@ class SifModel(eqx.Module):
         1.06) (``tests/test_pixel_offsets.py``).
         """
         if zvec is None:
-            zvec = jnp.zeros(len(self.free), jnp.float32)
+            zvec = jnp.zeros(self.shared_size, jnp.float32)
         delta = self.pixel_delta(patch)
         if expansion is not None:
-            op = expansion(zvec) if self.free else expansion.value
+            op = expansion(zvec) if self.shared_size else expansion.value
             if delta is None or expansion.offset_jac is None:
                 return op
             jac = expansion.offset_jac
@@ -502,7 +551,7 @@ class SifModel(eqx.Module):
         """The potential energy of :meth:`program` through an operator ``expansion``,
         written out for samplers: ``-log p(radiance, z)`` at the unconstrained sites
         ``z`` (NumPyro's unconstrained space: the SIF amplitudes in their softplus
-        coordinate, the log Jacobian included). Built-in atmosphere only.
+        coordinate, the log Jacobian included). Built-in atmosphere or external table.
 
         Equal to ``numpyro.infer.util.potential_energy(self.program, (patch, expansion),
         {}, z)`` to float32 rounding (tested), and about three times cheaper to
@@ -512,11 +561,12 @@ class SifModel(eqx.Module):
         :func:`bayesfluo.physics.forward.radiance_from_operator` under ``vmap`` builds the
         SIF Taylor terms pixel by pixel.
         """
-        if self.top_of_canopy or self.table is not None:
-            raise ValueError("the expanded potential is the built-in atmosphere's")
+        if self.top_of_canopy:
+            raise ValueError("the expanded potential is of a patch's shared operator, "
+                             "not of a measured irradiance")
         fm = self.fm
         half_log_2pi = 0.5 * np.log(2.0 * np.pi)
-        zs = jnp.stack([z[f"{n}_z"] for n in self.free]) if self.free else jnp.zeros(0)
+        zs = self.shared_vector(z)  # every shared coordinate has a standard-normal prior
         refl = z["reflectance_z"]
         # priors: standard normal reflectance and shared coordinates, soft-plus half-normal
         # SIF amplitudes (the program's own distribution and transform)
@@ -592,23 +642,22 @@ class SifModel(eqx.Module):
         numpyro.sample("radiance", dist.Normal(pred, sd).to_event(1).mask(mask > 0),
                        obs=obs)
 
-    def _sample_perturbation(self) -> Perturbation:
-        """Sample the free perturbations of the table's prior (sites ``table_<name>_z``,
-        values ``table_<name>``)."""
-        prior = self.table.prior
-        n_groups = self.table.atmosphere.n_groups
-        sds = {"tau_scale": prior.tau_log_sd, "up_scale": prior.up_log_sd,
-               "path_scale": prior.path_log_sd}
-        shapes = {"tau_scale": (), "up_scale": (n_groups,), "path_scale": ()}
-        vals = {}
-        for name in PERTURBATION_SITES:
-            if name in prior.free:
-                z = numpyro.sample(f"table_{name}_z", dist.Normal(0.0, 1.0).expand(
-                    list(shapes[name])).to_event(len(shapes[name])))
-                vals[name] = numpyro.deterministic(f"table_{name}", jnp.exp(sds[name] * z))
-            else:
-                vals[name] = jnp.ones(shapes[name], jnp.float32)
-        return Perturbation(**vals)
+    def _sample_table_sites(self) -> jax.Array:
+        """Sample a table model's shared sites (:meth:`shared_sites`: the sensor latents
+        ``<name>_z``, the perturbations ``table_<name>_z``), record their values (``<name>``,
+        ``table_<name>``) and return the shared vector."""
+        z = {name: numpyro.sample(name, dist.Normal(0.0, 1.0).expand(list(shape))
+                                  .to_event(len(shape)))
+             for name, shape in self.shared_sites()}
+        zvec = self.shared_vector(z)
+        sensor, pert = self._table_parts(zvec)
+        vals = self.shared(jnp.float32(1013.25), {
+            **{m: jnp.float32(0.0) for m in self.cfg.free}, **sensor})[2]
+        for n in sensor:
+            numpyro.deterministic(n, vals[n])
+        for n in self.table.prior.free:
+            numpyro.deterministic(f"table_{n}", getattr(pert, n))
+        return zvec
 
     def program(self, patch: Patch, expansion: OperatorExpansion | None = None):
         """NumPyro program of one patch (see the module docstring); ``patch.radiance``
@@ -629,12 +678,8 @@ class SifModel(eqx.Module):
                                  self.irradiance_variance(p, coeffs))
             return
         if self.table is not None:
-            sens_free = tuple(n for n in self.cfg.free if n in SENSOR_LATENTS)
-            z = {n: numpyro.sample(f"{n}_z", dist.Normal(0.0, 1.0)) for n in sens_free}
-            for n in sens_free:
-                numpyro.deterministic(n, self.shared(jnp.float32(1013.25), {
-                    **{m: jnp.float32(0.0) for m in self.cfg.free}, **z})[2][n])
-            op = self.table_operator(z, self._sample_perturbation())
+            zvec = self._sample_table_sites()
+            op = self.operator(patch, zvec) if expansion is None else expansion(zvec)
         else:
             z = {n: numpyro.sample(f"{n}_z", dist.Normal(0.0, 1.0)) for n in self.free}
             vals = self.shared(patch.surface_pressure0, z)[2]

@@ -33,8 +33,9 @@ from bayesfluo.physics.solar import (
 )
 from bayesfluo.scene.bands import scene_bands
 
-__all__ = ["PatchGrid", "check_scene_for_model", "INPUT_FLAGS", "ANCILLARY_RANGES",
-           "OUTLIER_FACTOR", "OUTLIER_SIGMA", "OUTLIER_WINDOW", "noise_coefficients",
+__all__ = ["PatchGrid", "check_scene_for_model", "SceneWindowError", "INPUT_FLAGS",
+           "ANCILLARY_RANGES", "OUTLIER_FACTOR", "OUTLIER_SIGMA", "OUTLIER_WINDOW",
+           "noise_coefficients",
            "pixel_values", "reference_centre", "ancillary_valid", "radiance_ceiling", "PixelRows",
            "read_rows", "flag_pixels", "running_median", "cut_patches", "assemble_patches",
            "patch_of_pixels",
@@ -121,6 +122,13 @@ def noise_coefficients(scene: xr.Dataset) -> tuple[float, float]:
     return get_instrument(scene.attrs["instrument"]).noise_coefficients()
 
 
+class SceneWindowError(ValueError):
+    """A scene whose window does not hold the model's. ``fits`` names the instrument of
+    the scene's own window (a model for it would take the scene), where known."""
+
+    fits: str | None = None
+
+
 def check_scene_for_model(scene: xr.Dataset, instrument: str, band_centre_nm) -> None:
     """Raise ValueError naming the problem if the scene cannot be retrieved with a model
     for ``instrument`` (instrument, band grid, layout, needed variables).
@@ -144,10 +152,12 @@ def check_scene_for_model(scene: xr.Dataset, instrument: str, band_centre_nm) ->
         if len(known) == 2 and (known[inst][0] > known[instrument][0]
                                 or known[inst][1] < known[instrument][1]):
             (a, b), (c, d) = known[inst], known[instrument]
-            raise ValueError(
+            err = SceneWindowError(
                 f"the scene is from {inst!r} ({a:g}-{b:g} nm), which does not hold the "
                 f"window of the model for {instrument!r} ({c:g}-{d:g} nm): retrieve it "
                 f"with a model for {inst!r}")
+            err.fits = inst
+            raise err
         raise ValueError(f"the scene is from {inst!r}, the model is for {instrument!r}")
     scene_bands(scene, instrument)
     if scene["wavelength"].attrs.get("medium", "air") != "air":

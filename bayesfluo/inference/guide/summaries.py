@@ -9,7 +9,6 @@ reflectance at 760 nm and the patch's atmospheric and sensor terms need no sampl
 from __future__ import annotations
 
 import warnings
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -141,14 +140,14 @@ def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0,
         # F687 = red part + far-red tail; quadrature over the two marginals would need their
         # correlation: use 2-D Gauss-Hermite on the pair
         cov2 = jnp.sum(lb[..., k:k + 2, None, :] * lb[..., None, k:k + 2, :], -1)
-        pair = partial(_sif_pair, mean[..., k:k + 2], cov2, scale, model.cfg.sif_red_ratio)
-        out["f687"] = pair(*peak_weights(687.0))
-        if both_peaks:
-            out["sif_red_peak"] = pair(*peak_weights(SifParams(0.0, 0.0).centre_red))
-            out["sif_integrated"] = pair(*_integral_weights())
-            out["f687_f760"] = {"corr": _pair_correlation(
-                mean[..., k:k + 2], cov2, scale, model.cfg.sif_red_ratio,
-                peak_weights(687.0), (1.0, 0.0))}
+        nodes = _pair_nodes(mean[..., k:k + 2], cov2, scale, model.cfg.sif_red_ratio)
+        out["f687"] = _sif_pair(nodes, *peak_weights(687.0))
+        if both_peaks:  # the same nodes for each
+            out["sif_red_peak"] = _sif_pair(nodes,
+                                            *peak_weights(SifParams(0.0, 0.0).centre_red))
+            out["sif_integrated"] = _sif_pair(nodes, *_integral_weights())
+            out["f687_f760"] = {"corr": _pair_correlation(nodes, peak_weights(687.0),
+                                                          (1.0, 0.0))}
     # reflectance at 760 nm: linearised (its posterior sd is ~1e-3, far inside the
     # sigmoid's linear range)
     mu, chol = model.reflectance_prior()
@@ -211,12 +210,12 @@ def _pair_nodes(m2, c2, scale, red_ratio: float):
             scale[..., None] * red_ratio * knee_softplus(v[..., 1]), ww)
 
 
-def _pair_correlation(m2, c2, scale, red_ratio: float, wa: tuple[float, float],
-                      wb: tuple[float, float]):
+def _pair_correlation(nodes: tuple, wa: tuple[float, float], wb: tuple[float, float]):
     """Posterior correlation (...) of two SIF values both peaks contribute to, with the
     peaks' weights ``wa`` and ``wb`` (far-red, red; :func:`peak_weights`), e.g. F687 and
-    F760, by the quadrature of :func:`_pair_nodes`; 0 where either has no spread."""
-    far, red, ww = _pair_nodes(m2, c2, scale, red_ratio)
+    F760, on the quadrature ``nodes`` of :func:`_pair_nodes`; 0 where either has no
+    spread."""
+    far, red, ww = nodes
     a, b = wa[0] * far + wa[1] * red, wb[0] * far + wb[1] * red
     da, db = a - (a @ ww)[..., None], b - (b @ ww)[..., None]
     var_a, var_b = (da * da) @ ww, (db * db) @ ww
@@ -224,12 +223,12 @@ def _pair_correlation(m2, c2, scale, red_ratio: float, wa: tuple[float, float],
     return jnp.where(den > 0, ((da * db) @ ww) / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-def _sif_pair(m2, c2, scale, red_ratio: float, w_far: float, w_red: float):
-    """Mean, sd and quantiles of ``scale (w_far A_far + red_ratio w_red A_red)`` (a SIF
-    value both peaks contribute to, e.g. F687) from the mean (..., 2) and covariance
-    (..., 2, 2) of the two SIF amplitudes' unconstrained coordinates (``red_ratio``:
-    the red peak's prior scale relative to the far-red one's)."""
-    far, red, ww = _pair_nodes(m2, c2, scale, red_ratio)
+def _sif_pair(nodes: tuple, w_far: float, w_red: float):
+    """Mean, sd and quantiles of ``w_far F_far + w_red F_red`` (a SIF value both peaks
+    contribute to, e.g. F687; ``F_far``, ``F_red`` the peaks' SIF in units of the far-red
+    peak's at 760 nm) on the quadrature ``nodes`` of the two SIF amplitudes' joint
+    posterior (:func:`_pair_nodes`)."""
+    far, red, ww = nodes
     f = w_far * far + w_red * red
     m = f @ ww
     sd = jnp.sqrt(jnp.maximum(((f - m[..., None]) ** 2) @ ww, 0.0))
