@@ -338,11 +338,11 @@ class SifModel(eqx.Module):
             return toc_operator(patch.irradiance)
         if zvec is None:
             zvec = jnp.zeros(self.shared_size, jnp.float32)
-        if self.table is not None:  # the table's geometry: one operator for the patch
-            return self.table_operator(*self._table_parts(zvec))
         dbar = self.patch_delta(patch)
         if dbar is not None:  # at the patch's mean pixel offsets
             return self._operator_at(patch, zvec, dbar)
+        if self.table is not None:  # the table's geometry: one operator for the patch
+            return self.table_operator(*self._table_parts(zvec))
         atm, sens, _ = self.shared(patch.surface_pressure0,
                                    dict(zip(self.free, zvec, strict=True)))
         return band_operator(self.fm, atm, patch.geometry, sens)
@@ -356,15 +356,21 @@ class SifModel(eqx.Module):
         The smile is the instrument's absolute one (``pixel_offset`` columns 1, 2): a
         fixed shift or FWHM scale is the smile's value at the pixel's column; a free one
         is the patch's (its prior centred on the scene's constant) and each pixel differs
-        from it by its smile minus the patch's (usable pixels') mean smile."""
-        if patch.pixel_offset is None or self.top_of_canopy or self.table is not None:
+        from it by its smile minus the patch's (usable pixels') mean smile.
+
+        Through an external table only the smile: the table is one atmosphere at one
+        geometry (its surface pressure and view zenith do not move), and its sensor
+        latents are those of ``cfg.free``."""
+        if patch.pixel_offset is None or self.top_of_canopy:
             return None
         off = jnp.asarray(patch.pixel_offset, jnp.float32)
         mean = self._usable_mean(patch, off)
-        cols = [off[..., 0]]
+        free = self.cfg.free if self.table is not None else self.free
+        zero = jnp.zeros_like(off[..., 0])
+        cols = [off[..., 0] if self.table is None else zero]
         for i, name in ((1, "spectral_shift"), (2, "fwhm_scale")):
-            cols.append(off[..., i] - mean[..., None, i] if name in self.free else off[..., i])
-        cols.append(off[..., 3])
+            cols.append(off[..., i] - mean[..., None, i] if name in free else off[..., i])
+        cols.append(off[..., 3] if self.table is None else zero)
         return jnp.stack(cols, -1)
 
     @staticmethod
@@ -382,8 +388,14 @@ class SifModel(eqx.Module):
         return None if delta is None else self._usable_mean(patch, delta)
 
     def _operator_at(self, patch: Patch, zvec, delta) -> BandOperator:
-        """The built-in operator at shared coordinates ``zvec`` moved by ``delta`` (4,)
-        (:meth:`pixel_delta`'s columns)."""
+        """The operator at shared coordinates ``zvec`` moved by ``delta`` (4,)
+        (:meth:`pixel_delta`'s columns; through a table, its smile columns)."""
+        if self.table is not None:
+            sensor, pert = self._table_parts(zvec)
+            sens = self._table_sensor(sensor)
+            sens = sens._replace(shift_nm=sens.shift_nm + delta[1],
+                                 fwhm_scale=sens.fwhm_scale + delta[2])
+            return band_operator_external(self.fm, self.table.atmosphere, sens, pert)
         atm, sens, _ = self.shared(patch.surface_pressure0,
                                    dict(zip(self.free, zvec, strict=True)))
         atm = atm._replace(surface_pressure_hpa=atm.surface_pressure_hpa + delta[0])
@@ -441,12 +453,17 @@ class SifModel(eqx.Module):
     def table_operator(self, sensor_z: dict, perturbation: Perturbation) -> BandOperator:
         """Band operator through the external table, with sensor latents ``sensor_z``
         (``{name: z}``, the sensor latents of ``cfg.free``) and the table's perturbation."""
+        return band_operator_external(self.fm, self.table.atmosphere,
+                                      self._table_sensor(sensor_z), perturbation)
+
+    def _table_sensor(self, sensor_z: dict):
+        """The sensor state (:class:`~bayesfluo.physics.sensor.SensorParams`) of a table
+        model's sensor latents ``{name: z}`` (the fixed ones from ``cfg.fixed``)."""
         fixed = {"surface_pressure": 1013.25, "aot550": 0.12, "diffuse_path": 1.5,
                  "angstrom": 1.3, "spectral_shift": 0.0, "fwhm_scale": 1.0, **self.cfg.fixed}
         cfg_s = self.cfg.replace(free=tuple(n for n in self.cfg.free if n in SENSOR_LATENTS),
                                  fixed=fixed)
-        _, sens, _ = shared_values(cfg_s, jnp.float32(1013.25), sensor_z)
-        return band_operator_external(self.fm, self.table.atmosphere, sens, perturbation)
+        return shared_values(cfg_s, jnp.float32(1013.25), sensor_z)[1]
 
     def operator_expansion(self, patch: Patch, z0, order: int = 2) -> OperatorExpansion:
         """The patch's band operator expanded about ``z0`` (one value per free latent) to
