@@ -1,6 +1,6 @@
-"""Throughput of whole-scene retrieval with the shipped HyPlant FLUO (O2-A) guide.
+"""Throughput of whole-scene retrieval with a guide (default: the shipped HyPlant FLUO O2-A).
 
-Prints pixels per second and peak memory, on a HyPlant FLUO O2-A scene held in memory
+Prints pixels per second and peak memory, on a scene of the guide's instrument held in memory
 (file IO excluded), for
   (a) posterior summaries alone (``RetrieveOptions(quality=False)``),
   (b) with the residual-based quality flag (each pixel's band operator from one expansion
@@ -19,7 +19,10 @@ XNN_GRAPH_FUSION_MODE_GREEDY`` (bit-identical outputs, same speed),
 ``--xla_cpu_experimental_{xnn,ynn,onednn}_fusion_type=LIBRARY_FUSION_TYPE_DOT``,
 ``--xla_cpu_use_onednn=true``, ``--xla_cpu_use_thunk_runtime=false``.
 
-    python benchmarks/bench_retrieve.py [--size 256] [--repeat 3]
+    python benchmarks/bench_retrieve.py [--size 256] [--repeat 3] [--model hyplant-fluo-o2a]
+
+``--model``: a shipped model's name or a model directory (e.g. the whole-window
+``hyplant-fluo``, 1001 bands).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import sys
 import time
 
 
-def _case(name: str, size: int, repeat: int) -> dict:
+def _case(name: str, size: int, repeat: int, model: str) -> dict:
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -46,8 +49,8 @@ def _case(name: str, size: int, repeat: int) -> dict:
     from bayesfluo.scene.simulate import simulate_scene
     from bayesfluo.shipped import resolve_model
 
-    guide = load_guide(resolve_model("hyplant-fluo-o2a"))
-    tile = simulate_scene("hyplant-fluo-o2a", (64, 64), seed=0)
+    guide = load_guide(resolve_model(model))
+    tile = simulate_scene(guide.instrument, (64, 64), seed=0)
     reps = size // 64
     scene = tile.copy()
     # tile the simulated 64 x 64 scene to size x size (patches are independent)
@@ -117,21 +120,24 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--refined", action="store_true",
                    help="also (c): summaries after the Laplace refinement (64 x 64 pixels)")
+    p.add_argument("--model", default="hyplant-fluo-o2a",
+                   help="shipped model name or model directory")
     p.add_argument("--case", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.case:
-        print(json.dumps(_case(a.case, a.size, a.repeat)))
+        print(json.dumps(_case(a.case, a.size, a.repeat, a.model)))
         return
     rows = []
     cases = ["encoder", "mlp4x256", "summaries", "quality"] + (["refined"] if a.refined else [])
     for case in cases:
         out = subprocess.run([sys.executable, __file__, "--case", case, "--size", str(a.size),
-                              "--repeat", str(a.repeat)], check=True, capture_output=True,
+                              "--repeat", str(a.repeat), "--model", a.model], check=True,
+                             capture_output=True,
                              text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     base = {r["case"]: r for r in rows}
     bare = base["encoder"]["pixels_per_s"]
-    print(f"HyPlant FLUO O2-A, {a.size} x {a.size} pixels in memory, best of {a.repeat}")
+    print(f"model {a.model}, {a.size} x {a.size} pixels in memory, best of {a.repeat}")
     devs = {json.dumps(r["device"], sort_keys=True) for r in rows}
     for d in map(json.loads, sorted(devs)):   # one line (each case ran on the same device)
         print(f"device: {d['backend']} ({d['device_kind']}, {d['count']} device(s)), "

@@ -60,7 +60,9 @@ def main() -> None:
     out = a.out
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    cond = {} if guide.instrument == "hyplant-fluo-o2a" else {"height_m": 400000.0}
+    from bayesfluo.instruments import get_instrument
+    inst = get_instrument(guide.instrument)  # an airborne guide at the nominal 600 m
+    cond = {"height_m": inst.altitude_m} if inst.platform == "spaceborne" else {}
     variants = {"": None}
     if a.refine:
         variants["refined_"] = RefineOptions()
