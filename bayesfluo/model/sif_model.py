@@ -282,7 +282,7 @@ class SifModel(eqx.Module):
         concatenated in this order, are the shared vector ``zvec`` of :meth:`operator`:
         ``<name>_z`` of each free latent (``cfg.free`` order); through an external table
         its sensor latents, then ``table_<name>_z`` of each free perturbation (``up_scale``
-        one per band group). None at top of canopy."""
+        one per band group). Empty at top of canopy."""
         if self.top_of_canopy:
             return ()
         if self.table is None:
@@ -365,7 +365,7 @@ class SifModel(eqx.Module):
             return None
         off = jnp.asarray(patch.pixel_offset, jnp.float32)
         mean = self._usable_mean(patch, off)
-        free = self.cfg.free if self.table is not None else self.free
+        free = self.cfg.free  # the built-in model's free latents; a table's sensor ones
         zero = jnp.zeros_like(off[..., 0])
         cols = [off[..., 0] if self.table is None else zero]
         for i, name in ((1, "spectral_shift"), (2, "fwhm_scale")):
