@@ -24,7 +24,8 @@ for the Laplace refinement). Printed per set, over pixels with usable input:
 * flags by reason (fraction of pixels);
 * windows with the O2-B band: F687's RMSE, bias and 90 % interval coverage, and the
   posterior correlation of F687 and F760;
-* the Cramer-Rao bound of F760 of the guide's model at the same conditions, on a sample
+* the Cramer-Rao bound of F760 (and of F687 where the window holds the O2-B band) of
+  the guide's model at the same conditions, on a sample
   of patches, at the truth projected onto the model's family (the patch's atmosphere
   estimated from the patch): the RMS bound and the RMSE over the same pixels.
 
@@ -55,7 +56,7 @@ import time
 import numpy as np
 import scipy.stats
 
-from bayesfluo.diagnostics.fisher import patch_cramer_rao_f760
+from bayesfluo.diagnostics.fisher import f687_weights, patch_cramer_rao_f760
 from bayesfluo.inference.guide import guide_inputs, load_guide
 from bayesfluo.inference.world import world_targets
 from bayesfluo.instruments import get_instrument
@@ -89,10 +90,13 @@ def scenes(kind: str, instrument: str, n: int, size: int, fm):
             yield simulate_scene(instrument, (size, size), seed=seed, model=fm, surface=surf)
 
 
-def crb_sample(guide, scene, n_patches: int, rng) -> tuple[np.ndarray, np.ndarray]:
+def crb_sample(guide, scene, n_patches: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cramer-Rao bound of F760 (P,) of ``n_patches`` random patches of a scene, at the
     truth projected onto the model's family, and the pixels' flat indices: the guide's
-    model on the scene's own band grid (the information the scene's bands carry)."""
+    model on the scene's own band grid (the information the scene's bands carry); and
+    that of F687 where the model has a red peak (else empty). The truth's amplitudes:
+    the far-red one from the true F760, the red one from the true F687 less the far-red
+    peak's tail there."""
     model = guide.model
     bands = scene_bands(scene, guide.instrument)
     model_s = model if same_grid(bands, model, scene.sizes["band"]) else \
@@ -106,8 +110,11 @@ def crb_sample(guide, scene, n_patches: int, rng) -> tuple[np.ndarray, np.ndarra
     coeffs_img = 1.0 / (1.0 + np.exp(-(mu + u_r @ chol.T)))
     f760 = np.asarray(scene["true_f760"].values)
     idx_img = np.arange(f760.size).reshape(f760.shape)
-    coeffs, f_p, idx = (grid.to_patches(a) for a in (coeffs_img, f760, idx_img))
-    bounds, pix = [], []
+    f687 = np.asarray(scene["true_f687"].values) if "true_f687" in scene else \
+        np.zeros_like(f760)
+    coeffs, f_p, f7_p, idx = (grid.to_patches(a) for a in (coeffs_img, f760, f687, idx_img))
+    c_far, c_red = f687_weights()
+    bounds, bounds687, pix = [], [], []
     for j in rng.choice(coeffs.shape[0], min(n_patches, coeffs.shape[0]), replace=False):
         patch = d.patches.index(int(j)).to_jax()
         ps = scene["true_surface_pressure"].values.ravel()[idx[j]].mean()
@@ -118,13 +125,15 @@ def crb_sample(guide, scene, n_patches: int, rng) -> tuple[np.ndarray, np.ndarra
         zs = {"surface_pressure_z": (ps - float(patch.surface_pressure0)) / cfg.pressure_sd,
               "aot550_z": np.log(aot / cfg.aot550_prior) / cfg.aot550_log_sd,
               "spectral_shift_z": shift / cfg.shift_sd}
-        values = {"reflectance_coeffs": coeffs[j],
-                  "sif_far_red": np.maximum(f_p[j], 1e-4) / SHAPE760,
-                  "sif_red": np.zeros(f_p.shape[1])} | {
+        amp_far = np.maximum(f_p[j], 1e-4) / SHAPE760
+        values = {"reflectance_coeffs": coeffs[j], "sif_far_red": amp_far,
+                  "sif_red": np.maximum((f7_p[j] - c_far * amp_far) / c_red, 1e-4)} | {
                       k: v for k, v in zs.items() if k[:-2] in model.free}
-        bounds.append(patch_cramer_rao_f760(model_s, patch, values)["shared"])
+        b = patch_cramer_rao_f760(model_s, patch, values)
+        bounds.append(b["shared"])
+        bounds687.append(b.get("f687_shared", np.zeros(0)))
         pix.append(idx[j])
-    return np.concatenate(bounds), np.concatenate(pix)
+    return np.concatenate(bounds), np.concatenate(pix), np.concatenate(bounds687)
 
 
 GRIDS = {"nominal": {}, "shift +0.05 nm": {"shift": 0.05}, "FWHM +10 %": {"fwhm": 1.1},
@@ -212,6 +221,7 @@ def main(argv=None) -> dict:
         cols = {k: [] for k in ("t", "m", "lo", "hi", "q05", "q95", "ndvi", "flag", "inp",
                                 "t687", "m687", "lo687", "hi687", "corr")}
         scene_mean_err, crb, crb_err, scene_bias = [], [], [], []
+        crb687, crb687_err = [], []
         for sc in scenes(kind, guide.instrument, a.scenes, a.size, fm):
             r = retrieve(sc, guide, RetrieveOptions(refine=a.refine), progress=False)
             t = sc["true_f760"].values
@@ -230,9 +240,13 @@ def main(argv=None) -> dict:
             scene_mean_err.append(tt - tt.mean())
             scene_bias.append(float(np.mean(np.asarray(r.f760_mean).ravel()[ok] - tt)))
             if a.crb_patches:
-                b, pix = crb_sample(guide, sc, a.crb_patches, rng)
+                b, pix, b687 = crb_sample(guide, sc, a.crb_patches, rng)
                 crb.append(b)
                 crb_err.append(np.asarray(r.f760_mean).ravel()[pix] - t.ravel()[pix])
+                if b687.size and "f687_mean" in r:
+                    crb687.append(b687)
+                    crb687_err.append(np.asarray(r.f687_mean).ravel()[pix]
+                                      - sc["true_f687"].values.ravel()[pix])
         c = {k: np.concatenate(v) for k, v in cols.items() if v}
         ok = (c["flag"] & QUALITY_FLAGS["masked_input"]) == 0
         err = (c["m"] - c["t"])[ok]
@@ -288,6 +302,12 @@ def main(argv=None) -> dict:
             res["crb"] = dict(pixels=int(b.size), rms_bound=float(np.sqrt(np.mean(b**2))),
                               rmse_same_pixels=float(np.sqrt(np.mean(e**2))),
                               ratio=float(np.sqrt(np.mean(e**2)) / np.sqrt(np.mean(b**2))))
+        if crb687:
+            b, e = np.concatenate(crb687), np.concatenate(crb687_err)
+            res["crb_f687"] = dict(pixels=int(b.size), rms_bound=float(np.sqrt(np.mean(b**2))),
+                                   rmse_same_pixels=float(np.sqrt(np.mean(e**2))),
+                                   ratio=float(np.sqrt(np.mean(e**2))
+                                               / np.sqrt(np.mean(b**2))))
         report[kind] = res
         print(f"\n[{kind}] {n} pixels ({a.scenes} scenes {a.size}x{a.size}), "
               f"{res['seconds']} s")
@@ -323,6 +343,11 @@ def main(argv=None) -> dict:
             cr = res["crb"]
             print(f"  Cramer-Rao bound (RMS over {cr['pixels']} px): {cr['rms_bound']:.3f}; "
                   f"RMSE there {cr['rmse_same_pixels']:.3f}; ratio {cr['ratio']:.2f}")
+        if "crb_f687" in res:
+            cr = res["crb_f687"]
+            print(f"  F687 Cramer-Rao bound (RMS over {cr['pixels']} px): "
+                  f"{cr['rms_bound']:.3f}; F687 RMSE there {cr['rmse_same_pixels']:.3f}; "
+                  f"ratio {cr['ratio']:.2f}")
     if a.grids:
         print(f"\n[grids] {a.grids} default scenes {a.size}x{a.size} per band grid")
         report["grids"] = grid_robustness(guide, a.grids, a.size, a.crb_patches)

@@ -2,9 +2,11 @@
 
     python benchmarks/spike_robustness.py [--model hyplant-fluo-o2a] [--sd 15 40]
 
-On a simulated HyPlant FLUO O2-A scene (20 x 13 pixels, seed 2) three pixels in three
-different patches get a spike of ``--sd`` noise standard deviations in three bands, for
-three sets of bands (continuum, inside the O2-A band, spread). Prints per pixel the rise
+On a simulated scene of the model's instrument (20 x 13 pixels, seed 2) three pixels in
+three different patches get a spike of ``--sd`` noise standard deviations in three bands,
+for sets of bands given by wavelength (continuum, inside the O2-A band, spread over the
+window; inside the O2-B band where the window holds it; for the O2-A window these are its
+bands 20, 21, 40; 100, 101, 200; 5, 150, 250). Prints per pixel the rise
 of the fit's reduced chi-square in units of the spike's own weight (1: the fit ignores the
 spike; more: the encoder's mean is pulled by it), the change of the F760 mean in units of
 its posterior sd, and whether the pixel is flagged ``poor_fit``.
@@ -17,8 +19,9 @@ import argparse
 import numpy as np
 
 HIT = [(3, 4), (10, 7), (15, 1)]
-BAND_SETS = {"continuum 20,21,40": [20, 21, 40], "O2-A 100,101,200": [100, 101, 200],
-             "spread 5,150,250": [5, 150, 250]}
+#: spiked bands, nm (the nearest band of the scene to each)
+BAND_SETS = {"continuum": [752.28, 752.39, 754.48], "O2-A": [761.08, 761.19, 772.08],
+             "spread": [750.63, 766.58, 777.58], "O2-B": [687.0, 687.11, 689.5]}
 
 
 def main() -> None:
@@ -33,8 +36,8 @@ def main() -> None:
     from bayesfluo.scene.simulate import simulate_scene
     from bayesfluo.shipped import resolve_model
 
-    scene = simulate_scene("hyplant-fluo-o2a", (20, 13), seed=2)
     guide = load_guide(resolve_model(a.model))
+    scene = simulate_scene(guide.instrument, (20, 13), seed=2, model=guide.model.fm)
     r = Retriever(guide)
     base = retrieve(scene, guide, RetrieveOptions(), retriever=r, progress=False)
     na, nb = noise_coefficients(scene)
@@ -45,7 +48,12 @@ def main() -> None:
           f"{'poor_fit':>10s}")
     for sd in a.sd:
         weight = 3 * sd**2 / scene.sizes["band"]
-        for name, bands in BAND_SETS.items():
+        centres = scene["wavelength"].values
+        for name, nm in BAND_SETS.items():
+            if min(nm) < centres.min() or max(nm) > centres.max():
+                continue
+            bands = sorted({int(np.argmin(np.abs(centres - w))) for w in nm})
+            name = f"{name} {','.join(map(str, bands))}"
             art = scene.copy(deep=True)
             rad = art["radiance"].values
             for y, x in HIT:

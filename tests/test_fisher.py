@@ -90,3 +90,53 @@ def test_patch_bound_of_one_pixel_is_the_pixel_bound(model_o2a):
     assert got["shared"][0] == pytest.approx(crb, rel=1e-5)
     assert got["known"][0] < got["shared"][0]
     assert got["shared_latents"][0] == pytest.approx(sd_pressure, rel=1e-5)
+
+
+def test_f687_bound_of_one_pixel_is_the_pixel_bound(model_full):
+    """The F687 bound of a one-pixel patch over the whole HyPlant window (both SIF peaks'
+    amplitudes free, the surface pressure shared) is ``sqrt(g^T I^-1 g)`` of the
+    single-pixel Fisher information of the physics forward model (a separate code path:
+    :func:`fisher_information`), with ``g`` the two peaks' unit spectra at 687 nm taken
+    from the physics module; the F760 bound is that pixel's too. Also: F687 is less
+    well determined than F760 (fewer, shallower O2-B lines), and knowing the shared
+    latents can only tighten it."""
+    import jax.numpy as jnp
+
+    from bayesfluo.diagnostics.fisher import LATENTS, fisher_information, patch_cramer_rao_f760
+    from bayesfluo.model import ModelConfig, Patch, SifModel
+    from bayesfluo.model.priors import SHAPE760
+    from bayesfluo.physics.forward import Geometry, standard_pressure_hpa
+    from bayesfluo.physics.surface import SifParams, sif_spectrum
+
+    fm, k = model_full, model_full.n_basis
+    p_s = float(standard_pressure_hpa(0.0))
+    amp_far, amp_red = 1.5 / SHAPE760, 0.8
+    theta = np.concatenate([np.full(k, 0.3), [amp_far, amp_red, p_s, 0.1, 1.3, 1.5, 0.0,
+                                              1.0]])
+    geom = Geometry(30.0, 0.0, 0.0, 0.0, 600.0)
+    a = 2e-3
+    info, _ = fisher_information(fm, theta, geom, a, 0.0)
+    ii = list(range(k)) + [k + LATENTS[1:].index(n) for n in
+                           ("sif_far_red", "sif_red", "surface_pressure")]
+    cov = np.linalg.inv(info[np.ix_(ii, ii)])
+    g = np.array([float(sif_spectrum(687.0, SifParams(0.0, 1.0))),
+                  float(sif_spectrum(687.0, SifParams(1.0, 0.0)))])
+    want687 = float(np.sqrt(g @ cov[k:k + 2, k:k + 2] @ g))
+    want760 = float(np.sqrt(cov[k, k]) * SHAPE760)
+
+    cfg = ModelConfig(free=("surface_pressure",),
+                      fixed={"aot550": 0.1, "diffuse_path": 1.5, "angstrom": 1.3,
+                             "fwhm_scale": 1.0, "spectral_shift": 0.0})
+    model = SifModel(fm, cfg)
+    assert model.has_red
+    patch = Patch(radiance=None, mask=jnp.ones(1), ndvi=jnp.full(1, 0.8),
+                  geometry=Geometry(*(jnp.float32(v) for v in geom)),
+                  noise_a=jnp.float32(a), noise_b=jnp.float32(0.0),
+                  surface_pressure0=jnp.float32(p_s))
+    values = {"reflectance_coeffs": np.full((1, k), 0.3), "sif_far_red": np.array([amp_far]),
+              "sif_red": np.array([amp_red]), "surface_pressure_z": 0.0}
+    got = patch_cramer_rao_f760(model, patch, values)
+    assert got["shared"][0] == pytest.approx(want760, rel=1e-5)
+    assert got["f687_shared"][0] == pytest.approx(want687, rel=1e-5)
+    assert got["f687_known"][0] <= got["f687_shared"][0]
+    assert got["f687_shared"][0] > got["shared"][0]

@@ -1,13 +1,18 @@
-"""Fisher information and the Cramer-Rao bound of F760 from the forward model itself.
+"""Fisher information and the Cramer-Rao bounds of F760 (and F687) from the forward model
+itself.
 
 For one pixel with latent vector theta and band radiance ``L(theta)`` observed with
 independent Gaussian noise of variance ``v_k = a L_k + b``
 (:func:`bayesfluo.physics.sensor.noise_variance`), the Fisher information is
 ``I = J^T diag(1/v) J`` with ``J = dL/dtheta`` (the dependence of ``v`` on theta is
 neglected, as in SCIENCE.md section 5). No unbiased estimator of F760 from that pixel has
-a smaller standard deviation than ``sqrt((I^-1)_FF)``. The bound is computed in float64
-from the model's own Jacobian (``jax.jacfwd``), for any subset of free latents; the others
-are held at their values (known).
+a smaller standard deviation than ``sqrt((I^-1)_FF)``; of F687, a linear function
+``g^T theta`` of the two SIF amplitudes, none smaller than ``sqrt(g^T I^-1 g)``. The
+bound is computed in float64 from the model's own Jacobian (``jax.jacfwd``), for any
+subset of free latents; the others are held at their values (known). The bounds hold
+for unbiased estimators without a prior: a Bayesian posterior mean may err less where
+its prior carries information (the reflectance prior's smoothness is what separates the
+red SIF peak from the red edge, which a free spline could otherwise mimic).
 
 Latent names (shared with the probabilistic model):
 
@@ -44,10 +49,10 @@ from bayesfluo.physics.forward import (
     standard_pressure_hpa,
 )
 from bayesfluo.physics.sensor import SensorParams, noise_variance
-from bayesfluo.physics.surface import SifParams
+from bayesfluo.physics.surface import SifParams, sif_spectrum
 
 __all__ = ["LATENTS", "fisher_information", "cramer_rao_f760", "patch_cramer_rao_f760",
-           "toc_cramer_rao_f760"]
+           "toc_cramer_rao_f760", "f687_weights"]
 
 LATENTS = ("reflectance", "sif_far_red", "sif_red", "surface_pressure", "aot550", "angstrom",
            "diffuse_path", "spectral_shift", "fwhm_scale")
@@ -179,7 +184,10 @@ def patch_cramer_rao_f760(model: SifModel, patch: Patch, values: dict
     (:meth:`SifModel.noise_variance`), all in float64. Returns ``{"shared": (P,),
     "known": (P,), "shared_latents": (S,)}``: the bound of F760 (mW m-2 sr-1 nm-1) with
     the shared latents free and estimated from the whole patch, and with them known; and
-    the bound of each shared latent (its physical units, ``model.free`` order).
+    the bound of each shared latent (its physical units, ``model.free`` order). A model
+    with a red peak adds ``"f687_shared"`` and ``"f687_known"`` (P,): the same bounds of
+    F687 (both peaks' amplitudes free; F687 = ``c_far a_far + c_red a_red``, the peaks'
+    unit spectra at 687 nm).
 
     Parameters
     ----------
@@ -240,6 +248,14 @@ def patch_cramer_rao_f760(model: SifModel, patch: Patch, values: dict
     return out
 
 
+def f687_weights() -> tuple[float, float]:
+    """F687 (mW m-2 sr-1 nm-1) per unit of the far-red and of the red SIF amplitude (the
+    peaks' unit spectra at 687 nm)."""
+    with jax.ensure_compile_time_eval():
+        return (float(sif_spectrum(687.0, SifParams(0.0, 1.0))),
+                float(sif_spectrum(687.0, SifParams(1.0, 0.0))))
+
+
 def _patch_bound(jl_all, jg_all, var, has_red, k):
     """Cramer-Rao bounds from per-pixel Jacobians in the local latents (P, B, K + 2) and
     the shared ones (P, B, S), and the noise variance (P, B) (see
@@ -259,11 +275,21 @@ def _patch_bound(jl_all, jg_all, var, has_red, k):
         fisher[n_pix * nl:, n_pix * nl:] += jg.T @ jg
     amp = np.arange(n_pix) * nl + k  # index of each pixel's far-red amplitude
     cov = np.linalg.inv(fisher)
-    known = np.array([np.linalg.inv(fisher[i * nl:(i + 1) * nl, i * nl:(i + 1) * nl])[k, k]
-                      for i in range(n_pix)])
-    return {"shared": SHAPE760 * np.sqrt(np.diag(cov)[amp]),
-            "known": SHAPE760 * np.sqrt(known),
-            "shared_latents": np.sqrt(np.diag(cov)[n_pix * nl:])}
+    known = [np.linalg.inv(fisher[i * nl:(i + 1) * nl, i * nl:(i + 1) * nl])
+             for i in range(n_pix)]
+    out = {"shared": SHAPE760 * np.sqrt(np.diag(cov)[amp]),
+           "known": SHAPE760 * np.sqrt(np.array([c[k, k] for c in known])),
+           "shared_latents": np.sqrt(np.diag(cov)[n_pix * nl:])}
+    if has_red:  # F687 = g . (a_far, a_red): var = g^T C g on each pixel's 2 x 2 block
+        g = np.array(f687_weights())
+
+        def var687(c):
+            return g @ c @ g
+
+        out["f687_shared"] = np.sqrt([var687(cov[np.ix_([a, a + 1], [a, a + 1])])
+                                      for a in amp])
+        out["f687_known"] = np.sqrt([var687(c[k:k + 2, k:k + 2]) for c in known])
+    return out
 
 
 def toc_cramer_rao_f760(model: SifModel, patch: Patch, values: dict

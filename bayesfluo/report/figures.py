@@ -101,8 +101,11 @@ def plot_two_peaks(result: xr.Dataset, scene: xr.Dataset | None = None):
     """Maps of the red peak beside the far-red one (windows with the O2-B band): F687's
     posterior mean (and its truth where the scene has it), F687's posterior mean over
     its sd (where it is below 2, F687 is not told apart from zero: the red peak is
-    weaker and the O2-B band narrower than the O2-A), and the posterior correlation of
-    F687 and F760 (``f687_f760_corr``). ``None`` without ``f687_mean``."""
+    weaker and the O2-B band narrower than the O2-A), the red peak's posterior
+    contraction (``sif_red_contraction``: near 0 the red peak is the prior's, the data
+    did not pin it; F687 there rests on the far-red peak's tail and the NDVI-scaled
+    prior), and the posterior correlation of F687 and F760 (``f687_f760_corr``).
+    ``None`` without ``f687_mean``."""
     if "f687_mean" not in result:
         return None
     lines = {}
@@ -117,6 +120,10 @@ def plot_two_peaks(result: xr.Dataset, scene: xr.Dataset | None = None):
             snr = m / result["f687_sd"].values
         lines = {len(panels): 2.0}
         panels.append((snr, "F687 mean / sd (< 2: not told from 0)", "cividis", (0.0, 6.0),
+                       "1"))
+    if "sif_red_contraction" in result:
+        panels.append((result["sif_red_contraction"].values,
+                       "red peak: data's share (1 - post./prior var.)", "magma", (0.0, 1.0),
                        "1"))
     if "f687_f760_corr" in result:
         panels.append((result["f687_f760_corr"].values, "correlation of F687 and F760",

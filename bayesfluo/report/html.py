@@ -372,6 +372,9 @@ def _retrieval_sections(res: xr.Dataset, scene, model_dir, checks, secs,
                      + ", mean over sd (below 2, the line on the colour bar, F687 is not "
                      "told apart from zero: the red peak is weaker and the O2-B band "
                      "narrower than the O2-A)"
+                     + (", the red peak's posterior contraction (near 0: the data did not "
+                        "pin the red peak, and F687 rests on the far-red peak's tail and "
+                        "the prior)" if "sif_red_contraction" in res else "")
                      + (", and the posterior correlation of F687 and F760"
                         if "f687_f760_corr" in res else ""))
     if has_truth:

@@ -4,7 +4,9 @@
 For ``f760``, ``sif_peak``, ``reflectance760`` (and ``f687``, ``sif_red_peak``,
 ``sif_integrated`` where the window has the O2-B band) and each free atmospheric or sensor
 latent: ``Q_mean``, ``Q_sd``, ``Q_q05``, ``Q_q50``, ``Q_q95`` over (y, x);
-``f687_f760_corr``, the posterior correlation of F687 and F760 (O2-B windows);
+``f687_f760_corr``, the posterior correlation of F687 and F760, and
+``sif_red_contraction``, how much the data pinned the red peak (1 - posterior / prior
+variance of its amplitude; O2-B windows);
 ``quality_flag`` (bits: :data:`QUALITY_FLAGS`),
 ``input_flag`` (what was wrong with a masked input pixel, bits of
 :data:`bayesfluo.scene.grid.INPUT_FLAGS`), ``fit_chi2`` (reduced chi-square of the fit,
@@ -43,6 +45,7 @@ _ATTRS = {
     "sif_integrated": ("sun-induced chlorophyll fluorescence integrated over 650-800 nm",
                        "mW m-2 sr-1", None),
     "f687_f760": ("sun-induced chlorophyll fluorescence at 687 and at 760 nm", "1", None),
+    "sif_red": ("red-peak amplitude of sun-induced chlorophyll fluorescence", "1", None),
     "reflectance760": ("surface reflectance at 760 nm", "1",
                        "surface_bidirectional_reflectance"),
     "surface_pressure": ("surface air pressure of the pixel's patch", "hPa",
@@ -58,7 +61,8 @@ _STATS = {"mean": "posterior mean", "sd": "posterior standard deviation",
           "q95": "posterior 95 % quantile",
           "lo90": "lower bound of the shortest 90 % posterior interval",
           "hi90": "upper bound of the shortest 90 % posterior interval",
-          "corr": "posterior correlation"}
+          "corr": "posterior correlation",
+          "contraction": "posterior contraction (1 - posterior / prior variance)"}
 
 
 def result_dataset(pieces: dict[str, list[np.ndarray]], scene: xr.Dataset,

@@ -91,7 +91,7 @@ TOWER_REFINE = RefineOptions(expansions=10, newton_steps=3, damping=SEARCH_DAMPI
 
 #: Quantities a refined series takes from the guide (the red peak and what depends on
 #: it), not from the refinement.
-GUIDE_QUANTITIES = ("f687", "sif_red_peak", "sif_integrated")
+GUIDE_QUANTITIES = ("f687", "sif_red_peak", "sif_integrated", "sif_red")
 
 
 def _per_scan(tree, p: int):

@@ -108,8 +108,9 @@ def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0,
         Where the window holds the O2-B band, also ``sif_red_peak`` (the SIF at the red
         peak's centre, mW m-2 sr-1 nm-1) and ``sif_integrated`` (the SIF spectrum
         integrated over 650-800 nm, mW m-2 sr-1), each from the pair of SIF
-        amplitudes' joint posterior, and ``f687_f760`` ``{corr}``: the posterior
-        correlation of F687 and F760.
+        amplitudes' joint posterior, ``f687_f760`` ``{corr}``: the posterior
+        correlation of F687 and F760, and ``sif_red`` ``{contraction}``: how much the
+        data pinned the red peak (:func:`_red_contraction`).
 
     Returns
     -------
@@ -148,6 +149,8 @@ def summaries(q: GuideOutput, model: SifModel, ndvi, surface_pressure0,
             out["sif_integrated"] = _sif_pair(nodes, *_integral_weights())
             out["f687_f760"] = {"corr": _pair_correlation(nodes, peak_weights(687.0),
                                                           (1.0, 0.0))}
+            out["sif_red"] = {"contraction": _red_contraction(nodes, scale,
+                                                              model.cfg.sif_red_ratio)}
     # reflectance at 760 nm: linearised (its posterior sd is ~1e-3, far inside the
     # sigmoid's linear range)
     mu, chol = model.reflectance_prior()
@@ -193,21 +196,59 @@ def _integral_weights() -> tuple[float, float]:
                      for p in (SifParams(0.0, 1.0), SifParams(1.0, 0.0)))
 
 
-def _pair_nodes(m2, c2, scale, red_ratio: float):
-    """2-D Gauss-Hermite nodes of the two SIF amplitudes' joint posterior: the far-red
-    and the red peak's SIF at the nodes (..., n) in units of the far-red peak's at 760
-    nm (mW m-2 sr-1 nm-1), and the nodes' weights (n,), from the mean (..., 2) and
-    covariance (..., 2, 2) of the amplitudes' unconstrained coordinates (``red_ratio``:
-    the red peak's prior scale relative to the far-red one's)."""
+class PairNodes(NamedTuple):
+    """The two SIF peaks' values at two node sets of their amplitudes' joint posterior
+    (:func:`_pair_nodes`), in units of the far-red peak's SIF at 760 nm: Gauss-Hermite
+    nodes ``far``, ``red`` (..., n) with weights ``weights`` (n,) for moments, and an
+    equal-weight lattice ``far_q``, ``red_q`` (..., m) for quantiles."""
+    far: jax.Array
+    red: jax.Array
+    weights: jax.Array
+    far_q: jax.Array
+    red_q: jax.Array
+
+
+# quantile lattice of the pair: the product of 24 standard-normal quantiles at
+# (i + 1/2) / 24 per axis, equal weights. Against 20,000 Monte-Carlo draws of F687 on
+# 2,000 random posteriors: the median (99th percentile) error of the median is 0.005
+# (0.035) posterior sd and the shortest 90 % interval holds 87-91 % of the mass for
+# 98 % of posteriors; Gauss-Hermite nodes (24 x 24, very unequal weights) read as
+# weighted quantiles gave 0.032 (0.39) sd and 83-94 %.
+_LATTICE = scipy.stats.norm.ppf((np.arange(24) + 0.5) / 24)
+
+
+def _pair_nodes(m2, c2, scale, red_ratio: float) -> PairNodes:
+    """The two SIF peaks' values at the nodes of their amplitudes' joint posterior
+    (:class:`PairNodes`), from the mean (..., 2) and covariance (..., 2, 2) of the
+    amplitudes' unconstrained coordinates (``scale`` (...): F760 per unit amplitude;
+    ``red_ratio``: the red peak's prior scale relative to the far-red one's)."""
     l2 = jnp.linalg.cholesky(c2 + 1e-9 * jnp.eye(2))
+
+    def peaks(x):
+        gx, gy = jnp.meshgrid(x, x, indexing="ij")
+        nodes = jnp.stack([gx.ravel(), gy.ravel()], -1)               # (n2, 2)
+        v = m2[..., None, :] + jnp.einsum("...ij,nj->...ni", l2, nodes)
+        return (scale[..., None] * knee_softplus(v[..., 0]),
+                scale[..., None] * red_ratio * knee_softplus(v[..., 1]))
+
     x, w = np.polynomial.hermite_e.hermegauss(24)  # 2-D: 576 nodes
-    x, w = jnp.asarray(x, jnp.float32), jnp.asarray(w / w.sum(), jnp.float32)
-    gx, gy = jnp.meshgrid(x, x, indexing="ij")
-    nodes = jnp.stack([gx.ravel(), gy.ravel()], -1)                   # (n2, 2)
-    ww = (w[:, None] * w[None, :]).ravel()
-    v = m2[..., None, :] + jnp.einsum("...ij,nj->...ni", l2, nodes)
-    return (scale[..., None] * knee_softplus(v[..., 0]),
-            scale[..., None] * red_ratio * knee_softplus(v[..., 1]), ww)
+    w = jnp.asarray(w / w.sum(), jnp.float32)
+    far, red = peaks(jnp.asarray(x, jnp.float32))
+    far_q, red_q = peaks(jnp.asarray(_LATTICE, jnp.float32))
+    return PairNodes(far, red, (w[:, None] * w[None, :]).ravel(), far_q, red_q)
+
+
+def _red_contraction(nodes: PairNodes, scale, red_ratio: float):
+    """Posterior contraction of the red peak's amplitude (...): ``1 - posterior variance
+    / prior variance``, the prior a half-normal of scale ``scale * red_ratio`` (the
+    model's, given the pixel's NDVI). Near 0 the red peak, and the part of F687 it
+    carries, is the prior's (the data did not pin it); near 1 the data did."""
+    red, ww = nodes.red, nodes.weights
+    m = red @ ww
+    var = ((red - m[..., None]) ** 2) @ ww
+    prior_var = (scale * red_ratio) ** 2 * (1.0 - 2.0 / np.pi)
+    return jnp.where(prior_var > 0, 1.0 - var / jnp.where(prior_var > 0, prior_var, 1.0),
+                     0.0)
 
 
 def _pair_correlation(nodes: tuple, wa: tuple[float, float], wb: tuple[float, float]):
@@ -215,7 +256,7 @@ def _pair_correlation(nodes: tuple, wa: tuple[float, float], wb: tuple[float, fl
     peaks' weights ``wa`` and ``wb`` (far-red, red; :func:`peak_weights`), e.g. F687 and
     F760, on the quadrature ``nodes`` of :func:`_pair_nodes`; 0 where either has no
     spread."""
-    far, red, ww = nodes
+    far, red, ww = nodes.far, nodes.red, nodes.weights
     a, b = wa[0] * far + wa[1] * red, wb[0] * far + wb[1] * red
     da, db = a - (a @ ww)[..., None], b - (b @ ww)[..., None]
     var_a, var_b = (da * da) @ ww, (db * db) @ ww
@@ -223,49 +264,41 @@ def _pair_correlation(nodes: tuple, wa: tuple[float, float], wb: tuple[float, fl
     return jnp.where(den > 0, ((da * db) @ ww) / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-def _sif_pair(nodes: tuple, w_far: float, w_red: float):
+def _sif_pair(nodes: PairNodes, w_far: float, w_red: float):
     """Mean, sd and quantiles of ``w_far F_far + w_red F_red`` (a SIF value both peaks
     contribute to, e.g. F687; ``F_far``, ``F_red`` the peaks' SIF in units of the far-red
-    peak's at 760 nm) on the quadrature ``nodes`` of the two SIF amplitudes' joint
-    posterior (:func:`_pair_nodes`)."""
-    far, red, ww = nodes
-    f = w_far * far + w_red * red
-    m = f @ ww
-    sd = jnp.sqrt(jnp.maximum(((f - m[..., None]) ** 2) @ ww, 0.0))
-    # quantiles: weighted empirical quantiles of the quadrature nodes
-    order = jnp.argsort(f, axis=-1)
-    fs = jnp.take_along_axis(f, order, -1)
-    cw = jnp.cumsum(ww[order], -1)
-    qs = [jnp.take_along_axis(fs, jnp.argmax(cw >= p, -1)[..., None], -1)[..., 0]
-          for p in (0.05, 0.5, 0.95)]
-    lo, hi = _shortest_of_nodes(fs, ww[order], HDI_RESOLUTION)
-    return dict(mean=m, sd=sd, q05=qs[0], q50=qs[1], q95=qs[2], lo90=lo, hi90=hi)
-
-
-def _shortest_of_nodes(fs, ws, tie: float):
-    """Bounds (...) of the shortest interval holding 90 % of a weighted set of values
-    ``fs`` (..., n), sorted, weights ``ws`` (..., n) summing to one; ``[0, Q(0.9)]``
-    (the quantity is positive) where it is at most ``tie`` longer (as in
-    :func:`_quantity`)."""
-    # each node's mass split at its value (the midpoint rule): an interval between two
-    # nodes holds half of each end node's weight
-    mid = jnp.cumsum(ws, -1) - 0.5 * ws
-    lead = fs.shape[:-1]
+    peak's at 760 nm) on the nodes of the two SIF amplitudes' joint posterior
+    (:func:`_pair_nodes`): moments from the Gauss-Hermite nodes; quantiles from the
+    sorted equal-weight lattice, the distribution function taken linear between the
+    lattice values (the i-th smallest of m at (i + 1/2) / m); the shortest 90 % interval
+    is the shortest of ``[Q(p), Q(p + 0.9)]`` over the levels ``p`` of :func:`_quantity`."""
+    f = w_far * nodes.far + w_red * nodes.red
+    m = f @ nodes.weights
+    sd = jnp.sqrt(jnp.maximum(((f - m[..., None]) ** 2) @ nodes.weights, 0.0))
+    fs = jnp.sort(w_far * nodes.far_q + w_red * nodes.red_q, -1)
     n = fs.shape[-1]
-    fs2, mid2 = fs.reshape(-1, n), mid.reshape(-1, n)
-    # for each lower node, the first node at which 90 % of the mass is reached
-    j = jax.vmap(lambda c, t: jnp.searchsorted(c, t, side="left"))(mid2, mid2 + 0.9)
-    ok = j < n
-    hi = jnp.take_along_axis(fs2, jnp.minimum(j, n - 1), -1)
-    width = jnp.where(ok, hi - fs2, jnp.inf)
-    best = jnp.argmin(width, -1)
-    q90 = jnp.take_along_axis(fs2, jnp.minimum(jax.vmap(jnp.searchsorted)(
-        mid2, jnp.full(mid2.shape[0], 0.9)), n - 1)[:, None], -1)[:, 0]
-    w_best = jnp.take_along_axis(width, best[:, None], -1)[:, 0]
+    levels = np.concatenate([[0.05, 0.5, 0.95, 0.9], _HDI_P, _HDI_P + 0.9])
+    pos = np.clip(levels * n - 0.5, 0.0, n - 1.0)    # fractional index of each level
+    i0 = np.minimum(np.floor(pos).astype(int), n - 2)
+    t = jnp.asarray(pos - i0, jnp.float32)
+    qv = fs[..., i0] + t * (fs[..., i0 + 1] - fs[..., i0])
+    lo, hi = _shortest_of_levels(qv[..., 4:4 + _HDI_P.size], qv[..., 4 + _HDI_P.size:],
+                                 qv[..., 3], HDI_RESOLUTION)
+    return dict(mean=m, sd=sd, q05=qv[..., 0], q50=qv[..., 1], q95=qv[..., 2], lo90=lo,
+                hi90=hi)
+
+
+def _shortest_of_levels(lo_c, hi_c, q90, tie: float):
+    """Bounds (...) of the shortest of the candidate 90 % intervals ``[lo_c, hi_c]``
+    (..., n): ``[0, q90]`` (the quantity is positive) where that is at most ``tie``
+    longer (as in :func:`_quantity`)."""
+    width = hi_c - lo_c
+    best = jnp.argmin(width, -1)[..., None]
+    w_best = jnp.take_along_axis(width, best, -1)[..., 0]
     zero = q90 <= w_best + tie
-    lo = jnp.where(zero, 0.0, jnp.take_along_axis(fs2, best[:, None], -1)[:, 0])
-    hi = jnp.where(zero, q90, jnp.take_along_axis(hi, best[:, None], -1)[:, 0])
-    return lo.reshape(lead), hi.reshape(lead)
+    lo = jnp.where(zero, 0.0, jnp.take_along_axis(lo_c, best, -1)[..., 0])
+    hi = jnp.where(zero, q90, jnp.take_along_axis(hi_c, best, -1)[..., 0])
+    return lo, hi
 
 
 def sample_draws(q: GuideOutput, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
